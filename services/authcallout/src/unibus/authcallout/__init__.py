@@ -1,0 +1,1 @@
+"""unibus authcallout service (package boundary; see the README's layout section)."""

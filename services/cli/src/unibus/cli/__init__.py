@@ -1,0 +1,1 @@
+"""The ``unibus`` command line."""

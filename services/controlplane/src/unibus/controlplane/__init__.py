@@ -1,0 +1,1 @@
+"""unibus controlplane service (package boundary; see the README's layout section)."""

@@ -1,0 +1,109 @@
+"""The shared library's exception hierarchy.
+
+Services translate these into HTTP statuses or callout denial reasons at their edge
+only; inside the library they carry enough structure to decide without parsing text.
+
+* UnibusError
+  + ConfigError            a setting or a rendered configuration is unusable
+    - PostureError         the configuration would run an insecure cluster
+  + IdentityError          keys, signatures and tokens
+    - NkeyError            malformed nkey, seed, checksum or hex key
+    - JWTError             malformed, oversized, badly signed or unexpected JWT
+    - XKeyError            an ``xkv1`` box that cannot be opened
+  + InvalidNameError       a value that cannot be a subject token, KV key or consumer name
+  + CertificateError       certificate material missing, unreadable or refused
+  + StoreError             anything the Store could not do
+    - NotFoundError        no such record (storage-agnostic)
+    - ConflictError        a create-only or compare-and-set write lost
+    - StoreUnavailableError  the backend did not answer in time or failed
+    - AssetMissingError    a bucket/stream that provisioning should have made is absent
+  + ProvisioningError      provisioning or scaling could not finish within its budget
+  + StackError             the local stack could not start, stop or be found
+"""
+
+from __future__ import annotations
+
+
+class UnibusError(Exception):
+    """Base of every error raised on purpose by unibus code."""
+
+
+class ConfigError(UnibusError):
+    """A setting or a rendered configuration is unusable.
+
+    The message names the setting and says what to change.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class PostureError(ConfigError):
+    """The configuration would run a cluster less secure than unibus allows."""
+
+
+class IdentityError(UnibusError):
+    """A key, signature or token failed to parse or verify."""
+
+
+class NkeyError(IdentityError):
+    """Malformed nkey, seed or legacy hex key, or a wrong checksum or prefix."""
+
+
+class JWTError(IdentityError):
+    """Malformed, oversized, badly signed or unexpected JWT."""
+
+
+class XKeyError(IdentityError):
+    """An ``xkv1`` box that is malformed or does not open with the given keys."""
+
+
+class InvalidNameError(UnibusError):
+    """A value that cannot be used as a subject token, KV key or consumer name."""
+
+
+class CertificateError(UnibusError):
+    """Certificate material is missing, unreadable, or would be overwritten."""
+
+
+class StoreError(UnibusError):
+    """The Store could not complete an operation."""
+
+
+class NotFoundError(StoreError):
+    """No such record. Raised by every backend alike."""
+
+
+class ConflictError(StoreError):
+    """A create-only write found the key present, or a compare-and-set lost the race."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backend failed or did not answer within the bounded timeout.
+
+    On an authorization decision this always means *deny*.
+    """
+
+
+class AssetMissingError(StoreError):
+    """A bucket, stream or object store is absent.
+
+    Provisioning creates assets; a read path never does, because silently re-creating an
+    empty bucket would hide data loss.
+    """
+
+    def __init__(self, asset: str) -> None:
+        super().__init__(
+            f"{asset} does not exist; run provisioning (`unibus up` does it, or "
+            "`unibus scale --replicas N`) instead of expecting a read to create it"
+        )
+        self.asset = asset
+
+
+class ProvisioningError(UnibusError):
+    """Provisioning or scaling did not finish within its budget."""
+
+
+class StackError(UnibusError):
+    """The local stack could not be started, stopped or found."""

@@ -1,0 +1,1 @@
+"""unibus migrate service (package boundary; see the README's layout section)."""
