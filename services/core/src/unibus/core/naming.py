@@ -77,9 +77,7 @@ def is_room_id(value: str) -> bool:
 def check_room_id(value: str) -> str:
     """Return ``value`` if it is a well-formed room id, else raise ``InvalidNameError``."""
     if not is_room_id(value):
-        raise InvalidNameError(
-            f"not a room id: expected {ROOM_ID_LENGTH} characters from [a-z0-9]"
-        )
+        raise InvalidNameError(f"not a room id: expected {ROOM_ID_LENGTH} characters from [a-z0-9]")
     return value
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from unibus.cli.main import main
+
+sys.exit(main())

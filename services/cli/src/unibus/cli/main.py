@@ -1,0 +1,52 @@
+"""Entry point of the ``unibus`` command: one sub-command module per verb group.
+
+Conventions every verb follows: ``--help`` everywhere; ``--json`` where a script would
+read the output; on failure, exit status 1 and one line on stderr that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from unibus.core.errors import UnibusError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _verb_modules() -> list[ModuleType]:
+    # Imported here, not at module level, so `unibus --help` stays fast and one broken
+    # verb cannot stop the others from being listed.
+    from unibus.cli import certs, keys, stack
+
+    return [stack, certs, keys]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unibus",
+        description="unibus: a private, end-to-end encrypted message bus on nats-server.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for module in _verb_modules():
+        module.register(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UnibusError as exc:
+        print(f"unibus {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

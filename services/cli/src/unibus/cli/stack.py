@@ -1,0 +1,223 @@
+"""``unibus up|down|status|scale``: the local stack and the replication of its assets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
+
+from unibus.cli._common import (
+    Subparsers,
+    add_json_arg,
+    add_target_args,
+    print_json,
+    progress,
+    resolve_target,
+)
+from unibus.core.connect import connect
+from unibus.core.errors import StackError
+from unibus.core.health import asset_statuses, node_statuses
+from unibus.core.log import configure_logging
+from unibus.core.provisioning import scale
+from unibus.stack.launcher import LocalStack, stop_stack
+from unibus.stack.layout import DEFAULT_BASE_PORT, DEFAULT_DIR, StackLayout, StackSpec
+
+
+def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
+    up = verbs.add_parser(
+        "up",
+        help="start the whole stack as local processes (foreground; Ctrl-C stops it)",
+        description="Start a real nats-server cluster with route TLS and callout auth, "
+        "provision every asset (R3 with three nodes) and write DIR/stack.json. State "
+        "survives restarts. Ctrl-C stops everything this command started.",
+    )
+    up.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help=f"state directory ({DEFAULT_DIR})"
+    )
+    up.add_argument("--nodes", type=int, choices=(1, 3), default=3, help="cluster size (3)")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help=f"client ports start here; routes at +10, monitoring at +20 ({DEFAULT_BASE_PORT})",
+    )
+    up.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1); a LAN address exposes the stack, with "
+        "TLS and enforced auth as always",
+    )
+    up.set_defaults(handler=_up)
+
+    down = verbs.add_parser(
+        "down",
+        help="stop a running local stack",
+        description="Stop the `unibus up` of DIR and any of its nodes still running (by PID).",
+    )
+    down.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help=f"state directory ({DEFAULT_DIR})"
+    )
+    down.set_defaults(handler=_down)
+
+    status = verbs.add_parser(
+        "status",
+        help="nodes (routes, JetStream meta leader) and asset replication",
+        description="Per node: routes up (and over TLS), JetStream meta leader. Per asset: "
+        "replicas, leader, followers current, messages; `degraded` below R3 in a cluster. "
+        "Exit status 2 when something is degraded or missing.",
+    )
+    add_target_args(status)
+    status.add_argument(
+        "--sys-identity",
+        type=Path,
+        default=None,
+        help="system-account seed file for node status (default: the stack's)",
+    )
+    add_json_arg(status)
+    status.set_defaults(handler=_status)
+
+    scale_parser = verbs.add_parser(
+        "scale",
+        help="change the replicas of every bucket, the history stream and the object store",
+        description="Raise every asset to N replicas in place (R1 -> R3 keeps all data).",
+    )
+    add_target_args(scale_parser)
+    scale_parser.add_argument("--replicas", type=int, required=True, help="1..5 (3 for HA)")
+    add_json_arg(scale_parser)
+    scale_parser.set_defaults(handler=_scale)
+
+
+# -- up / down ---------------------------------------------------------------------------------
+def _up(args: argparse.Namespace) -> int:
+    configure_logging(json=False)
+    spec = StackSpec.from_base_port(args.nodes, args.base_port, args.bind)
+    layout = StackLayout.at(args.dir)
+    layout.ensure()
+    if layout.up_pid.exists():
+        pid = layout.up_pid.read_text().strip()
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            raise StackError(
+                f"a stack is already running from {layout.root} (pid {pid}); "
+                f"stop it with `unibus down --dir {args.dir}`"
+            )
+    layout.up_pid.write_text(f"{os.getpid()}\n")
+    try:
+        return asyncio.run(_run_foreground(LocalStack(layout, spec)))
+    finally:
+        layout.up_pid.unlink(missing_ok=True)
+
+
+async def _run_foreground(stack: LocalStack) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    progress(f"starting {stack.spec.size} node(s) in {stack.layout.root} ...")
+    info = await stack.up(progress=progress)
+    try:
+        print(f"unibus is up: {len(info.nodes)} node(s), assets at R{info.replicas}")
+        for node in info.nodes:
+            print(f"  {node.name}  {node.client_url}")
+        print(f"  CA        {info.ca_file}")
+        print(f"  admin key {info.admin_key} (seed: {info.admin_seed_file})")
+        print(f"  stack     {stack.layout.stack_file}")
+        print("Ctrl-C (or `unibus down`) stops everything.", flush=True)
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+            except TimeoutError:
+                if dead := stack.exited():
+                    progress(f"node(s) exited unexpectedly: {', '.join(dead)}; stopping")
+                    return 1
+        return 0
+    finally:
+        progress("stopping ...")
+        stack.stop()
+
+
+def _down(args: argparse.Namespace) -> int:
+    stopped = stop_stack(StackLayout.at(args.dir))
+    for what in stopped:
+        print(f"stopped {what}")
+    if not stopped:
+        print(f"nothing was running from {StackLayout.at(args.dir).root}")
+    return 0
+
+
+# -- status / scale ----------------------------------------------------------------------------
+def _status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status_async(args))
+
+
+async def _status_async(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    sys_target = resolve_target(args, identity="system")
+    if args.sys_identity is not None:
+        sys_target = dataclasses.replace(sys_target, identity_file=args.sys_identity)
+    expected = len(target.urls)
+    sys_nc = await connect(sys_target, name="unibus-status", max_reconnect_attempts=3)
+    try:
+        nodes = await node_statuses(sys_nc, expected=expected)
+    finally:
+        await sys_nc.close()
+    nc = await connect(target, name="unibus-status", max_reconnect_attempts=3)
+    try:
+        assets = await asset_statuses(nc.jetstream(timeout=3.0), cluster_size=expected)
+    finally:
+        await nc.close()
+    unhealthy = (
+        len(nodes) < expected
+        or any(a.degraded for a in assets)
+        or any(n.meta_leader is None for n in nodes)
+        or any(n.routes < expected - 1 for n in nodes)
+        or (expected > 1 and any(not n.route_tls for n in nodes))
+    )
+    if args.json:
+        print_json(
+            {
+                "healthy": not unhealthy,
+                "expected_nodes": expected,
+                "nodes": [dataclasses.asdict(n) for n in nodes],
+                "assets": [dataclasses.asdict(a) for a in assets],
+            }
+        )
+    else:
+        print(f"nodes ({len(nodes)}/{expected} answering):")
+        for n in nodes:
+            print(
+                f"  {n.name}: routes={n.routes}/{expected - 1} "
+                f"route_tls={'mutual' if n.route_tls else 'OFF'} "
+                f"meta_leader={n.meta_leader or '-'} jetstream={'on' if n.jetstream else 'off'} "
+                f"tls={'on' if n.tls_required else 'off'} auth={'on' if n.auth_required else 'off'}"
+            )
+        print("assets:")
+        for a in assets:
+            print(f"  {a.summary()}")
+        print("healthy" if not unhealthy else "DEGRADED", file=sys.stderr)
+    return 2 if unhealthy else 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    return asyncio.run(_scale_async(args))
+
+
+async def _scale_async(args: argparse.Namespace) -> int:
+    nc = await connect(resolve_target(args), name="unibus-scale", max_reconnect_attempts=3)
+    try:
+        changed = await scale(
+            nc.jetstream(timeout=5.0),
+            args.replicas,
+            progress=None if args.json else progress,
+        )
+    finally:
+        await nc.close()
+    if args.json:
+        print_json({"replicas": args.replicas, "changed": changed})
+    else:
+        print(f"{len(changed)} asset(s) changed to R{args.replicas}")
+    return 0

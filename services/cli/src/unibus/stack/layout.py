@@ -1,0 +1,193 @@
+"""Where a local stack keeps its state, and ``stack.json``, the file clients read.
+
+Everything lives under one directory (default ``./.unibus``) so state survives restarts
+and ``--dir`` is all another command needs to find the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from unibus.core.certs import CertLayout
+from unibus.core.errors import ConfigError, StackError
+
+DEFAULT_DIR: Final = Path(".unibus")
+DEFAULT_BASE_PORT: Final = 4222
+STACK_FILE_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    client: int
+    route: int
+    monitor: int
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """The shape of a local stack: how many nodes, on which address and ports."""
+
+    ports: tuple[NodePorts, ...]
+    bind: str = "127.0.0.1"
+    cluster_name: str = "unibus"
+
+    def __post_init__(self) -> None:
+        if len(self.ports) not in (1, 3):
+            raise ConfigError("a local stack has 1 or 3 nodes", setting="--nodes")
+        if self.bind in ("0.0.0.0", "::", ""):  # noqa: S104 - refusing wildcards, not binding
+            raise ConfigError(
+                "--bind needs the concrete address peers and clients reach this machine on "
+                "(for example the LAN address), not a wildcard",
+                setting="--bind",
+            )
+
+    @classmethod
+    def from_base_port(cls, nodes: int, base_port: int, bind: str = "127.0.0.1") -> StackSpec:
+        """Client ports base+i, route ports base+10+i, monitor ports base+20+i."""
+        if not 1 <= base_port <= 65535 - 30:
+            raise ConfigError(f"--base-port {base_port} leaves no room for 30 ports")
+        return cls(
+            ports=tuple(
+                NodePorts(
+                    client=base_port + i, route=base_port + 10 + i, monitor=base_port + 20 + i
+                )
+                for i in range(nodes)
+            ),
+            bind=bind,
+        )
+
+    @classmethod
+    def with_free_ports(cls, nodes: int, bind: str = "127.0.0.1") -> StackSpec:
+        """Ports the OS reports free right now (for tests)."""
+        free = free_ports(3 * nodes, host=bind)
+        return cls(
+            ports=tuple(
+                NodePorts(client=free[3 * i], route=free[3 * i + 1], monitor=free[3 * i + 2])
+                for i in range(nodes)
+            ),
+            bind=bind,
+        )
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(f"n{i + 1}" for i in range(len(self.ports)))
+
+    @property
+    def size(self) -> int:
+        return len(self.ports)
+
+
+def free_ports(count: int, *, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago (all bound at once, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Every path of a local stack, derived from its directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: Path) -> StackLayout:
+        return cls(root.expanduser().absolute())
+
+    @property
+    def stack_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def certs(self) -> CertLayout:
+        return CertLayout.at(self.root / "certs")
+
+    @property
+    def identities(self) -> Path:
+        return self.root / "identities"
+
+    def identity(self, name: str) -> Path:
+        return self.identities / f"{name}.seed"
+
+    @property
+    def route_secret(self) -> Path:
+        return self.identities / "route-secret"
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+    def node_config(self, node: str) -> Path:
+        return self.node_dir(node) / "nats-server.conf"
+
+    def node_store(self, node: str) -> Path:
+        return self.node_dir(node) / "jetstream"
+
+    def node_log(self, node: str) -> Path:
+        return self.node_dir(node) / "nats-server.log"
+
+    def node_pid(self, node: str) -> Path:
+        return self.node_dir(node) / "nats-server.pid"
+
+    @property
+    def up_pid(self) -> Path:
+        return self.root / "up.pid"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.identities, self.root / "nodes"):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    client_url: str
+    route_url: str
+    monitor_port: int
+
+
+class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """``stack.json``: what a client or another command needs to reach this stack."""
+
+    v: int = STACK_FILE_VERSION
+    nats_urls: list[str]
+    api_urls: list[str]
+    ca_file: str
+    admin_seed_file: str
+    admin_key: str
+    internal_id_file: str
+    sys_id_file: str
+    replicas: int
+    nodes: list[NodeInfo]
+
+
+def write_stack_info(layout: StackLayout, info: StackInfo) -> None:
+    tmp = layout.stack_file.with_suffix(".json.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(info)) + b"\n")
+    os.replace(tmp, layout.stack_file)
+
+
+def read_stack_info(root: Path) -> StackInfo:
+    layout = StackLayout.at(root)
+    try:
+        data = layout.stack_file.read_bytes()
+    except FileNotFoundError:
+        raise StackError(
+            f"no stack at {layout.root} ({layout.stack_file.name} missing): start one with "
+            f"`unibus up --dir {root}` or pass --nats-url/--ca/--identity"
+        ) from None
+    try:
+        return msgspec.json.decode(data, type=StackInfo)
+    except msgspec.DecodeError as exc:
+        raise StackError(f"{layout.stack_file} is not a valid stack file: {exc}") from None

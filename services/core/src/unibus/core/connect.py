@@ -1,0 +1,122 @@
+"""Connecting to the bus: URLs, the pinned CA and an nkey identity read from a 0600 file.
+
+A connection that would carry identities or the allowlist across a network in clear is
+refused before any socket opens: a non-loopback URL needs a pinned CA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client as NATS
+
+from unibus.core.errors import ConfigError, PostureError
+from unibus.core.log import get_logger
+from unibus.core.nkeys import read_seed_file
+
+_log = get_logger("unibus.connect")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if not parts.hostname:
+        raise ConfigError(
+            f"{url!r} is not a NATS URL; expected nats://HOST:PORT or tls://HOST:PORT"
+        )
+    return parts.hostname
+
+
+@dataclass(frozen=True)
+class NatsTarget:
+    """Where and as whom to connect."""
+
+    urls: tuple[str, ...]
+    ca_file: Path | None = None
+    identity_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError("no NATS URL given; pass --nats-url or --dir of a local stack")
+        for url in self.urls:
+            url_host(url)
+
+    @property
+    def is_loopback(self) -> bool:
+        return all(is_loopback_host(url_host(url)) for url in self.urls)
+
+    def check_secure(self) -> None:
+        """Refuse, before connecting, a remote target without a pinned CA."""
+        if not self.is_loopback and self.ca_file is None:
+            raise PostureError(
+                "refusing to connect to a non-loopback NATS URL without a pinned CA: "
+                "pass --ca CA_FILE (identities and the allowlist must not travel in clear)"
+            )
+
+
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def _quiet_error(exc: Exception) -> None:
+    # nats-py reports every reconnect hiccup here; they are expected during failover.
+    _log.debug("nats connection error", error=type(exc).__name__)
+
+
+async def connect(
+    target: NatsTarget,
+    *,
+    name: str,
+    connect_timeout: float = 2.0,
+    allow_reconnect: bool = True,
+    max_reconnect_attempts: int = -1,
+    reconnect_time_wait: float = 0.5,
+    inbox_prefix: str | None = None,
+    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    closed_cb: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """Open a connection to ``target``; every URL of a cluster is tried and reconnected to."""
+    target.check_secure()
+    options: dict[str, object] = {
+        "servers": list(target.urls),
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": allow_reconnect,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_time_wait": reconnect_time_wait,
+        "error_cb": _quiet_error,
+    }
+    if target.ca_file is not None:
+        options["tls"] = tls_context(target.ca_file)
+    if target.identity_file is not None:
+        options["nkeys_seed_str"] = read_seed_file(target.identity_file).seed
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
+    for key, callback in (
+        ("disconnected_cb", disconnected_cb),
+        ("reconnected_cb", reconnected_cb),
+        ("closed_cb", closed_cb),
+    ):
+        if callback is not None:
+            options[key] = callback
+    return await nats.connect(**options)  # type: ignore[arg-type]

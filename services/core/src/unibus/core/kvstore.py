@@ -1,0 +1,348 @@
+"""The ``Store`` over JetStream KV buckets (SPEC §4).
+
+Point reads go through the stream leader (``STREAM.MSG.GET``), never direct get: a
+direct get may be answered by a replica that is behind, and after a node restart such
+replicas served old revisions (nats-server#4162). Every operation is bounded by
+``op_timeout``; every backend failure becomes ``StoreUnavailableError`` so that callers
+deciding on authorization deny. Opening the store never creates a bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from unibus.core import naming
+from unibus.core.errors import (
+    AssetMissingError,
+    ConflictError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+from unibus.core.models import (
+    MemberRecord,
+    NonceRecord,
+    Role,
+    RoomIndexEntry,
+    RoomRecord,
+    SealedKeyRecord,
+    Status,
+    UserRecord,
+    Versioned,
+    decode,
+    encode,
+)
+from unibus.core.store import IndexRepair
+
+DEFAULT_OP_TIMEOUT: Final = 2.0
+DEFAULT_SCAN_LIMIT: Final = 100_000
+_KV_OPERATION: Final = "KV-Operation"
+_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+_ERR_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
+_ERR_STREAM_NOT_FOUND: Final = 10059
+_CAS_ATTEMPTS: Final = 8
+
+
+@asynccontextmanager
+async def _translated(asset: str, timeout: float) -> AsyncIterator[None]:
+    """Bound one backend call and map every failure onto the Store's errors."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except StoreError:
+        raise
+    except nats.js.errors.KeyWrongLastSequenceError:
+        raise ConflictError(f"{asset}: the record changed concurrently") from None
+    except nats.js.errors.NotFoundError as exc:
+        if getattr(exc, "err_code", None) == _ERR_STREAM_NOT_FOUND:
+            raise AssetMissingError(asset) from None
+        raise NotFoundError(f"{asset}: no such record") from None
+    except nats.js.errors.APIError as exc:
+        if exc.err_code in _ERR_WRONG_LAST_SEQUENCE:
+            raise ConflictError(f"{asset}: the record changed concurrently") from None
+        if exc.err_code == _ERR_STREAM_NOT_FOUND:
+            raise AssetMissingError(asset) from None
+        raise StoreUnavailableError(f"{asset}: JetStream refused: {exc.description}") from None
+    except TimeoutError:
+        raise StoreUnavailableError(f"{asset}: no answer within {timeout:g}s") from None
+    except (nats.errors.Error, OSError) as exc:
+        raise StoreUnavailableError(f"{asset}: {type(exc).__name__}") from None
+
+
+class _Bucket:
+    """One KV bucket, spoken to through JetStream primitives we can bound and reason about."""
+
+    def __init__(self, js: JetStreamContext, name: str, op_timeout: float) -> None:
+        self.name = name
+        self.stream = naming.kv_stream(name)
+        self._prefix = f"$KV.{name}."
+        self._js = js
+        self._timeout = op_timeout
+
+    async def check_exists(self) -> None:
+        async with _translated(self.name, self._timeout):
+            await self._js.stream_info(self.stream)
+
+    async def get(self, key: str) -> tuple[bytes, int]:
+        async with _translated(self.name, self._timeout):
+            msg = await self._js.get_msg(self.stream, subject=self._prefix + key, direct=False)
+        if msg.headers and msg.headers.get(_KV_OPERATION) in ("DEL", "PURGE"):
+            raise NotFoundError(f"{self.name}: no such record")
+        return msg.data or b"", msg.seq or 0
+
+    async def _publish(self, key: str, value: bytes, headers: dict[str, str] | None) -> int:
+        async with _translated(self.name, self._timeout):
+            ack = await self._js.publish(
+                self._prefix + key, value, headers=headers, timeout=self._timeout
+            )
+        return ack.seq
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._publish(key, value, None)
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int:
+        return await self._publish(key, value, {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            return await self.update(key, value, last=0)
+        except ConflictError:
+            # A deleted key keeps a tombstone, so "last=0" fails; recreate over it.
+            tombstone = await self._tombstone_revision(key)
+            if tombstone is None:
+                raise
+            return await self.update(key, value, last=tombstone)
+
+    async def _tombstone_revision(self, key: str) -> int | None:
+        async with _translated(self.name, self._timeout):
+            msg = await self._js.get_msg(self.stream, subject=self._prefix + key, direct=False)
+        if msg.headers and msg.headers.get(_KV_OPERATION) in ("DEL", "PURGE"):
+            return msg.seq
+        return None
+
+    async def delete(self, key: str) -> None:
+        await self._publish(key, b"", {_KV_OPERATION: "DEL"})
+
+    async def scan(self, prefix: str = "", *, limit: int) -> list[tuple[str, bytes, int]]:
+        """Latest value of every live key under ``prefix``, bounded in time and count."""
+        kv_subject = f"{prefix}>" if prefix else ">"
+        found: list[tuple[str, bytes, int]] = []
+        async with _translated(self.name, self._timeout * 5):
+            kv = await self._js.key_value(self.name)
+            watcher = await kv.watch(kv_subject, ignore_deletes=True, inactive_threshold=30.0)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.operation in ("DEL", "PURGE"):
+                        continue
+                    found.append((entry.key, entry.value or b"", entry.revision or 0))
+                    if len(found) > limit:
+                        raise StoreUnavailableError(
+                            f"{self.name}: more than {limit} keys under {prefix!r}; "
+                            "refusing an unbounded read"
+                        )
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+
+class JetStreamStore:
+    """The replicated ``Store``; create it with ``await JetStreamStore.open(nc)``."""
+
+    def __init__(self, js: JetStreamContext, op_timeout: float, scan_limit: int) -> None:
+        self._users = _Bucket(js, naming.USERS_BUCKET, op_timeout)
+        self._rooms = _Bucket(js, naming.ROOMS_BUCKET, op_timeout)
+        self._members = _Bucket(js, naming.MEMBERS_BUCKET, op_timeout)
+        self._index = _Bucket(js, naming.ROOMS_BY_MEMBER_BUCKET, op_timeout)
+        self._keys = _Bucket(js, naming.ROOM_KEYS_BUCKET, op_timeout)
+        self._nonces = _Bucket(js, naming.NONCES_BUCKET, op_timeout)
+        self._scan_limit = scan_limit
+
+    @classmethod
+    async def open(
+        cls,
+        nc: NATS,
+        *,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+    ) -> JetStreamStore:
+        """Bind to the provisioned buckets; ``AssetMissingError`` if one is absent."""
+        store = cls(nc.jetstream(timeout=op_timeout), op_timeout, scan_limit)
+        for bucket in store._buckets():
+            await bucket.check_exists()
+        return store
+
+    def _buckets(self) -> Iterable[_Bucket]:
+        return (self._users, self._rooms, self._members, self._index, self._keys, self._nonces)
+
+    # -- users --------------------------------------------------------------------------------
+    async def add_user(self, user: UserRecord) -> Versioned[UserRecord]:
+        try:
+            revision = await self._users.create(user.key, encode(user))
+        except ConflictError:
+            raise ConflictError(f"user {user.key} already exists") from None
+        return Versioned(user, revision)
+
+    async def get_user(self, key: str) -> Versioned[UserRecord]:
+        try:
+            data, revision = await self._users.get(key)
+        except NotFoundError:
+            raise NotFoundError(f"no user {key}") from None
+        return Versioned(decode(UserRecord, data), revision)
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._users.scan(limit=self._scan_limit)
+        return sorted((decode(UserRecord, data) for _, data, _ in rows), key=lambda u: u.handle)
+
+    async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self.get_user(key)
+            if current.value.status is status:
+                return current
+            updated = msgspec.structs.replace(current.value, status=status, updated_at=time.time())
+            try:
+                revision = await self._users.update(key, encode(updated), last=current.revision)
+            except ConflictError:
+                continue
+            return Versioned(updated, revision)
+        raise ConflictError(f"user {key} kept changing; try again")
+
+    async def has_admin(self) -> bool:
+        return any(user.role is Role.ADMIN and user.is_active for user in await self.list_users())
+
+    # -- rooms --------------------------------------------------------------------------------
+    async def create_room(
+        self,
+        room: RoomRecord,
+        *,
+        members: Sequence[MemberRecord],
+        sealed_keys: Sequence[SealedKeyRecord],
+    ) -> Versioned[RoomRecord]:
+        await self._write_inert(members, sealed_keys)
+        try:
+            revision = await self._rooms.create(room.room_id, encode(room))
+        except ConflictError:
+            raise ConflictError(f"room {room.room_id} already exists") from None
+        await self._index_add(room.room_id, room.members)
+        return Versioned(room, revision)
+
+    async def get_room(self, room_id: str) -> Versioned[RoomRecord]:
+        try:
+            data, revision = await self._rooms.get(naming.check_room_id(room_id))
+        except NotFoundError:
+            raise NotFoundError(f"no room {room_id}") from None
+        return Versioned(decode(RoomRecord, data), revision)
+
+    async def commit_room(
+        self,
+        previous: Versioned[RoomRecord],
+        updated: RoomRecord,
+        *,
+        members: Sequence[MemberRecord] = (),
+        sealed_keys: Sequence[SealedKeyRecord] = (),
+    ) -> Versioned[RoomRecord]:
+        if updated.room_id != previous.value.room_id:
+            raise ValueError("commit_room cannot change a room's id")
+        await self._write_inert(members, sealed_keys)
+        try:
+            revision = await self._rooms.update(
+                updated.room_id, encode(updated), last=previous.revision
+            )
+        except ConflictError:
+            raise ConflictError(
+                f"room {updated.room_id} changed since it was read; re-read and retry"
+            ) from None
+        before, after = set(previous.value.members), set(updated.members)
+        await self._index_add(updated.room_id, sorted(after - before))
+        await self._index_remove(updated.room_id, sorted(before - after))
+        return Versioned(updated, revision)
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        rows = await self._rooms.scan(limit=self._scan_limit)
+        return [decode(RoomRecord, data) for _, data, _ in rows]
+
+    async def rooms_of(self, user_key: str) -> list[str]:
+        rows = await self._index.scan(naming.room_index_prefix(user_key), limit=self._scan_limit)
+        return sorted(decode(RoomIndexEntry, data).room_id for _, data, _ in rows)
+
+    async def member_records(self, room_id: str) -> list[MemberRecord]:
+        room = (await self.get_room(room_id)).value
+        current = set(room.members)
+        rows = await self._members.scan(naming.member_prefix(room_id), limit=self._scan_limit)
+        records = (decode(MemberRecord, data) for _, data, _ in rows)
+        return sorted((r for r in records if r.member in current), key=lambda r: r.member)
+
+    async def sealed_keys(self, room_id: str, member: str) -> list[SealedKeyRecord]:
+        room = (await self.get_room(room_id)).value
+        rows = await self._keys.scan(naming.sealed_keys_prefix(room_id), limit=self._scan_limit)
+        committed = {(ref.epoch, ref.key_id) for ref in room.epochs}
+        found = []
+        for _, data, _ in rows:
+            record = decode(SealedKeyRecord, data)
+            # Keys of an epoch the room never committed belong to a losing or unfinished
+            # attempt: inert, never handed out.
+            if record.member == member and (record.epoch, record.key_id) in committed:
+                found.append(record)
+        return sorted(found, key=lambda r: r.epoch)
+
+    async def repair_index(self) -> IndexRepair:
+        expected = {
+            naming.room_index_key(member, room.room_id): (room.room_id, member)
+            for room in await self.list_rooms()
+            for member in room.members
+        }
+        present = {key for key, _, _ in await self._index.scan(limit=self._scan_limit)}
+        for key in sorted(expected.keys() - present):
+            room_id, member = expected[key]
+            await self._index.put(key, encode(RoomIndexEntry(room_id=room_id, member=member)))
+        for key in sorted(present - expected.keys()):
+            await self._index.delete(key)
+        return IndexRepair(
+            added=len(expected.keys() - present), removed=len(present - expected.keys())
+        )
+
+    # -- anti-replay ---------------------------------------------------------------------------
+    async def claim_nonce(self, caller: str, nonce: str) -> None:
+        record = NonceRecord(caller=caller, created_at=time.time())
+        try:
+            await self._nonces.update(naming.nonce_key(caller, nonce), encode(record), last=0)
+        except ConflictError:
+            raise ConflictError("nonce already used: the request is a replay") from None
+
+    # -- helpers ------------------------------------------------------------------------------
+    async def _write_inert(
+        self, members: Sequence[MemberRecord], sealed_keys: Sequence[SealedKeyRecord]
+    ) -> None:
+        for key_record in sealed_keys:
+            await self._keys.put(
+                naming.sealed_key_key(
+                    key_record.room_id, key_record.epoch, key_record.key_id, key_record.member
+                ),
+                encode(key_record),
+            )
+        for member in members:
+            await self._members.put(
+                naming.member_key(member.room_id, member.member), encode(member)
+            )
+
+    async def _index_add(self, room_id: str, members: Iterable[str]) -> None:
+        for member in members:
+            await self._index.put(
+                naming.room_index_key(member, room_id),
+                encode(RoomIndexEntry(room_id=room_id, member=member)),
+            )
+
+    async def _index_remove(self, room_id: str, members: Iterable[str]) -> None:
+        for member in members:
+            await self._index.delete(naming.room_index_key(member, room_id))

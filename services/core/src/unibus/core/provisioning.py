@@ -1,0 +1,272 @@
+"""Creating, scaling and inspecting every JetStream asset of SPEC §4.
+
+Only this module creates assets. It runs on start-up of a stack (``unibus up``), before
+a migration, and on ``unibus scale``; read paths elsewhere fail on a missing asset
+instead of creating it.
+
+>>> # await provision(nc.jetstream(), Provisioning(replicas=3))
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from unibus.core import naming
+from unibus.core.errors import ConfigError
+from unibus.core.log import get_logger
+from unibus.core.retry import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BUDGET, retry_until
+
+MIN_REPLICAS: Final = 1
+MAX_REPLICAS: Final = 5
+HA_REPLICAS: Final = 3
+DAY: Final = 86_400.0
+_ERR_STREAM_NOT_FOUND: Final = 10059
+_log = get_logger("unibus.provisioning")
+
+
+class AssetKind(enum.StrEnum):
+    KV = "kv"
+    STREAM = "stream"
+    OBJECT_STORE = "object_store"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One asset as operators name it, and the JetStream stream that backs it."""
+
+    name: str
+    kind: AssetKind
+
+    @property
+    def stream(self) -> str:
+        if self.kind is AssetKind.KV:
+            return naming.kv_stream(self.name)
+        if self.kind is AssetKind.OBJECT_STORE:
+            return naming.object_stream(self.name)
+        return self.name
+
+
+ASSETS: Final[tuple[Asset, ...]] = (
+    *(Asset(bucket, AssetKind.KV) for bucket in naming.KV_BUCKETS),
+    Asset(naming.MESSAGES_STREAM, AssetKind.STREAM),
+    Asset(naming.BLOBS_BUCKET, AssetKind.OBJECT_STORE),
+)
+
+
+def check_replicas(replicas: int) -> int:
+    if not MIN_REPLICAS <= replicas <= MAX_REPLICAS:
+        raise ConfigError(
+            f"replicas must be between {MIN_REPLICAS} and {MAX_REPLICAS} (3 for a cluster), "
+            f"got {replicas}",
+            setting="replicas",
+        )
+    return replicas
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What to create; the defaults are SPEC §4's."""
+
+    replicas: int = HA_REPLICAS
+    history_max_age: float = 30 * DAY
+    history_duplicate_window: float = 120.0
+    nonce_ttl: float = 600.0
+    """Kept at least twice the request skew window plus clock drift."""
+    max_blob_bytes: int = -1
+    budget: float = DEFAULT_BUDGET
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        check_replicas(self.replicas)
+        if self.history_duplicate_window <= 0 or self.history_max_age <= 0:
+            raise ConfigError("history retention and duplicate window must be positive")
+        if self.history_duplicate_window > self.history_max_age:
+            raise ConfigError("the duplicate window cannot exceed the history retention")
+
+
+@dataclass(frozen=True)
+class ProvisionReport:
+    created: tuple[str, ...] = ()
+    existing: tuple[str, ...] = ()
+
+
+async def _stream_exists(js: JetStreamContext, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError as exc:
+        if getattr(exc, "err_code", None) == _ERR_STREAM_NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def _create(js: JetStreamContext, asset: Asset, plan: Provisioning) -> None:
+    storage = api.StorageType.FILE
+    if asset.kind is AssetKind.KV:
+        ttl = plan.nonce_ttl if asset.name == naming.NONCES_BUCKET else None
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=asset.name,
+                history=1,
+                ttl=ttl,
+                storage=storage,
+                replicas=plan.replicas,
+                direct=True,
+            )
+        )
+    elif asset.kind is AssetKind.STREAM:
+        await js.add_stream(
+            api.StreamConfig(
+                name=asset.name,
+                subjects=[naming.ROOM_MESSAGES_FILTER],
+                retention=api.RetentionPolicy.LIMITS,
+                discard=api.DiscardPolicy.OLD,
+                max_age=plan.history_max_age,
+                duplicate_window=plan.history_duplicate_window,
+                storage=storage,
+                num_replicas=plan.replicas,
+            )
+        )
+    else:
+        await js.create_object_store(
+            asset.name,
+            api.ObjectStoreConfig(
+                storage=storage,
+                replicas=plan.replicas,
+                max_bytes=plan.max_blob_bytes,
+            ),
+        )
+
+
+async def provision(
+    js: JetStreamContext,
+    plan: Provisioning,
+    *,
+    assets: tuple[Asset, ...] = ASSETS,
+    progress: Callable[[str], None] | None = None,
+) -> ProvisionReport:
+    """Create every missing asset, retrying each step within the bootstrap budget.
+
+    Existing assets are left as they are (``scale`` changes replicas, nothing else).
+    """
+    created: list[str] = []
+    existing: list[str] = []
+    for asset in assets:
+
+        async def ensure(asset: Asset = asset) -> bool:
+            if await _stream_exists(js, asset.stream):
+                return False
+            await _create(js, asset, plan)
+            return True
+
+        made = await retry_until(
+            f"provision {asset.name}",
+            ensure,
+            budget=plan.budget,
+            attempt_timeout=plan.attempt_timeout,
+        )
+        (created if made else existing).append(asset.name)
+        message = f"{asset.name}: {'created' if made else 'exists'} (R{plan.replicas})"
+        _log.debug("provisioned", asset=asset.name, created=made, replicas=plan.replicas)
+        if progress is not None:
+            progress(message)
+    return ProvisionReport(created=tuple(created), existing=tuple(existing))
+
+
+@dataclass(frozen=True)
+class AssetStatus:
+    name: str
+    kind: AssetKind
+    replicas: int
+    leader: str | None
+    followers_current: int
+    followers: int
+    messages: int
+    degraded: bool
+    peers: tuple[str, ...] = field(default=())
+    missing: bool = False
+
+    @classmethod
+    def absent(cls, asset: Asset) -> AssetStatus:
+        return cls(
+            name=asset.name,
+            kind=asset.kind,
+            replicas=0,
+            leader=None,
+            followers_current=0,
+            followers=0,
+            messages=0,
+            degraded=True,
+            missing=True,
+        )
+
+    def summary(self) -> str:
+        if self.missing:
+            return f"{self.name}: MISSING (run provisioning)"
+        return (
+            f"{self.name}: R{self.replicas} leader={self.leader or '-'} "
+            f"followers_current={self.followers_current}/{self.followers} msgs={self.messages}"
+            + (" DEGRADED" if self.degraded else "")
+        )
+
+
+async def asset_status(js: JetStreamContext, asset: Asset, *, cluster_size: int) -> AssetStatus:
+    """Replication of one asset; ``degraded`` below R3 in a cluster, or with a lagging peer."""
+    info = await js.stream_info(asset.stream)
+    replicas = info.config.num_replicas or 1
+    followers = list(info.cluster.replicas or []) if info.cluster else []
+    current = sum(1 for peer in followers if peer.current and not peer.offline)
+    leader = info.cluster.leader if info.cluster else None
+    degraded = (
+        leader is None
+        or current < replicas - 1
+        or (cluster_size > 1 and replicas < min(HA_REPLICAS, cluster_size))
+    )
+    return AssetStatus(
+        name=asset.name,
+        kind=asset.kind,
+        replicas=replicas,
+        leader=leader,
+        followers_current=current,
+        followers=replicas - 1,
+        messages=info.state.messages,
+        degraded=degraded,
+        peers=tuple(peer.name or "?" for peer in followers),
+    )
+
+
+async def scale(
+    js: JetStreamContext,
+    replicas: int,
+    *,
+    assets: tuple[Asset, ...] = ASSETS,
+    budget: float = DEFAULT_BUDGET,
+    progress: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Raise (or lower) every asset's replicas in place; the data stays."""
+    check_replicas(replicas)
+    changed: list[str] = []
+    for asset in assets:
+
+        async def update(asset: Asset = asset) -> bool:
+            info = await js.stream_info(asset.stream)
+            if info.config.num_replicas == replicas:
+                return False
+            config = info.config
+            config.num_replicas = replicas
+            await js.update_stream(config)
+            return True
+
+        did = await retry_until(f"scale {asset.name}", update, budget=budget)
+        if did:
+            changed.append(asset.name)
+        if progress is not None:
+            progress(f"{asset.name}: {'scaled to' if did else 'already'} R{replicas}")
+    return changed
