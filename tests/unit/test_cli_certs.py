@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from unibus.cli import certs
 from unibus.core.certs import CertificateAuthority, CertLayout, write_pem_pair
 from unibus.core.errors import CertificateError, ConfigError

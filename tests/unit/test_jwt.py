@@ -395,7 +395,7 @@ def test_decode_of_fixed_nasty_strings_raises_only_jwt_error(garbage: str) -> No
 
 
 def test_decode_of_random_garbage_raises_only_jwt_error() -> None:
-    rng = random.Random(0xC0FFEE)  # noqa: S311 - reproducible fuzz input
+    rng = random.Random(0xC0FFEE)
     alphabet = 'ABCxyz019-_+/=.\x00é{}[]":,'
     for _ in range(3000):
         kind = rng.randrange(3)
@@ -411,7 +411,7 @@ def test_decode_of_random_garbage_raises_only_jwt_error() -> None:
 
 
 def test_decode_of_random_json_segments_raises_only_jwt_error(account: KeyPair) -> None:
-    rng = random.Random(7)  # noqa: S311 - reproducible fuzz input
+    rng = random.Random(7)
     values: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "JWT", [], {}, {"typ": "JWT"}]
     for _ in range(1500):
         header = rng.choice([dict(HEADER), rng.choice(values), {"typ": rng.choice(values)}])
@@ -433,7 +433,7 @@ def test_decode_of_mutated_valid_tokens_raises_only_jwt_error_or_returns_the_cla
     token: str,
 ) -> None:
     original = decode(token)
-    rng = random.Random(99)  # noqa: S311 - reproducible fuzz input
+    rng = random.Random(99)
     chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \x00é"
     for _ in range(3000):
         mutated = list(token)

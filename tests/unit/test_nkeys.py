@@ -106,7 +106,7 @@ def flip_char(text: str, index: int) -> str:
 
 @pytest.fixture
 def rng() -> random.Random:
-    return random.Random(20240521)  # noqa: S311 - reproducible test input
+    return random.Random(20240521)
 
 
 # -- checksum and codec ---------------------------------------------------------------------

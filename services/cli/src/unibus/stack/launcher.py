@@ -280,9 +280,14 @@ class LocalStack:
         finally:
             await nc.close()
 
-    async def provision(self, *, progress: Callable[[str], None] | None = None) -> ProvisionReport:
+    async def provision(
+        self,
+        *,
+        replicas: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> ProvisionReport:
         """Create every asset (R3 with three nodes) and the first admin, if missing."""
-        plan = Provisioning(replicas=min(3, self.spec.size))
+        plan = Provisioning(replicas=replicas or min(3, self.spec.size))
         nc = await connect(self.target(), name="unibus-provision")
         try:
             report = await provision(

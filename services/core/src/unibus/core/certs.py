@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from unibus.core.errors import CertificateError
+from unibus.core.files import PRIVATE_MODE, PrivateFileError, write_private
 
 __all__ = [
     "CA_DAYS",
@@ -63,9 +62,7 @@ _DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Issued certificates start slightly in the past so a peer whose clock runs a little
 # behind does not reject a certificate made seconds ago.
 _BACKDATE: Final = dt.timedelta(minutes=5)
-_KEY_MODE: Final = 0o600
 _CERT_MODE: Final = 0o644
-_DIR_MODE: Final = 0o700
 
 
 # -- names ----------------------------------------------------------------------------------
@@ -523,54 +520,6 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _make_private_dirs(directory: Path) -> None:
-    # os.makedirs applies ``mode`` to the last directory only; every directory we
-    # create must be 0700, so create them one at a time. Existing ones are left alone.
-    missing = []
-    for candidate in (directory, *directory.parents):
-        if candidate.exists():
-            break
-        missing.append(candidate)
-    for candidate in reversed(missing):
-        try:
-            candidate.mkdir(mode=_DIR_MODE)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise CertificateError(f"cannot create {candidate}: {exc.strerror or exc}") from None
-
-
-def _write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
-    """Write ``data`` to a file that has ``mode`` from the moment it exists.
-
-    Without ``overwrite`` the file is created with ``O_EXCL`` (an existing file is an
-    error). With it, a sibling temporary file is created the same way and renamed over
-    the target, so a reader never sees a half-written or briefly-readable key.
-    """
-    _make_private_dirs(path.parent)
-    target = path
-    if overwrite:
-        path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        raise CertificateError(f"{target} exists; pass --force to replace it") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot create {target}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(path, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise CertificateError(f"cannot write {target}: {exc.strerror or exc}") from None
-
-
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -603,8 +552,11 @@ def write_pem_pair(
                 f"{', '.join(map(str, existing))} already exist(s); pass --force to replace"
             )
     # Key first: a certificate without its key is useless, the reverse is merely incomplete.
-    _write_file(key_file, _key_pem(key), mode=_KEY_MODE, overwrite=overwrite)
-    _write_file(cert_file, _cert_pem(cert), mode=_CERT_MODE, overwrite=overwrite)
+    try:
+        write_private(key_file, _key_pem(key), mode=PRIVATE_MODE, overwrite=overwrite)
+        write_private(cert_file, _cert_pem(cert), mode=_CERT_MODE, overwrite=overwrite)
+    except PrivateFileError as exc:
+        raise CertificateError(str(exc)) from None
 
 
 # -- the whole directory --------------------------------------------------------------------

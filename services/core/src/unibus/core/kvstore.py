@@ -2,7 +2,12 @@
 
 Point reads go through the stream leader (``STREAM.MSG.GET``), never direct get: a
 direct get may be answered by a replica that is behind, and after a node restart such
-replicas served old revisions (nats-server#4162). Every operation is bounded by
+replicas served old revisions (nats-server#4162). A leader read is still not enough for
+an authorization decision: a leader cut off from both peers keeps answering reads for
+many seconds (measured: more than 15 s on 2.15.1) while the majority may have elected a
+new leader and committed a revocation. ``authorize_user`` therefore first commits a
+barrier write on the same stream — only possible with a quorum — and then reads (the
+Raft read-index technique). Every operation is bounded by
 ``op_timeout``; every backend failure becomes ``StoreUnavailableError`` so that callers
 deciding on authorization deny. Opening the store never creates a bucket.
 """
@@ -51,6 +56,8 @@ _EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 _ERR_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _ERR_STREAM_NOT_FOUND: Final = 10059
 _CAS_ATTEMPTS: Final = 8
+BARRIER_KEY: Final = "_quorum-barrier"
+"""Written by quorum-confirmed reads; never a valid record key (those never start with ``_``)."""
 
 
 @asynccontextmanager
@@ -130,6 +137,10 @@ class _Bucket:
             return msg.seq
         return None
 
+    async def confirm_quorum(self) -> None:
+        """Commit a barrier write: proves this stream's leader holds a quorum right now."""
+        await self.put(BARRIER_KEY, b"")
+
     async def delete(self, key: str) -> None:
         await self._publish(key, b"", {_KV_OPERATION: "DEL"})
 
@@ -144,7 +155,7 @@ class _Bucket:
                 async for entry in watcher:
                     if entry is None:
                         break
-                    if entry.operation in ("DEL", "PURGE"):
+                    if entry.operation in ("DEL", "PURGE") or entry.key == BARRIER_KEY:
                         continue
                     found.append((entry.key, entry.value or b"", entry.revision or 0))
                     if len(found) > limit:
@@ -200,6 +211,10 @@ class JetStreamStore:
         except NotFoundError:
             raise NotFoundError(f"no user {key}") from None
         return Versioned(decode(UserRecord, data), revision)
+
+    async def authorize_user(self, key: str) -> Versioned[UserRecord]:
+        await self._users.confirm_quorum()
+        return await self.get_user(key)
 
     async def list_users(self) -> list[UserRecord]:
         rows = await self._users.scan(limit=self._scan_limit)

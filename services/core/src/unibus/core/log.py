@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging as _stdlib_logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -34,9 +34,23 @@ _SENSITIVE_KEYS = frozenset(
 )
 
 
+def _redacted(value: Any) -> Any:
+    """A copy of ``value`` with sensitive keys redacted at any depth; the caller's is untouched."""
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if key in _SENSITIVE_KEYS else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_redacted(item) for item in value)
+    return value
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in event.keys() & _SENSITIVE_KEYS:
-        event[key] = REDACTED
+    for key, value in list(event.items()):
+        event[key] = REDACTED if key in _SENSITIVE_KEYS else _redacted(value)
     return event
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, TypeVar, cast
 
 import msgspec
 
@@ -76,7 +76,8 @@ class RoomRecord(_Record, frozen=True, kw_only=True):
     room_id: str
     owner: str
     members: tuple[str, ...]
-    epochs: tuple[EpochRef, ...]
+    epochs: Annotated[tuple[EpochRef, ...], msgspec.Meta(min_length=1)]
+    """Every committed epoch, oldest first; a room always has at least its first."""
     created_at: float
     updated_at: float
 

@@ -126,21 +126,34 @@ def history_consumer(room_id: str, user_key: str, slot: int) -> str:
     return f"h-{check_room_id(room_id)}-{user_token(user_key)}-{slot}"
 
 
+_CONSUMER_RE: Final = re.compile(r"[-_A-Za-z0-9]{1,64}")
+
+
+def _consumer(name: str) -> str:
+    # A dot or wildcard in a consumer name would turn a permission for one consumer
+    # into a permission for many.
+    if not _CONSUMER_RE.fullmatch(name):
+        raise InvalidNameError("a consumer name is 1-64 of [-_A-Za-z0-9]")
+    return name
+
+
 def consumer_create_subject(room_id: str, consumer: str) -> str:
     """The filtered create subject: the server refuses a body filter that differs from it."""
-    return f"{_JS_API}.CONSUMER.CREATE.{MESSAGES_STREAM}.{consumer}.{room_subject(room_id)}"
+    return (
+        f"{_JS_API}.CONSUMER.CREATE.{MESSAGES_STREAM}.{_consumer(consumer)}.{room_subject(room_id)}"
+    )
 
 
 def consumer_next_subject(consumer: str) -> str:
-    return f"{_JS_API}.CONSUMER.MSG.NEXT.{MESSAGES_STREAM}.{consumer}"
+    return f"{_JS_API}.CONSUMER.MSG.NEXT.{MESSAGES_STREAM}.{_consumer(consumer)}"
 
 
 def consumer_info_subject(consumer: str) -> str:
-    return f"{_JS_API}.CONSUMER.INFO.{MESSAGES_STREAM}.{consumer}"
+    return f"{_JS_API}.CONSUMER.INFO.{MESSAGES_STREAM}.{_consumer(consumer)}"
 
 
 def consumer_delete_subject(consumer: str) -> str:
-    return f"{_JS_API}.CONSUMER.DELETE.{MESSAGES_STREAM}.{consumer}"
+    return f"{_JS_API}.CONSUMER.DELETE.{MESSAGES_STREAM}.{_consumer(consumer)}"
 
 
 # -- KV keys ----------------------------------------------------------------------------------

@@ -32,9 +32,7 @@ import contextlib
 import functools
 import ipaddress
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Final
 
 from unibus.core.errors import ConfigError, PostureError
+from unibus.core.files import PrivateFileError, read_private, write_private
 from unibus.core.naming import BUS_ACCOUNT, CALLOUT_ACCOUNT, SYSTEM_ACCOUNT
 from unibus.core.settings import parse_bool
 
@@ -632,12 +631,10 @@ def _read_route_secret(path: Path) -> str:
     """Read the route secret; errors name the file and never quote its contents."""
     setting = "cluster.secret_file"
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the route secret file {path}: {exc.strerror or type(exc).__name__}",
-            setting=setting,
-        ) from None
+        # Private like every secret: a route secret others can read is no secret.
+        raw = read_private(path, max_size=4096)
+    except PrivateFileError as exc:
+        raise ConfigError(f"route secret file {path} {exc.problem}", setting=setting) from None
     secret = raw.decode("ascii") if raw.isascii() else ""
     secret = secret.rstrip("\r\n")
     if not _SECRET_RE.fullmatch(secret):
@@ -655,24 +652,12 @@ def write_node_config(path: Path, text: str) -> None:
     """Write a rendered config atomically, readable by its owner only (it holds the secret).
 
     The file is 0600 from creation (a temporary file in the same directory, then
-    ``os.replace``); a missing parent directory is created 0700.
+    ``os.replace``); missing parent directories are created 0700.
+
+    Raises:
+        ConfigError: the file or a missing parent directory cannot be written.
     """
-    parent = path.parent
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_private(path, text.encode("utf-8"), overwrite=True)
+    except PrivateFileError as exc:
+        raise ConfigError(f"nats-server config {exc}") from None

@@ -24,17 +24,17 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import os
 import re
 import secrets
-import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import nacl.exceptions
 import nacl.signing
 
 from unibus.core.errors import NkeyError
+from unibus.core.files import PrivateFileError, read_private, write_private
 
 __all__ = [
     "KeyPair",
@@ -87,6 +87,7 @@ _USER_KEY_FORMS: Final = (
     "or a 64-digit hex Ed25519 public key"
 )
 _SEED_FILE_MAX: Final = 4096
+_Pair = TypeVar("_Pair")
 
 
 def _make_crc16_table() -> tuple[int, ...]:
@@ -317,120 +318,42 @@ def canonical_user_key(key: str) -> str:
 # -- seed files ---------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _create_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the first syscall on, write and fsync ``data``.
-
-    O_EXCL makes the open fail on an existing file and on any symlink, so nothing
-    outside the caller's intent is ever written.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # best effort: some filesystems refuse opening directories
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_seed_file(path: Path, seed: str, *, overwrite: bool = False) -> None:
     """Write ``seed`` (plus a newline) to a new file readable only by its owner.
 
     Without ``overwrite`` an existing file is refused. With it, the seed goes to a
     temporary file in the same directory that then replaces ``path`` atomically, so a
-    crash leaves either the old or the new seed, never a torn file.
+    crash leaves either the old or the new seed, never a torn file. The directory must
+    exist already.
 
     Raises:
         NkeyError: malformed seed, existing file, or the file could not be written.
     """
     decode_seed(seed)  # never persist something that cannot be loaded back
-    data = (seed + "\n").encode("ascii")
-    path = Path(path)
-    if not overwrite:
-        try:
-            _create_private(path, data)
-        except FileExistsError:
-            raise NkeyError(
-                f"{path} already exists; remove the file or pass --force to overwrite it"
-            ) from None
-        except OSError as exc:
-            raise NkeyError(f"cannot write seed file {path}: {exc.strerror}") from None
-        _fsync_dir(path.parent)
-        return
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        _create_private(tmp, data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise NkeyError(f"cannot write seed file {path}: {exc.strerror}") from None
-    _fsync_dir(path.parent)
+        write_private(Path(path), (seed + "\n").encode("ascii"), overwrite=overwrite, parents=False)
+    except PrivateFileError as exc:
+        raise NkeyError(f"seed file {exc}") from None
 
 
-def _read_seed_text(path: Path) -> str:
-    """Read a seed file after checking that only its owner can access it.
+def _load_seed_file(path: Path, load: Callable[[str], _Pair]) -> _Pair:
+    """Read a seed file that only its owner can access and ``load`` the seed in it.
 
-    Shared with :func:`unibus.core.xkeys.read_curve_seed_file`. The mode is checked
-    on the open descriptor, so the file cannot be swapped between check and read.
+    Shared with :func:`unibus.core.xkeys.read_curve_seed_file`. Symlinks are followed
+    (Kubernetes secret mounts); the checks apply to the file read.
     """
-    path = Path(path)
-    # O_NONBLOCK keeps a FIFO planted at the path from hanging the open; the
-    # regular-file check below then refuses it.
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise NkeyError(f"seed file {path} does not exist") from None
-    except OSError as exc:
-        raise NkeyError(f"cannot open seed file {path}: {exc.strerror}") from None
+        data = read_private(Path(path), max_size=_SEED_FILE_MAX)
+    except PrivateFileError as exc:
+        raise NkeyError(f"seed file {exc}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NkeyError(f"seed file {path} is not a regular file")
-        if mode & 0o077:
-            raise NkeyError(
-                f"seed file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while size <= _SEED_FILE_MAX:
-            chunk = os.read(fd, _SEED_FILE_MAX + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise NkeyError(f"cannot read seed file {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if size > _SEED_FILE_MAX:
-        raise NkeyError(f"seed file {path} is too large to hold a seed")
-    try:
-        return b"".join(chunks).decode("ascii").strip()
+        text = data.decode("ascii")
     except UnicodeDecodeError:
         raise NkeyError(f"seed file {path} does not contain a seed") from None
+    try:
+        return load(text)
+    except NkeyError as exc:
+        raise NkeyError(f"seed file {path}: {exc}") from None
 
 
 def read_seed_file(path: Path) -> KeyPair:
@@ -440,8 +363,4 @@ def read_seed_file(path: Path) -> KeyPair:
         NkeyError: missing or unreadable file, group/other permissions (the message
             says which ``chmod`` fixes it), or content that is not an Ed25519 seed.
     """
-    text = _read_seed_text(path)
-    try:
-        return KeyPair.from_seed(text)
-    except NkeyError as exc:
-        raise NkeyError(f"seed file {path}: {exc}") from None
+    return _load_seed_file(path, KeyPair.from_seed)

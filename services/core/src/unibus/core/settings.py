@@ -56,7 +56,9 @@ class EnvReader:
         return self.raw(name)
 
     def boolean(self, name: str, *, default: bool) -> bool:
-        value = self._environ.get(name)
+        # Blank means unset here as for every other getter: an empty line in an env file
+        # must not silently turn off a setting that defaults to on.
+        value = self.raw(name)
         return default if value is None else parse_bool(name, value)
 
     def integer(

@@ -49,6 +49,15 @@ class Store(Protocol):
         """The current record, read from the leader (never a possibly stale replica)."""
         ...
 
+    async def authorize_user(self, key: str) -> Versioned[UserRecord]:
+        """The current record for an authorization decision.
+
+        Stronger than ``get_user``: confirms that the data is not from a leader cut off
+        from the majority, so a revocation committed elsewhere cannot be missed.
+        ``StoreUnavailableError`` when that cannot be confirmed within the bound.
+        """
+        ...
+
     async def list_users(self) -> list[UserRecord]: ...
 
     async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:

@@ -25,7 +25,7 @@ import nacl.public
 from unibus.core.errors import NkeyError, XKeyError
 from unibus.core.nkeys import (
     Prefix,
-    _read_seed_text,
+    _load_seed_file,
     _seed_text,
     decode_public,
     decode_seed,
@@ -144,8 +144,4 @@ def read_curve_seed_file(path: Path) -> CurveKeyPair:
         NkeyError: missing or unreadable file, group/other permissions, or content
             that is not a curve seed.
     """
-    text = _read_seed_text(path)
-    try:
-        return CurveKeyPair.from_seed(text)
-    except NkeyError as exc:
-        raise NkeyError(f"seed file {path}: {exc}") from None
+    return _load_seed_file(path, CurveKeyPair.from_seed)

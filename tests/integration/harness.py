@@ -1,0 +1,135 @@
+"""Helpers for integration tests: started stacks, polling with a deadline, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from unibus.core.connect import connect
+from unibus.stack.launcher import LocalStack
+from unibus.stack.layout import StackLayout, StackSpec
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``until(result)`` holds; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+            if until(last):
+                return last
+        except Exception as exc:  # noqa: BLE001 - the probe may fail while the cluster settles
+            last_error = exc
+        await asyncio.sleep(interval)
+    pytest.fail(f"{what} did not hold within {timeout}s (last={last!r}, error={last_error!r})")
+
+
+class StackFactory:
+    """Makes started stacks and stops every one of them at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._stacks: list[LocalStack] = []
+        self._connections: list[NATS] = []
+
+    async def start(
+        self,
+        *,
+        nodes: int = 3,
+        environ: dict[str, str] | None = None,
+        provision: bool = True,
+        replicas: int | None = None,
+    ) -> LocalStack:
+        directory = self._root / f"stack{len(self._stacks)}"
+        stack = LocalStack(
+            StackLayout.at(directory), StackSpec.with_free_ports(nodes), environ=environ or {}
+        )
+        self._stacks.append(stack)
+        stack.start()
+        await stack.wait_ready(budget=60.0)
+        if provision:
+            await stack.provision(replicas=replicas)
+        return stack
+
+    async def connect(
+        self, stack: LocalStack, identity: str = "internal", **kwargs: object
+    ) -> NATS:
+        nc = await connect(stack.target(identity, **kwargs), name="unibus-test")  # type: ignore[arg-type]
+        self._connections.append(nc)
+        return nc
+
+    async def close(self) -> None:
+        for nc in self._connections:
+            if not nc.is_closed:
+                await nc.close()
+        for stack in self._stacks:
+            stack.stop()
+
+
+@asynccontextmanager
+async def bounded(seconds: float) -> AsyncIterator[None]:
+    """Fail (instead of hanging the suite) if the block outlives ``seconds``."""
+    async with asyncio.timeout(seconds):
+        yield
+
+
+async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+    """Run the ``unibus`` command in a child process; (exit status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "unibus.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def free_port_block(size: int, *, attempts: int = 50) -> int:
+    """A base port such that ``base .. base+size-1`` are all free right now."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20000, 60000 - size)
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                sockets.append(sock)
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    pytest.fail(f"no block of {size} free ports found")
