@@ -60,6 +60,7 @@ class StackFactory:
         environ: dict[str, str] | None = None,
         provision: bool = True,
         replicas: int | None = None,
+        services: bool = False,
     ) -> LocalStack:
         directory = self._root / f"stack{len(self._stacks)}"
         stack = LocalStack(
@@ -70,6 +71,9 @@ class StackFactory:
         await stack.wait_ready(budget=60.0)
         if provision:
             await stack.provision(replicas=replicas)
+        if services:
+            stack.start_services()
+            await stack.wait_services_ready()
         return stack
 
     async def connect(

@@ -26,7 +26,7 @@ async def test_up_starts_three_routed_nodes_status_reports_them_and_down_stops_e
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "stack"
-    base = free_port_block(30)
+    base = free_port_block(40)
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

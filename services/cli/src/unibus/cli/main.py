@@ -19,9 +19,9 @@ Handler = Callable[[argparse.Namespace], int]
 def _verb_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `unibus --help` stays fast and one broken
     # verb cannot stop the others from being listed.
-    from unibus.cli import certs, keys, stack
+    from unibus.cli import certs, keys, stack, users
 
-    return [stack, certs, keys]
+    return [stack, users, certs, keys]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
@@ -73,6 +74,15 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _metric_is_one(port: int, metric: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(line.split() == [metric, "1.0"] for line in text.splitlines())
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,6 +128,7 @@ class LocalStack:
         self.spec = spec
         self._environ = dict(os.environ if environ is None else environ)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._services: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self._binary = nats_server_binary()
 
     # -- material -----------------------------------------------------------------------------
@@ -233,12 +244,93 @@ class LocalStack:
             proc.wait(timeout=timeout)
 
     def stop(self) -> None:
+        self.stop_services()
         for name in reversed(self.spec.node_names):
             self.stop_node(name)
 
     def exited(self) -> list[str]:
-        """Nodes whose process ended without being asked to."""
-        return [name for name, proc in self._procs.items() if proc.poll() is not None]
+        """Processes that ended without being asked to."""
+        nodes = [name for name, proc in self._procs.items() if proc.poll() is not None]
+        services = [f"{s} on {n}" for (s, n), p in self._services.items() if p.poll() is not None]
+        return nodes + services
+
+    # -- unibus services -------------------------------------------------------------------------
+    def service_env(self, node: str) -> dict[str, str]:
+        """What one node's services are configured with: file paths, never secrets."""
+        names = self.spec.node_names
+        own_first = (node, *(n for n in names if n != node))
+        ports = self.spec.ports[names.index(node)]
+        env = {k: v for k, v in self._environ.items() if k.startswith("UNIBUS_")}
+        env.update(
+            {
+                "PATH": os.environ.get("PATH", ""),
+                "UNIBUS_NATS_URLS": ",".join(self.client_url(n) for n in own_first),
+                "UNIBUS_CA_FILE": str(self.layout.certs.client_ca_cert),
+                "UNIBUS_CALLOUT_SEED_FILE": str(self.layout.identity("callout")),
+                "UNIBUS_ISSUER_SEED_FILE": str(self.layout.identity("issuer")),
+                "UNIBUS_XKEY_SEED_FILE": str(self.layout.identity("xkey")),
+                "UNIBUS_INTERNAL_SEED_FILE": str(self.layout.identity("internal")),
+                "UNIBUS_SYSTEM_SEED_FILE": str(self.layout.identity("system")),
+                "UNIBUS_AUTHCALLOUT_METRICS_ADDR": f"127.0.0.1:{ports.callout_metrics}",
+            }
+        )
+        return env
+
+    def start_service(self, service: str, node: str) -> None:
+        key = (service, node)
+        running = self._services.get(key)
+        if running is not None and running.poll() is None:
+            raise StackError(f"{service} on {node} is already running (pid {running.pid})")
+        log = self.layout.service_log(service, node).open("ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"unibus.{service}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.service_env(node),
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._services[key] = proc
+        self.layout.service_pid(service, node).write_text(f"{proc.pid}\n")
+
+    def start_services(self) -> None:
+        for node in self.spec.node_names:
+            self.start_service("authcallout", node)
+
+    def stop_service(self, service: str, node: str, *, timeout: float = STOP_TIMEOUT) -> None:
+        proc = self._services.pop((service, node), None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        self.layout.service_pid(service, node).unlink(missing_ok=True)
+
+    def stop_services(self) -> None:
+        for service, node in list(self._services):
+            self.stop_service(service, node)
+
+    async def wait_services_ready(self, *, budget: float = 60.0) -> None:
+        """Wait until every callout instance reports a fresh view on its metrics port."""
+        deadline = time.monotonic() + budget
+        for (service, node), proc in list(self._services.items()):
+            port = self.spec.ports[self.spec.node_names.index(node)].callout_metrics
+            while not await asyncio.to_thread(
+                _metric_is_one, port, "unibus_authcallout_view_fresh"
+            ):
+                if proc.poll() is not None:
+                    raise StackError(
+                        f"{service} on {node} exited with status {proc.returncode}; "
+                        f"see {self.layout.service_log(service, node)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise StackError(f"{service} on {node} not ready within {budget:g}s")
+                await asyncio.sleep(0.1)
 
     # -- readiness and provisioning -------------------------------------------------------------
     def client_url(self, name: str) -> str:
@@ -343,6 +435,8 @@ class LocalStack:
         try:
             await self.wait_ready()
             await self.provision(progress=progress)
+            self.start_services()
+            await self.wait_services_ready()
             info = self.info()
             write_stack_info(self.layout, info)
         except BaseException:
@@ -359,6 +453,13 @@ def stop_stack(layout: StackLayout, *, timeout: float = STOP_TIMEOUT) -> list[st
         if pid and stop_pid(pid, must_contain="unibus", timeout=timeout * 2):
             stopped.append(f"unibus up (pid {pid})")
     nodes_dir = layout.root / "nodes"
+    for node_dir in sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []:
+        for service in ("authcallout",):
+            pid_file = layout.service_pid(service, node_dir.name)
+            text = pid_file.read_text().strip() if pid_file.exists() else ""
+            if text.isdigit() and stop_pid(int(text), must_contain=f"unibus.{service}"):
+                stopped.append(f"{service} {node_dir.name} (pid {text})")
+            pid_file.unlink(missing_ok=True)
     for node_dir in sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []:
         pid_file = layout.node_pid(node_dir.name)
         if not pid_file.exists():

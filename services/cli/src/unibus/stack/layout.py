@@ -27,6 +27,7 @@ class NodePorts:
     client: int
     route: int
     monitor: int
+    callout_metrics: int
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,16 @@ class StackSpec:
 
     @classmethod
     def from_base_port(cls, nodes: int, base_port: int, bind: str = "127.0.0.1") -> StackSpec:
-        """Client ports base+i, route ports base+10+i, monitor ports base+20+i."""
-        if not 1 <= base_port <= 65535 - 30:
-            raise ConfigError(f"--base-port {base_port} leaves no room for 30 ports")
+        """Clients at base+i, routes +10, monitoring +20, callout metrics +30."""
+        if not 1 <= base_port <= 65535 - 40:
+            raise ConfigError(f"--base-port {base_port} leaves no room for 40 ports")
         return cls(
             ports=tuple(
                 NodePorts(
-                    client=base_port + i, route=base_port + 10 + i, monitor=base_port + 20 + i
+                    client=base_port + i,
+                    route=base_port + 10 + i,
+                    monitor=base_port + 20 + i,
+                    callout_metrics=base_port + 30 + i,
                 )
                 for i in range(nodes)
             ),
@@ -65,12 +69,9 @@ class StackSpec:
     @classmethod
     def with_free_ports(cls, nodes: int, bind: str = "127.0.0.1") -> StackSpec:
         """Ports the OS reports free right now (for tests)."""
-        free = free_ports(3 * nodes, host=bind)
+        free = free_ports(4 * nodes, host=bind)
         return cls(
-            ports=tuple(
-                NodePorts(client=free[3 * i], route=free[3 * i + 1], monitor=free[3 * i + 2])
-                for i in range(nodes)
-            ),
+            ports=tuple(NodePorts(*free[4 * i : 4 * i + 4]) for i in range(nodes)),
             bind=bind,
         )
 
@@ -140,6 +141,12 @@ class StackLayout:
 
     def node_pid(self, node: str) -> Path:
         return self.node_dir(node) / "nats-server.pid"
+
+    def service_log(self, service: str, node: str) -> Path:
+        return self.node_dir(node) / f"{service}.log"
+
+    def service_pid(self, service: str, node: str) -> Path:
+        return self.node_dir(node) / f"{service}.pid"
 
     @property
     def up_pid(self) -> Path:

@@ -91,6 +91,7 @@ async def connect(
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
     inbox_prefix: str | None = None,
+    randomize: bool = True,
     disconnected_cb: Callable[[], Awaitable[None]] | None = None,
     reconnected_cb: Callable[[], Awaitable[None]] | None = None,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
@@ -105,6 +106,8 @@ async def connect(
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_time_wait": reconnect_time_wait,
         "error_cb": _quiet_error,
+        # randomize=False keeps the caller's order: a per-node service prefers its own node.
+        "dont_randomize": not randomize,
     }
     if target.ca_file is not None:
         options["tls"] = tls_context(target.ca_file)

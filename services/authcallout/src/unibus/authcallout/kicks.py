@@ -1,0 +1,95 @@
+"""Disconnecting every live connection a change affects, on every node.
+
+Connections are found through the system account (CONNZ is answered by every server)
+and closed with ``$SYS.REQ.SERVER.<server_id>.KICK``. Each connection's name carries
+the stamp it was authorized at (``<U key>@<users rev>.<rooms rev>``), so a change at
+revision r kicks exactly the connections stamped below r: a client that already
+reconnected with fresh permissions is left alone, whichever callout instance acts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from unibus.authcallout.view import Change, Stamp
+from unibus.core import naming
+from unibus.core.log import get_logger
+from unibus.core.sysreq import server_ping
+
+_log = get_logger("unibus.authcallout.kicks")
+_CONNZ_LIMIT = 10_000
+
+
+def connection_name(user_key: str, stamp: Stamp) -> str:
+    return f"{user_key}@{stamp.encode()}"
+
+
+def parse_connection_name(name: str) -> tuple[str, Stamp] | None:
+    user, _, stamp_text = name.partition("@")
+    stamp = Stamp.parse(stamp_text)
+    return None if stamp is None else (user, stamp)
+
+
+def is_affected(name: str, change: Change) -> bool:
+    parsed = parse_connection_name(name)
+    if parsed is None:
+        return False
+    user, stamp = parsed
+    if user not in change.users:
+        return False
+    seen = stamp.users if change.bucket == naming.USERS_BUCKET else stamp.rooms
+    return seen < change.revision
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    server_id: str
+    cid: int
+    name: str
+
+
+class Kicker:
+    """Finds and kicks affected connections through a system-account connection."""
+
+    def __init__(self, sys_nc: NATS, *, expected_servers: int, timeout: float = 2.0) -> None:
+        self._nc = sys_nc
+        self._expected = expected_servers
+        self._timeout = timeout
+
+    async def connections(self) -> list[Connection]:
+        body = msgspec.json.encode({"acc": naming.BUS_ACCOUNT, "auth": True, "limit": _CONNZ_LIMIT})
+        replies = await server_ping(
+            self._nc, "CONNZ", expected=self._expected, timeout=self._timeout, body=body
+        )
+        found = []
+        for reply in replies:
+            server_id = str((reply.get("server") or {}).get("id", ""))
+            data: dict[str, Any] = reply.get("data") or {}
+            for conn in data.get("connections") or []:
+                name = conn.get("authorized_user") or ""
+                cid = conn.get("cid")
+                if server_id and isinstance(cid, int) and name:
+                    found.append(Connection(server_id, cid, str(name)))
+        return found
+
+    async def kick(self, change: Change) -> int:
+        """Kick every connection authorized before ``change``; returns how many."""
+        kicked = 0
+        for conn in await self.connections():
+            if not is_affected(conn.name, change):
+                continue
+            subject = f"$SYS.REQ.SERVER.{conn.server_id}.KICK"
+            try:
+                await self._nc.request(
+                    subject, msgspec.json.encode({"cid": conn.cid}), timeout=self._timeout
+                )
+            except nats.errors.Error as exc:
+                _log.warning("kick failed", server=conn.server_id, error=type(exc).__name__)
+                continue
+            kicked += 1
+        return kicked

@@ -1,0 +1,197 @@
+"""The callout service: answers ``$SYS.REQ.USER.AUTH`` and disconnects on changes.
+
+Three connections, each with the least identity it needs: the callout identity receives
+auth requests (queue group, so any number of instances share the load), the internal
+identity feeds the KV view, the system identity lists and kicks connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from unibus.authcallout.kicks import Kicker, connection_name
+from unibus.authcallout.metrics import Metrics
+from unibus.authcallout.permissions import permissions_for
+from unibus.authcallout.protocol import (
+    AuthRequest,
+    Denial,
+    Dropped,
+    allow_response,
+    deny_response,
+    open_request,
+    user_jwt,
+    verify_client,
+)
+from unibus.authcallout.reasons import Reason
+from unibus.authcallout.settings import Settings
+from unibus.authcallout.view import Change, DirectoryView
+from unibus.core import naming
+from unibus.core.connect import NatsTarget, connect
+from unibus.core.log import get_logger
+from unibus.core.nkeys import KeyPair, read_seed_file
+from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
+
+_log = get_logger("unibus.authcallout")
+
+
+@dataclass(frozen=True)
+class Keys:
+    issuer: KeyPair
+    xkey: CurveKeyPair
+
+    @classmethod
+    def load(cls, settings: Settings) -> Keys:
+        return cls(
+            issuer=read_seed_file(settings.issuer_seed),
+            xkey=read_curve_seed_file(settings.xkey_seed),
+        )
+
+
+class CalloutService:
+    def __init__(self, settings: Settings, keys: Keys, metrics: Metrics) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._view: DirectoryView | None = None
+        self._kicker: Kicker | None = None
+
+    def _target(self, identity: str) -> NatsTarget:
+        files = {
+            "callout": self._settings.callout_seed,
+            "internal": self._settings.internal_seed,
+            "system": self._settings.system_seed,
+        }
+        return NatsTarget(
+            urls=self._settings.nats_urls,
+            ca_file=self._settings.ca_file,
+            identity_file=files[identity],
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        view_nc = await self._connect("internal")
+        sys_nc = await self._connect("system")
+        callout_nc = await self._connect("callout")
+        self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
+        self._view = DirectoryView(
+            view_nc.jetstream(timeout=self._settings.max_staleness),
+            max_staleness=self._settings.max_staleness,
+            heartbeat=self._settings.heartbeat,
+            on_change=self._on_change,
+        )
+        await self._view.start()
+        gauges = asyncio.create_task(self._update_gauges())
+        try:
+            sub = await callout_nc.subscribe(
+                naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
+            )
+            _log.info("serving auth requests", instances_share=naming.CALLOUT_QUEUE)
+            await stop.wait()
+            await sub.unsubscribe()
+        finally:
+            gauges.cancel()
+            await self._view.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            for nc in (callout_nc, sys_nc, view_nc):
+                with contextlib.suppress(Exception):
+                    await nc.close()
+
+    async def _connect(self, identity: str) -> NATS:
+        async def disconnected() -> None:
+            if identity == "internal" and self._view is not None:
+                self._view.mark_disconnected()
+
+        return await connect(
+            self._target(identity),
+            name=f"unibus-authcallout-{identity}",
+            randomize=False,
+            disconnected_cb=disconnected,
+        )
+
+    async def _update_gauges(self) -> None:
+        while True:
+            if self._view is not None:
+                lag = self._view.staleness
+                self._metrics.watch_lag.set(lag if lag != float("inf") else -1)
+                self._metrics.view_fresh.set(1 if self._view.is_fresh else 0)
+            await asyncio.sleep(0.25)
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one at a time: never do the work here.
+        task = asyncio.create_task(self._guarded(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        async with self._slots:
+            reason = await self._handle(msg)
+        self._metrics.decisions.labels(reason=reason.value).inc()
+        self._metrics.latency.observe(time.perf_counter() - started)
+        _log.info("auth decision", reason=reason.value)
+
+    async def _handle(self, msg: Msg) -> Reason:
+        now = time.time()
+        try:
+            request = open_request(msg.data, msg.headers, self._keys.xkey, now=now)
+        except Dropped as dropped:
+            return dropped.reason
+        try:
+            response, reason = self._decide(request, now), Reason.ALLOWED
+        except Denial as denial:
+            reason = denial.reason
+            response = deny_response(self._keys.issuer, request, self._keys.xkey, reason, now=now)
+        try:
+            await msg.respond(response)
+        except Exception as exc:  # noqa: BLE001 - connection closing; the server times out and denies
+            _log.warning("could not answer an auth request", error=type(exc).__name__)
+        return reason
+
+    def _decide(self, request: AuthRequest, now: float) -> bytes:
+        if self._view is None:
+            raise Denial(Reason.STORE_UNAVAILABLE, "view not started")
+        key = verify_client(request)
+        lookup = self._view.lookup(key)
+        if lookup.reason is not Reason.ALLOWED:
+            raise Denial(lookup.reason, "not admitted")
+        if len(lookup.rooms) > self._settings.max_rooms:
+            raise Denial(Reason.ROOM_CAP_EXCEEDED, f"{len(lookup.rooms)} rooms")
+        token = user_jwt(
+            self._keys.issuer,
+            request,
+            user_key=key,
+            connection_name=connection_name(key, lookup.stamp),
+            permissions=permissions_for(key, lookup.rooms),
+            ttl=self._settings.jwt_ttl,
+            now=now,
+        )
+        return allow_response(self._keys.issuer, request, self._keys.xkey, token, now=now)
+
+    # -- changes ----------------------------------------------------------------------------------
+    async def _on_change(self, change: Change) -> None:
+        task = asyncio.create_task(self._kick(change))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _kick(self, change: Change) -> None:
+        if self._kicker is None:
+            return
+        try:
+            kicked = await self._kicker.kick(change)
+        except Exception as exc:  # noqa: BLE001 - JWT expiry remains the backstop
+            _log.warning("could not disconnect affected users", error=type(exc).__name__)
+            return
+        if kicked:
+            self._metrics.kicks.inc(kicked)
+            if change.committed_at is not None:
+                self._metrics.revoke_latency.observe(max(0.0, time.time() - change.committed_at))
+        _log.info("authorization changed", users=len(change.users), kicked=kicked)

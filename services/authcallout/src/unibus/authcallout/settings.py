@@ -1,0 +1,82 @@
+"""The callout's settings: read once from the environment at start, failing fast."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from unibus.core.errors import ConfigError
+from unibus.core.settings import EnvReader
+
+DEFAULT_JWT_TTL = 3600.0
+DEFAULT_MAX_ROOMS = 256
+DEFAULT_METRICS_ADDR = "127.0.0.1:9471"
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_urls: tuple[str, ...]
+    """The whole cluster; the first URL is this instance's own node (tried first)."""
+    ca_file: Path | None
+    callout_seed: Path
+    """Identity the service connects with (nkey user of the callout account)."""
+    issuer_seed: Path
+    """Account key whose signature the servers require on user JWTs (root-equivalent)."""
+    xkey_seed: Path
+    internal_seed: Path
+    """Identity for the KV view (bus account)."""
+    system_seed: Path
+    """System-account identity for CONNZ and KICK."""
+    jwt_ttl: float = DEFAULT_JWT_TTL
+    max_rooms: int = DEFAULT_MAX_ROOMS
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9471
+    max_staleness: float = 2.0
+    heartbeat: float = 0.5
+    concurrency: int = 256
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        env = EnvReader(environ)
+        host, _, port = env.string(
+            "UNIBUS_AUTHCALLOUT_METRICS_ADDR", default=DEFAULT_METRICS_ADDR
+        ).rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                "UNIBUS_AUTHCALLOUT_METRICS_ADDR must be HOST:PORT (port 0 picks a free one)",
+                setting="UNIBUS_AUTHCALLOUT_METRICS_ADDR",
+            )
+        settings = cls(
+            nats_urls=env.items("UNIBUS_NATS_URLS") or (env.string("UNIBUS_NATS_URLS"),),
+            ca_file=env.optional_path("UNIBUS_CA_FILE"),
+            callout_seed=env.path("UNIBUS_CALLOUT_SEED_FILE"),
+            issuer_seed=env.path("UNIBUS_ISSUER_SEED_FILE"),
+            xkey_seed=env.path("UNIBUS_XKEY_SEED_FILE"),
+            internal_seed=env.path("UNIBUS_INTERNAL_SEED_FILE"),
+            system_seed=env.path("UNIBUS_SYSTEM_SEED_FILE"),
+            jwt_ttl=env.number(
+                "UNIBUS_JWT_TTL", default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
+            ),
+            max_rooms=env.integer(
+                "UNIBUS_MAX_ROOMS", default=DEFAULT_MAX_ROOMS, minimum=1, maximum=1024
+            ),
+            metrics_host=host.strip("[]"),
+            metrics_port=int(port),
+            max_staleness=env.number(
+                "UNIBUS_VIEW_MAX_STALENESS", default=2.0, minimum=0.5, maximum=30.0
+            ),
+            concurrency=env.integer("UNIBUS_AUTHCALLOUT_CONCURRENCY", default=256, minimum=1),
+            log_json=env.boolean("UNIBUS_LOG_JSON", default=True),
+        )
+        settings.heartbeat_check()
+        return settings
+
+    def heartbeat_check(self) -> None:
+        if self.heartbeat * 2 > self.max_staleness:
+            raise ConfigError(
+                "UNIBUS_VIEW_MAX_STALENESS must be at least twice the view heartbeat "
+                f"({self.heartbeat}s)",
+                setting="UNIBUS_VIEW_MAX_STALENESS",
+            )

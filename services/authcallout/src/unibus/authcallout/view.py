@@ -1,0 +1,290 @@
+"""An in-memory view of users and room memberships, trusted only while provably fresh.
+
+Auth decisions must take milliseconds (the server gives the callout about two seconds,
+and nats-py misreads anything slower), so they are answered from memory, kept current
+by KV watches on ``UNIBUS_users`` and ``UNIBUS_rooms``.
+
+A watch alone cannot tell "nothing changed" from "I am cut off". So a heartbeat commits
+a barrier write to each stream — possible only with a quorum — and waits until the
+watch has delivered it: the view then holds every change committed before the barrier.
+Decisions are made only while the last confirmation is younger than ``max_staleness``;
+otherwise the view answers ``store_unavailable`` and the callout denies (fail closed).
+
+Every decision carries a *stamp*, the stream revisions the view had applied. A change at
+revision r therefore affects exactly the connections stamped below r (see kicks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import nats.errors
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from unibus.authcallout.reasons import Reason
+from unibus.core import naming
+from unibus.core.kvstore import BARRIER_KEY
+from unibus.core.log import get_logger
+from unibus.core.models import RecordError, RoomRecord, UserRecord, decode
+
+_log = get_logger("unibus.authcallout.view")
+_BUCKETS: Final = (naming.USERS_BUCKET, naming.ROOMS_BUCKET)
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The stream revisions a decision was made at."""
+
+    users: int
+    rooms: int
+
+    def encode(self) -> str:
+        return f"{self.users}.{self.rooms}"
+
+    @classmethod
+    def parse(cls, text: str) -> Stamp | None:
+        users, _, rooms = text.partition(".")
+        if not (users.isdigit() and rooms.isdigit()):
+            return None
+        return cls(int(users), int(rooms))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Users whose authorization changed at ``revision`` of ``bucket``."""
+
+    bucket: str
+    revision: int
+    users: frozenset[str]
+    revoked: bool
+    committed_at: float | None
+    """Server time of the change (seconds since the epoch), for the latency metric."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    reason: Reason
+    user: UserRecord | None = None
+    rooms: tuple[str, ...] = ()
+    stamp: Stamp = Stamp(0, 0)
+
+
+@dataclass
+class _State:
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    rooms: dict[str, frozenset[str]] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_BUCKETS, 0))
+
+    def rooms_of(self, user: str) -> tuple[str, ...]:
+        return tuple(sorted(room for room, members in self.rooms.items() if user in members))
+
+
+def _timestamp(created: object) -> float | None:
+    if isinstance(created, datetime.datetime):
+        return created.timestamp()
+    if isinstance(created, int | float):
+        return float(created) / (1e9 if created > 1e12 else 1.0)
+    return None
+
+
+class DirectoryView:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        max_staleness: float = 2.0,
+        heartbeat: float = 0.5,
+        on_change: Callable[[Change], Awaitable[None]] | None = None,
+    ) -> None:
+        self._js = js
+        self._max_staleness = max_staleness
+        self._heartbeat = heartbeat
+        self._on_change = on_change
+        self._state = _State()
+        self._confirmed: dict[str, float] = dict.fromkeys(_BUCKETS, float("-inf"))
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded: dict[str, asyncio.Event] = {b: asyncio.Event() for b in _BUCKETS}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for bucket in _BUCKETS:
+            self._tasks.append(asyncio.create_task(self._watch_forever(bucket)))
+        self._tasks.append(asyncio.create_task(self._heartbeat_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def mark_disconnected(self) -> None:
+        """The connection dropped: nothing in memory can be trusted until re-confirmed."""
+        self._confirmed = dict.fromkeys(_BUCKETS, float("-inf"))
+
+    # -- decisions --------------------------------------------------------------------------------
+    @property
+    def staleness(self) -> float:
+        """Seconds since the view was last proven current (infinite before the first time)."""
+        return time.monotonic() - min(self._confirmed.values())
+
+    @property
+    def is_fresh(self) -> bool:
+        return self.staleness <= self._max_staleness
+
+    def lookup(self, user_key: str) -> Lookup:
+        if not self.is_fresh:
+            return Lookup(Reason.STORE_UNAVAILABLE)
+        state = self._state
+        stamp = Stamp(state.applied[naming.USERS_BUCKET], state.applied[naming.ROOMS_BUCKET])
+        user = state.users.get(user_key)
+        if user is None:
+            return Lookup(Reason.UNKNOWN_KEY, stamp=stamp)
+        if not user.is_active:
+            return Lookup(Reason.REVOKED, user, stamp=stamp)
+        return Lookup(Reason.ALLOWED, user, state.rooms_of(user_key), stamp)
+
+    # -- watching ---------------------------------------------------------------------------------
+    async def _watch_forever(self, bucket: str) -> None:
+        while True:
+            try:
+                await self._watch(bucket)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken watch must restart, not die
+                _log.warning("watch failed; restarting", bucket=bucket, error=type(exc).__name__)
+            self._confirmed[bucket] = float("-inf")
+            await asyncio.sleep(0.5)
+
+    async def _watch(self, bucket: str) -> None:
+        kv: KeyValue = await self._js.key_value(bucket)
+        watcher = await kv.watch(">", inactive_threshold=30.0)
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=self._heartbeat * 4)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    self._loaded[bucket].set()
+                    continue
+                if isinstance(entry, KeyValue.Entry):
+                    # Only the very first load is not a change. A watch restarted after an
+                    # outage compares with what was known, so changes made meanwhile still
+                    # disconnect the users they affect.
+                    initial = not self._loaded[bucket].is_set()
+                    change = self._apply(bucket, entry)
+                    if change is not None and not initial and self._on_change is not None:
+                        await self._on_change(change)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, bucket: str, entry: KeyValue.Entry) -> Change | None:
+        state = self._state
+        revision = entry.revision or 0
+        change: Change | None = None
+        if entry.key != BARRIER_KEY:
+            deleted = entry.operation in ("DEL", "PURGE")
+            if bucket == naming.USERS_BUCKET:
+                change = self._apply_user(entry.key, None if deleted else entry.value, revision)
+            else:
+                change = self._apply_room(entry.key, None if deleted else entry.value, revision)
+            if change is not None:
+                change = Change(
+                    bucket=bucket,
+                    revision=revision,
+                    users=change.users,
+                    revoked=change.revoked,
+                    committed_at=_timestamp(entry.created),
+                )
+        state.applied[bucket] = max(state.applied[bucket], revision)
+        self._release_waiters(bucket)
+        return change
+
+    def _apply_user(self, key: str, value: bytes | None, revision: int) -> Change | None:
+        users = self._state.users
+        before = users.get(key)
+        after: UserRecord | None = None
+        if value:
+            try:
+                after = decode(UserRecord, value)
+            except RecordError:
+                _log.warning("undecodable user record; treating as unknown", revision=revision)
+        if after is None:
+            users.pop(key, None)
+        else:
+            users[key] = after
+        if before is None or before == after:
+            return None
+        revoked = before.is_active and (after is None or not after.is_active)
+        return Change(naming.USERS_BUCKET, revision, frozenset({key}), revoked, None)
+
+    def _apply_room(self, room_id: str, value: bytes | None, revision: int) -> Change | None:
+        rooms = self._state.rooms
+        before = rooms.get(room_id, frozenset())
+        after: frozenset[str] = frozenset()
+        if value:
+            try:
+                after = frozenset(decode(RoomRecord, value).members)
+            except RecordError:
+                _log.warning("undecodable room record; treating as empty", revision=revision)
+        if after:
+            rooms[room_id] = after
+        else:
+            rooms.pop(room_id, None)
+        touched = before ^ after
+        if not touched:
+            return None
+        return Change(naming.ROOMS_BUCKET, revision, frozenset(touched), bool(before - after), None)
+
+    # -- freshness --------------------------------------------------------------------------------
+    def _release_waiters(self, bucket: str) -> None:
+        applied = self._state.applied[bucket]
+        remaining = []
+        for waiter in self._waiters:
+            name, revision, future = waiter
+            if name == bucket and revision <= applied:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                remaining.append(waiter)
+        self._waiters = remaining
+
+    async def _confirm(self, bucket: str) -> None:
+        started = time.monotonic()
+        ack = await self._js.publish(
+            f"$KV.{bucket}.{BARRIER_KEY}", b"", timeout=self._max_staleness
+        )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (bucket, ack.seq, future)
+        self._waiters.append(waiter)
+        self._release_waiters(bucket)
+        try:
+            async with asyncio.timeout(self._max_staleness):
+                await future
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        # The view holds every change committed before the barrier was published.
+        self._confirmed[bucket] = started
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            for bucket in _BUCKETS:
+                if not self._loaded[bucket].is_set():
+                    continue
+                try:
+                    await self._confirm(bucket)
+                except (TimeoutError, nats.errors.Error) as exc:
+                    _log.info("view not confirmed", bucket=bucket, error=type(exc).__name__)
+            await asyncio.sleep(self._heartbeat)

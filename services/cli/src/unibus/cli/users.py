@@ -1,0 +1,424 @@
+"""``unibus user add|list|revoke``: the allowlist in the live ``UNIBUS_users`` bucket.
+
+Every verb connects as the internal service identity to every URL of the cluster, so a
+write still lands with one node down, even the users stream's leader: each step is
+retried with short attempts within a budget while JetStream elects a new leader. Writes
+are create-only (``add``) or compare-and-set (``revoke``); after each one the verb prints
+the bucket's replication (``leader=… followers_current=2/2 msgs=N``).
+
+A re-add of a key that exists is an error and never changes the stored record, whatever
+role it asks for. A revocation flips the status; nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Final, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from unibus.cli._common import (
+    Subparsers,
+    add_json_arg,
+    add_target_args,
+    print_json,
+    resolve_target,
+)
+from unibus.core import naming
+from unibus.core.connect import connect
+from unibus.core.errors import (
+    AssetMissingError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.log import configure_logging
+from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
+from unibus.core.nkeys import canonical_user_key
+from unibus.core.provisioning import Asset, AssetKind, AssetStatus, asset_status
+from unibus.core.retry import retry_until
+
+T = TypeVar("T")
+
+MAX_HANDLE_LEN: Final = 64
+DEFAULT_TIMEOUT: Final = 60.0
+OP_TIMEOUT: Final = 2.0
+"""Bound of one JetStream request; a leader-less stream answers nothing until it elects."""
+ATTEMPT_TIMEOUT: Final = 5.0
+"""Bound of one attempt (a create-only write may take three requests over a tombstone)."""
+REPLICATION_BUDGET: Final = 15.0
+USERS_ASSET: Final = Asset(naming.USERS_BUCKET, AssetKind.KV)
+ROLES: Final = tuple(role.value for role in Role)
+_NO_RETRY: Final = (ConflictError, NotFoundError, AssetMissingError, RecordError)
+"""Errors no retry can fix: the answer is already final."""
+
+_EPILOG = """\
+examples:
+  unibus user add --handle ada --key UAB…XYZ --role admin
+  unibus user add --handle bob --role member \\
+      --key 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
+  unibus user list --json
+  unibus user revoke UAB…XYZ
+
+Without --dir or --nats-url the local stack in the default directory is used.
+"""
+
+
+# -- validation (before any connection) --------------------------------------------------------
+def check_handle(handle: str) -> str:
+    """A handle as stored: surrounding whitespace dropped; non-empty, printable, bounded."""
+    text = handle.strip()
+    if not text:
+        raise ConfigError("--handle must not be empty", setting="handle")
+    if not text.isprintable():
+        raise ConfigError(
+            "--handle must contain only printable characters (no control characters)",
+            setting="handle",
+        )
+    if len(text) > MAX_HANDLE_LEN:
+        raise ConfigError(
+            f"--handle is {len(text)} characters long; at most {MAX_HANDLE_LEN} are allowed",
+            setting="handle",
+        )
+    return text
+
+
+def check_role(role: str) -> Role:
+    try:
+        return Role(role.strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"--role must be one of {', '.join(ROLES)}, got {role!r}", setting="role"
+        ) from None
+
+
+def new_user(key: str, handle: str, role: str, *, now: float | None = None) -> UserRecord:
+    """The record ``user add`` writes; raises before anything connects if an input is bad."""
+    canonical = canonical_user_key(key)
+    stamp = time.time() if now is None else now
+    return UserRecord(
+        key=canonical,
+        handle=check_handle(handle),
+        role=check_role(role),
+        status=Status.ACTIVE,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+
+
+def same_add(stored: UserRecord, written: UserRecord) -> bool:
+    """Whether ``stored`` is the record this run wrote (its retried write had landed)."""
+    return (
+        stored.key == written.key
+        and stored.handle == written.handle
+        and stored.role is written.role
+        and stored.created_at == written.created_at
+    )
+
+
+# -- output ------------------------------------------------------------------------------------
+def user_json(user: UserRecord) -> dict[str, Any]:
+    return {
+        "key": user.key,
+        "handle": user.handle,
+        "role": user.role.value,
+        "status": user.status.value,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+    }
+
+
+def replication_json(status: AssetStatus | None) -> dict[str, Any] | None:
+    return None if status is None else asdict(status)
+
+
+def replication_line(status: AssetStatus | None) -> str:
+    if status is None:
+        return f"{naming.USERS_BUCKET}: replication unknown (no answer from its leader)"
+    return status.summary()
+
+
+def users_table(users: Sequence[UserRecord]) -> str:
+    header = ("KEY", "HANDLE", "ROLE", "STATUS")
+    rows = [header, *((u.key, u.handle, u.role.value, u.status.value) for u in users)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _add_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up after this long; until then every step is retried, e.g. while "
+        f"a new leader is elected (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
+    user = verbs.add_parser(
+        "user",
+        help="add, list and revoke allowlisted users (the live UNIBUS_users bucket)",
+        description="Manage the allowlist in the replicated UNIBUS_users bucket, connected "
+        "as the internal service identity. Writes succeed with one node down and print "
+        "the bucket's replication afterwards.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = user.add_subparsers(dest="user_verb", metavar="SUBVERB", required=True)
+
+    add = sub.add_parser(
+        "add",
+        help="allowlist a new user key with a role",
+        description="Add a user (create-only). Re-adding an existing key is an error that "
+        "leaves the stored record, and its role, unchanged. KEY is an nkey public key "
+        "(U…) or a legacy 64-hex Ed25519 key, stored in its canonical U… form.",
+    )
+    add.add_argument("--handle", required=True, help=f"display name (1..{MAX_HANDLE_LEN} chars)")
+    add.add_argument("--key", required=True, metavar="KEY", help="U… public key or 64 hex digits")
+    add.add_argument(
+        "--role",
+        default=Role.MEMBER.value,
+        metavar="{" + ",".join(ROLES) + "}",
+        help="member (default) or admin",
+    )
+    add_target_args(add)
+    _add_timeout_arg(add)
+    add_json_arg(add)
+    add.set_defaults(handler=_add)
+
+    listing = sub.add_parser(
+        "list",
+        help="every allowlisted user with role and status",
+        description="Print every user of UNIBUS_users (key, handle, role, status).",
+    )
+    add_target_args(listing)
+    _add_timeout_arg(listing)
+    add_json_arg(listing)
+    listing.set_defaults(handler=_list)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a user (its status flips to revoked; nothing is deleted)",
+        description="Flip a user's status to revoked by compare-and-set. Revoking a revoked "
+        "user changes nothing and succeeds.",
+    )
+    revoke.add_argument("key", metavar="KEY", help="U… public key or 64 hex digits")
+    add_target_args(revoke)
+    _add_timeout_arg(revoke)
+    add_json_arg(revoke)
+    revoke.set_defaults(handler=_revoke)
+
+
+# -- the live bucket ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Session:
+    nc: NATS
+    store: JetStreamStore
+    cluster_size: int
+    deadline: float
+    """``time.monotonic()`` value after which no step starts another attempt (``--timeout``)."""
+
+    def remaining(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+    async def retry(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        give_up_on: tuple[type[BaseException], ...] = _NO_RETRY,
+    ) -> T:
+        return await retry_until(
+            what,
+            operation,
+            budget=self.remaining(),
+            attempt_timeout=ATTEMPT_TIMEOUT,
+            give_up_on=give_up_on,
+        )
+
+    async def replication(self) -> AssetStatus | None:
+        """The users bucket's replication now; ``None`` if its leader does not answer.
+
+        Best effort after a committed write: it gets at least one full attempt even when
+        the write used up the budget.
+        """
+        js = self.nc.jetstream(timeout=OP_TIMEOUT)
+        try:
+            return await retry_until(
+                f"{naming.USERS_BUCKET} replication",
+                lambda: asset_status(js, USERS_ASSET, cluster_size=self.cluster_size),
+                budget=min(REPLICATION_BUDGET, max(ATTEMPT_TIMEOUT, self.remaining())),
+                attempt_timeout=ATTEMPT_TIMEOUT,
+            )
+        except Exception:  # noqa: BLE001 - the write is done; the report is best effort
+            return None
+
+
+def check_timeout(timeout: float) -> float:
+    if not timeout > 0:
+        raise ConfigError("--timeout must be a positive number of seconds", setting="timeout")
+    return timeout
+
+
+@asynccontextmanager
+async def _session(args: argparse.Namespace) -> AsyncIterator[_Session]:
+    deadline = time.monotonic() + args.timeout
+    target = resolve_target(args, identity="internal")
+    try:
+        async with asyncio.timeout(args.timeout):
+            nc = await connect(target, name="unibus-user", max_reconnect_attempts=3)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise StoreUnavailableError(
+            f"cannot reach the bus at {', '.join(target.urls)} ({type(exc).__name__}); "
+            "check that the nodes are up (`unibus status`) and the CA and identity are right"
+        ) from None
+    try:
+
+        async def open_store() -> JetStreamStore:
+            return await JetStreamStore.open(nc, op_timeout=OP_TIMEOUT)
+
+        store = await retry_until(
+            "open the users bucket",
+            open_store,
+            budget=max(0.1, deadline - time.monotonic()),
+            attempt_timeout=ATTEMPT_TIMEOUT * 3,
+            give_up_on=_NO_RETRY,
+        )
+        yield _Session(nc=nc, store=store, cluster_size=len(target.urls), deadline=deadline)
+    finally:
+        await nc.close()
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    # Logs go to stderr (structlog's default is stdout, where --json output goes); the
+    # per-attempt retry notes stay below the level shown, so a failure ends in one line.
+    configure_logging(json=False, level="warning")
+    return asyncio.run(coro)
+
+
+# -- add ---------------------------------------------------------------------------------------
+def _add(args: argparse.Namespace) -> int:
+    record = new_user(args.key, args.handle, args.role)
+    check_timeout(args.timeout)
+    return _run(_add_async(args, record))
+
+
+async def _add_async(args: argparse.Namespace, record: UserRecord) -> int:
+    async with _session(args) as session:
+        store = session.store
+        try:
+            written = await session.retry(f"add user {record.key}", lambda: store.add_user(record))
+        except ConflictError:
+            # Either the key was there before, or an earlier attempt of this run landed
+            # and only its acknowledgement was lost: the stored record tells which.
+            stored = await session.retry(
+                f"read user {record.key}",
+                lambda: store.get_user(record.key),
+                give_up_on=(NotFoundError, AssetMissingError, RecordError),
+            )
+            if not same_add(stored.value, record):
+                existing = stored.value
+                state = "" if existing.is_active else ", revoked"
+                raise ConflictError(
+                    f"user {record.key} already exists (role {existing.role.value}{state}); "
+                    "a re-add never changes a role"
+                ) from None
+            written = stored
+        replication = await session.replication()
+    _report(args, "added", written, replication)
+    return 0
+
+
+# -- list --------------------------------------------------------------------------------------
+def _list(args: argparse.Namespace) -> int:
+    check_timeout(args.timeout)
+    return _run(_list_async(args))
+
+
+async def _list_async(args: argparse.Namespace) -> int:
+    async with _session(args) as session:
+        users = await session.retry("list users", session.store.list_users)
+    if args.json:
+        print_json([user_json(u) for u in users])
+    elif users:
+        print(users_table(users))
+    else:
+        print(f"no users in {naming.USERS_BUCKET}")
+    return 0
+
+
+# -- revoke ------------------------------------------------------------------------------------
+def _revoke(args: argparse.Namespace) -> int:
+    key = canonical_user_key(args.key)
+    check_timeout(args.timeout)
+    return _run(_revoke_async(args, key))
+
+
+async def _revoke_async(args: argparse.Namespace, key: str) -> int:
+    async with _session(args) as session:
+        store = session.store
+        try:
+            before = await session.retry(f"read user {key}", lambda: store.get_user(key))
+        except NotFoundError:
+            raise NotFoundError(
+                f"no user {key} in {naming.USERS_BUCKET}; nothing to revoke "
+                "(see `unibus user list`)"
+            ) from None
+        if before.value.is_active:
+            # set_user_status is idempotent: a retry after a lost ack finds it revoked.
+            after = await session.retry(
+                f"revoke user {key}", lambda: store.set_user_status(key, Status.REVOKED)
+            )
+        else:
+            after = before
+        replication = await session.replication()
+    changed = before.value.is_active
+    _report(args, "revoked" if changed else "already revoked", after, replication, changed=changed)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    result: str,
+    written: Versioned[UserRecord],
+    replication: AssetStatus | None,
+    *,
+    changed: bool = True,
+) -> None:
+    user = written.value
+    if args.json:
+        print_json(
+            {
+                "result": result,
+                "changed": changed,
+                "user": user_json(user),
+                "revision": written.revision,
+                "replication": replication_json(replication),
+            }
+        )
+    else:
+        what = f"{user.key} (handle {user.handle!r}, role {user.role.value}, {user.status.value})"
+        print(f"{result} {what}" if changed else f"{what} was {result}; nothing changed")
+        print(replication_line(replication))
+    if replication is None:
+        print(
+            f"warning: {naming.USERS_BUCKET}'s replication could not be read after the "
+            "operation; check `unibus status`",
+            file=sys.stderr,
+        )

@@ -1,0 +1,446 @@
+"""The callout on a real 3-node cluster: who gets in, what they may do, and revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.js import api
+
+from tests.integration.harness import StackFactory, eventually
+from unibus.authcallout.kicks import Kicker
+from unibus.core import naming
+from unibus.core.connect import tls_context
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
+from unibus.core.nkeys import KeyPair, Prefix
+from unibus.stack.launcher import LocalStack
+
+PERMISSION_VIOLATION = "permissions violation"
+
+
+@dataclass
+class Client:
+    """A user's connection plus everything the server told it asynchronously."""
+
+    nc: NATS
+    key: str
+    errors: list[str] = field(default_factory=list)
+
+    def violations(self) -> list[str]:
+        return [e for e in self.errors if PERMISSION_VIOLATION in e.lower()]
+
+
+@dataclass
+class World:
+    stack: LocalStack
+    store: JetStreamStore
+    alice: KeyPair
+    bob: KeyPair
+    shared_room: str
+    bob_room: str
+    clients: list[Client] = field(default_factory=list)
+
+    async def connect(self, who: KeyPair, *, node: str = "n1", reconnect: bool = False) -> Client:
+        client = Client(nc=NATS(), key=who.public_key)
+
+        async def on_error(exc: Exception) -> None:
+            client.errors.append(str(exc))
+
+        await client.nc.connect(
+            servers=[self.stack.client_url(node)],
+            tls=tls_context(self.stack.layout.certs.client_ca_cert),
+            nkeys_seed_str=who.seed,
+            inbox_prefix=naming.inbox_prefix(who.public_key),
+            connect_timeout=5,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=5,
+            reconnect_time_wait=0.2,
+            error_cb=on_error,
+        )
+        self.clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            if not client.nc.is_closed:
+                await client.nc.close()
+
+
+def _user(key: str, handle: str) -> UserRecord:
+    now = time.time()
+    return UserRecord(
+        key=key,
+        handle=handle,
+        role=Role.MEMBER,
+        status=Status.ACTIVE,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _room(owner: str, *members: str) -> RoomRecord:
+    now = time.time()
+    return RoomRecord(
+        room_id=naming.new_room_id(),
+        owner=owner,
+        members=tuple(sorted({owner, *members})),
+        epochs=(EpochRef(epoch=1, key_id="k1"),),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _create_room(store: JetStreamStore, owner: str, *members: str) -> str:
+    room = _room(owner, *members)
+    await store.create_room(room, members=(), sealed_keys=())
+    return room.room_id
+
+
+@pytest_asyncio.fixture
+async def world(stacks: StackFactory) -> AsyncIterator[World]:
+    stack = await stacks.start(nodes=3, services=True)
+    store = await JetStreamStore.open(await stacks.connect(stack))
+    alice, bob = KeyPair.generate(Prefix.USER), KeyPair.generate(Prefix.USER)
+    await store.add_user(_user(alice.public_key, "alice"))
+    await store.add_user(_user(bob.public_key, "bob"))
+    shared = await _create_room(store, alice.public_key, bob.public_key)
+    bobs = await _create_room(store, bob.public_key)
+    found = World(stack, store, alice, bob, shared, bobs)
+    try:
+        yield found
+    finally:
+        await found.close()
+
+
+def _decisions(stack: LocalStack) -> dict[str, float]:
+    """Decisions by reason, summed over every callout instance."""
+    totals: dict[str, float] = {}
+    for ports in stack.spec.ports:
+        url = f"http://127.0.0.1:{ports.callout_metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            for line in response.read().decode().splitlines():
+                if line.startswith("unibus_authcallout_decisions_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+                    totals[reason] = totals.get(reason, 0.0) + float(value)
+    return totals
+
+
+async def _count(stack: LocalStack, reason: str) -> float:
+    return (await asyncio.to_thread(_decisions, stack)).get(reason, 0.0)
+
+
+async def _denied(world: World, who: KeyPair, node: str = "n1") -> str:
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - nats-py raises several types here
+        await world.connect(who, node=node)
+    return str(caught.value)
+
+
+# -- admission ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("node", ["n1", "n2", "n3"])
+async def test_an_allowlisted_user_connects_to_any_node_into_the_bus_account(
+    world: World, stacks: StackFactory, node: str
+) -> None:
+    client = await world.connect(world.alice, node=node)
+
+    assert client.nc.is_connected
+    kicker = Kicker(await stacks.connect(world.stack, "system"), expected_servers=3)
+    names = [c.name for c in await kicker.connections()]
+    assert any(name.startswith(world.alice.public_key + "@") for name in names)
+
+
+async def test_an_unknown_key_is_denied_and_counted(world: World) -> None:
+    before = await _count(world.stack, "unknown_key")
+
+    message = await _denied(world, KeyPair.generate(Prefix.USER))
+
+    assert "authorization violation" in message.lower()
+    await eventually(
+        lambda: _count(world.stack, "unknown_key"), until=lambda n: n > before, what="counted"
+    )
+
+
+async def test_a_revoked_user_is_denied_and_counted(world: World) -> None:
+    await world.store.set_user_status(world.bob.public_key, Status.REVOKED)
+    before = await _count(world.stack, "revoked")
+
+    async def denied() -> bool:
+        try:
+            client = await world.connect(world.bob)
+        except Exception:  # noqa: BLE001 - any refusal is what we wait for
+            return True
+        await client.nc.close()
+        return False
+
+    await eventually(denied, until=bool, what="revoked user denied")
+    assert await _count(world.stack, "revoked") > before
+
+
+async def _raw_connect(stack: LocalStack, connect: dict[str, object]) -> str:
+    """Speak the NATS protocol by hand: INFO, CONNECT, PING; returns the server's verdict."""
+    host, port = stack.spec.bind, stack.spec.ports[0].client
+    context = tls_context(stack.layout.certs.client_ca_cert)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async with asyncio.timeout(10):
+            # The server speaks INFO in clear, then the client upgrades to TLS.
+            info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
+            await writer.start_tls(context, server_hostname=host)
+            body = {**connect, "verbose": False, "pedantic": False, "protocol": 1}
+            if body.get("sig") == "NONCE":
+                body["sig"] = info["nonce"]
+            writer.write(b"CONNECT " + json.dumps(body).encode() + b"\r\nPING\r\n")
+            await writer.drain()
+            while True:
+                line = (await reader.readline()).decode().strip()
+                if line.startswith(("PONG", "-ERR")) or not line:
+                    return line
+    finally:
+        writer.close()
+
+
+async def test_a_forged_nkey_signature_is_denied_as_bad_signature(world: World) -> None:
+    before = await _count(world.stack, "bad_signature")
+    forged = {"nkey": world.alice.public_key, "sig": "A" * 86}
+
+    verdict = await _raw_connect(world.stack, forged)
+
+    assert verdict.startswith("-ERR")
+    await eventually(
+        lambda: _count(world.stack, "bad_signature"), until=lambda n: n > before, what="counted"
+    )
+
+
+@pytest.mark.parametrize(
+    ("credentials", "reason"),
+    [
+        ({"nkey": "not-a-key", "sig": "AAAA"}, "bad_request"),
+        ({"user": "admin", "pass": "admin"}, "no_credentials"),
+        ({"auth_token": "letmein"}, "no_credentials"),
+        ({"nkey": KeyPair.generate(Prefix.ACCOUNT).public_key, "sig": "NONCE"}, "bad_request"),
+        ({}, "no_credentials"),
+    ],
+)
+async def test_garbage_credentials_are_denied_with_a_reason(
+    world: World, credentials: dict[str, object], reason: str
+) -> None:
+    before = await _count(world.stack, reason)
+
+    verdict = await _raw_connect(world.stack, credentials)
+
+    assert verdict.startswith("-ERR")
+    await eventually(
+        lambda: _count(world.stack, reason), until=lambda n: n > before, what=f"{reason} counted"
+    )
+
+
+async def test_clients_cannot_inject_auth_requests_and_the_service_keeps_answering(
+    world: World, stacks: StackFactory
+) -> None:
+    """Only servers originate auth requests; even the callout's own identity cannot.
+
+    (Malformed requests as a server could send them are fuzzed in the unit tests.)
+    """
+    before = await asyncio.to_thread(_decisions, world.stack)
+    callout = await stacks.connect(world.stack, "callout")
+    for payload in (b"", b"garbage", b"xkv1" + bytes(100), b"eyJhbGciOi.x.y", bytes(70_000)):
+        await callout.publish(naming.CALLOUT_SUBJECT, payload, reply=callout.new_inbox())
+    await callout.flush()
+
+    client = await world.connect(world.alice, node="n2")
+
+    assert client.nc.is_connected
+    after = await asyncio.to_thread(_decisions, world.stack)
+    assert after["dropped_malformed"] == before["dropped_malformed"]
+    assert after["allowed"] == before["allowed"] + 1
+
+
+# -- permissions ------------------------------------------------------------------------------------
+async def _assert_publish_refused(client: Client, subject: str) -> None:
+    seen = len(client.violations())
+    await client.nc.publish(subject, b"x")
+    await client.nc.flush()
+
+    async def violations() -> list[str]:
+        return client.violations()
+
+    found = await eventually(violations, until=lambda v: len(v) > seen, timeout=10, what=subject)
+    assert subject.lower() in found[-1].lower()
+
+
+async def _assert_subscribe_refused(client: Client, subject: str) -> None:
+    seen = len(client.violations())
+    await client.nc.subscribe(subject)
+    await client.nc.flush()
+
+    async def violations() -> list[str]:
+        return client.violations()
+
+    found = await eventually(violations, until=lambda v: len(v) > seen, timeout=10, what=subject)
+    assert subject.lower() in found[-1].lower()
+
+
+async def test_a_member_can_publish_and_subscribe_its_rooms_subjects(world: World) -> None:
+    alice = await world.connect(world.alice, node="n1")
+    bob = await world.connect(world.bob, node="n3")
+    subject = naming.room_subject(world.shared_room)
+    sub = await bob.nc.subscribe(subject)
+    await bob.nc.flush()
+
+    async def delivered() -> bytes:
+        await alice.nc.publish(subject, b"hello")
+        return (await sub.next_msg(timeout=1)).data
+
+    assert await eventually(delivered, until=lambda d: d == b"hello", what="delivery") == b"hello"
+    assert alice.violations() == []
+    assert bob.violations() == []
+
+
+async def test_the_server_refuses_everything_outside_the_users_rooms(world: World) -> None:
+    alice = await world.connect(world.alice)
+    bob_key = world.bob.public_key
+    bobs_consumer = naming.history_consumer(world.shared_room, bob_key, 0)
+
+    await _assert_publish_refused(alice, naming.room_subject(world.bob_room))
+    await _assert_subscribe_refused(alice, naming.room_wildcard(world.bob_room))
+    await _assert_subscribe_refused(alice, ">")
+    await _assert_publish_refused(alice, "$JS.API.STREAM.LIST")
+    await _assert_publish_refused(alice, f"$JS.API.STREAM.MSG.GET.{naming.MESSAGES_STREAM}")
+    await _assert_subscribe_refused(alice, "$SYS.>")
+    await _assert_publish_refused(alice, "$SYS.REQ.SERVER.PING.CONNZ")
+    await _assert_subscribe_refused(alice, naming.inbox_prefix(bob_key) + ".>")
+    await _assert_subscribe_refused(alice, "_INBOX.>")
+    await _assert_publish_refused(alice, naming.consumer_next_subject(bobs_consumer))
+    await _assert_publish_refused(
+        alice, naming.consumer_create_subject(world.shared_room, bobs_consumer)
+    )
+    await _assert_publish_refused(alice, naming.consumer_delete_subject(bobs_consumer))
+    assert alice.nc.is_connected
+
+
+async def test_two_connections_of_one_user_read_their_rooms_history_at_once(world: World) -> None:
+    writer = await world.connect(world.alice, node="n1")
+    js = writer.nc.jetstream(timeout=5)
+    subject = naming.room_subject(world.shared_room)
+    sent = [f"m{i}".encode() for i in range(20)]
+    for payload in sent:
+        await js.publish(subject, payload, stream=naming.MESSAGES_STREAM)
+    readers = [await world.connect(world.alice, node=n) for n in ("n2", "n3")]
+
+    async def read_all(client: Client, slot: int) -> list[bytes]:
+        reader_js = client.nc.jetstream(timeout=5)
+        name = naming.history_consumer(world.shared_room, client.key, slot)
+        await reader_js.add_consumer(
+            naming.MESSAGES_STREAM,
+            api.ConsumerConfig(
+                name=name,
+                filter_subject=subject,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+            ),
+        )
+        sub = await reader_js.pull_subscribe_bind(name, stream=naming.MESSAGES_STREAM)
+        got: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(got) < len(sent):
+                for msg in await sub.fetch(10, timeout=5):
+                    got.append(msg.data)
+                    await msg.ack()
+        return got
+
+    first, second = await asyncio.gather(read_all(readers[0], 0), read_all(readers[1], 1))
+
+    assert first == sent
+    assert second == sent
+    assert all(not r.violations() for r in readers)
+
+
+# -- live changes ---------------------------------------------------------------------------------
+async def test_revoking_a_connected_user_closes_its_connections_on_every_node(
+    world: World,
+) -> None:
+    connections = [await world.connect(world.bob, node=n) for n in ("n1", "n2", "n3")]
+    assert all(c.nc.is_connected for c in connections)
+
+    await world.store.set_user_status(world.bob.public_key, Status.REVOKED)
+
+    async def all_closed() -> bool:
+        return all(c.nc.is_closed for c in connections)
+
+    await eventually(all_closed, until=bool, timeout=15, what="every connection closed")
+    message = await _denied(world, world.bob, node="n2")
+    assert "authorization violation" in message.lower()
+
+
+async def test_a_membership_added_while_connected_becomes_usable_after_the_reconnect(
+    world: World,
+) -> None:
+    alice = await world.connect(world.alice, node="n1", reconnect=True)
+    alice_only = await _create_room(world.store, world.alice.public_key)
+    bob = await world.connect(world.bob, node="n2", reconnect=True)
+    subject = naming.room_subject(alice_only)
+    received: list[bytes] = []
+
+    async def collect(msg: nats.aio.msg.Msg) -> None:
+        received.append(msg.data)
+
+    await bob.nc.subscribe(subject, cb=collect)
+    await bob.nc.flush()
+    await eventually(
+        lambda: asyncio.sleep(0, bob.violations()), until=bool, timeout=10, what="refused sub"
+    )
+
+    current = await world.store.get_room(alice_only)
+    grown = msgspec.structs.replace(
+        current.value, members=tuple(sorted({*current.value.members, world.bob.public_key}))
+    )
+    await world.store.commit_room(current, grown)
+
+    async def bob_hears_alice() -> Sequence[bytes]:
+        if alice.nc.is_connected:
+            await alice.nc.publish(subject, b"welcome")
+        return received
+
+    await eventually(bob_hears_alice, until=bool, timeout=20, what="bob receives in the new room")
+    assert received[0] == b"welcome"
+
+
+async def test_a_user_at_the_room_cap_is_admitted_and_one_more_room_is_refused(
+    world: World,
+) -> None:
+    carol = KeyPair.generate(Prefix.USER)
+    await world.store.add_user(_user(carol.public_key, "carol"))
+    for _ in range(256):
+        await _create_room(world.store, carol.public_key)
+
+    async def admitted() -> bool:
+        try:
+            client = await world.connect(carol, node="n3")
+        except Exception:  # noqa: BLE001 - the view may not have every room yet
+            return False
+        return client.nc.is_connected
+
+    await eventually(admitted, until=bool, timeout=30, what="admitted at 256 rooms")
+    await _create_room(world.store, carol.public_key)
+
+    async def refused() -> bool:
+        try:
+            client = await world.connect(carol, node="n1")
+        except Exception:  # noqa: BLE001 - the refusal we wait for
+            return True
+        await client.nc.close()
+        return False
+
+    await eventually(refused, until=bool, timeout=30, what="refused at 257 rooms")
+    assert await _count(world.stack, "room_cap_exceeded") >= 1

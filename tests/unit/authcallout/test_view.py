@@ -1,0 +1,184 @@
+"""The view's bookkeeping: what a KV entry changes, and what a decision is stamped with."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from nats.js.kv import KeyValue
+
+from unibus.authcallout.kicks import connection_name, is_affected, parse_connection_name
+from unibus.authcallout.reasons import Reason
+from unibus.authcallout.view import Change, DirectoryView, Stamp
+from unibus.core import naming
+from unibus.core.kvstore import BARRIER_KEY
+from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord, encode
+from unibus.core.nkeys import KeyPair, Prefix
+
+ALICE = KeyPair.generate(Prefix.USER).public_key
+BOB = KeyPair.generate(Prefix.USER).public_key
+ROOM = naming.new_room_id()
+
+
+def _view() -> DirectoryView:
+    view = DirectoryView(cast(Any, None), max_staleness=2.0)
+    view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())  # proven fresh now
+    return view
+
+
+def _entry(bucket: str, key: str, value: bytes | None, revision: int, op: str | None = None) -> Any:
+    return KeyValue.Entry(
+        bucket=bucket, key=key, value=value, revision=revision, delta=0, created=None, operation=op
+    )
+
+
+def _user(key: str, status: Status = Status.ACTIVE) -> bytes:
+    return encode(
+        UserRecord(key=key, handle="h", role=Role.MEMBER, status=status, created_at=0, updated_at=0)
+    )
+
+
+def _room(*members: str) -> bytes:
+    return encode(
+        RoomRecord(
+            room_id=ROOM,
+            owner=members[0],
+            members=tuple(sorted(members)),
+            epochs=(EpochRef(epoch=1, key_id="k"),),
+            created_at=0,
+            updated_at=0,
+        )
+    )
+
+
+def test_lookup_admits_an_active_user_with_its_rooms_and_the_applied_stamp() -> None:
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+
+    found = view.lookup(ALICE)
+
+    assert found.reason is Reason.ALLOWED
+    assert found.rooms == (ROOM,)
+    assert found.stamp == Stamp(users=3, rooms=7)
+
+
+def test_lookup_denies_unknown_and_revoked_users() -> None:
+    view = _view()
+    view._apply(
+        naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB, Status.REVOKED), 1)
+    )
+
+    assert view.lookup(ALICE).reason is Reason.UNKNOWN_KEY
+    assert view.lookup(BOB).reason is Reason.REVOKED
+
+
+def test_lookup_fails_closed_while_the_view_is_not_proven_fresh() -> None:
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view.mark_disconnected()
+
+    assert view.lookup(ALICE).reason is Reason.STORE_UNAVAILABLE
+    assert not view.is_fresh
+
+
+def test_an_undecodable_user_record_denies_that_user() -> None:
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, b"{not json", 2))
+
+    assert view.lookup(ALICE).reason is Reason.UNKNOWN_KEY
+
+
+def test_revocation_is_a_change_for_that_user_only() -> None:
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+
+    change = view._apply(
+        naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE, Status.REVOKED), 2)
+    )
+
+    assert change is not None
+    assert change.users == frozenset({ALICE})
+    assert change.revoked
+    assert change.revision == 2
+
+
+def test_a_new_user_and_an_unchanged_rewrite_are_not_changes() -> None:
+    view = _view()
+    assert (
+        view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+        is None
+    )
+    assert (
+        view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 2))
+        is None
+    )
+
+
+def test_membership_changes_name_the_added_and_removed_members() -> None:
+    view = _view()
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 1))
+
+    added = view._apply(
+        naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 2)
+    )
+    removed = view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 3))
+
+    assert added is not None
+    assert added.users == frozenset({BOB})
+    assert not added.revoked
+    assert removed is not None
+    assert removed.users == frozenset({BOB})
+    assert removed.revoked
+    assert view.lookup(BOB).rooms == ()
+
+
+def test_barrier_entries_advance_the_applied_revision_without_changing_anything() -> None:
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+
+    change = view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BARRIER_KEY, b"", 9))
+
+    assert change is None
+    assert view.lookup(ALICE).stamp.users == 9
+
+
+def test_a_deleted_room_removes_its_members_access() -> None:
+    view = _view()
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 1))
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB), 1))
+
+    change = view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, None, 2, "DEL"))
+
+    assert change is not None
+    assert change.users == frozenset({ALICE, BOB})
+    assert view.lookup(BOB).rooms == ()
+
+
+# -- kick targeting -------------------------------------------------------------------------------
+def _change(bucket: str, revision: int, *users: str) -> Change:
+    return Change(bucket, revision, frozenset(users), True, None)
+
+
+def test_connection_names_round_trip_user_and_stamp() -> None:
+    name = connection_name(ALICE, Stamp(4, 9))
+    assert parse_connection_name(name) == (ALICE, Stamp(4, 9))
+    assert parse_connection_name("no-stamp") is None
+    assert parse_connection_name(f"{ALICE}@x.y") is None
+
+
+def test_only_connections_authorized_before_the_change_are_affected() -> None:
+    change = _change(naming.USERS_BUCKET, 10, ALICE)
+
+    assert is_affected(connection_name(ALICE, Stamp(9, 50)), change)
+    assert not is_affected(connection_name(ALICE, Stamp(10, 0)), change)
+    assert not is_affected(connection_name(BOB, Stamp(1, 1)), change)
+    assert not is_affected("garbage", change)
+
+
+def test_room_changes_compare_the_rooms_revision() -> None:
+    change = _change(naming.ROOMS_BUCKET, 20, BOB)
+
+    assert is_affected(connection_name(BOB, Stamp(99, 19)), change)
+    assert not is_affected(connection_name(BOB, Stamp(0, 20)), change)
