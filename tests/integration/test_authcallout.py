@@ -127,7 +127,7 @@ def _decisions(stack: LocalStack) -> dict[str, float]:
     totals: dict[str, float] = {}
     for ports in stack.spec.ports:
         url = f"http://127.0.0.1:{ports.callout_metrics}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=2) as response:
             for line in response.read().decode().splitlines():
                 if line.startswith("unibus_authcallout_decisions_total{"):
                     labels, value = line.rsplit(" ", 1)
@@ -146,7 +146,7 @@ async def _denied(world: World, who: KeyPair, node: str = "n1") -> str:
     return str(caught.value)
 
 
-# -- admission ------------------------------------------------------------------------------------
+# -- admission ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("node", ["n1", "n2", "n3"])
 async def test_an_allowlisted_user_connects_to_any_node_into_the_bus_account(
     world: World, stacks: StackFactory, node: str
@@ -265,7 +265,7 @@ async def test_clients_cannot_inject_auth_requests_and_the_service_keeps_answeri
     assert after["allowed"] == before["allowed"] + 1
 
 
-# -- permissions ------------------------------------------------------------------------------------
+# -- permissions -------------------------------------------------------------------------------
 async def _assert_publish_refused(client: Client, subject: str) -> None:
     seen = len(client.violations())
     await client.nc.publish(subject, b"x")
@@ -366,7 +366,7 @@ async def test_two_connections_of_one_user_read_their_rooms_history_at_once(worl
     assert all(not r.violations() for r in readers)
 
 
-# -- live changes ---------------------------------------------------------------------------------
+# -- live changes ------------------------------------------------------------------------------
 async def test_revoking_a_connected_user_closes_its_connections_on_every_node(
     world: World,
 ) -> None:
