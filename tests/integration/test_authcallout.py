@@ -444,3 +444,58 @@ async def test_a_user_at_the_room_cap_is_admitted_and_one_more_room_is_refused(
 
     await eventually(refused, until=bool, timeout=30, what="refused at 257 rooms")
     assert await _count(world.stack, "room_cap_exceeded") >= 1
+
+
+# -- availability -------------------------------------------------------------------------------
+async def test_without_quorum_the_callout_denies_and_admits_again_once_it_returns(
+    world: World,
+) -> None:
+    survivor = "n1"
+    others = [n for n in world.stack.spec.node_names if n != survivor]
+    for name in others:
+        world.stack.stop_node(name)
+
+    async def denied_for_store() -> float:
+        try:
+            client = await world.connect(world.alice, node=survivor)
+        except Exception:  # noqa: BLE001 - the refusal we wait for
+            return await _count(world.stack, "store_unavailable")
+        await client.nc.close()
+        return 0.0
+
+    await eventually(denied_for_store, until=lambda n: n > 0, timeout=30, what="fail closed")
+
+    for name in others:
+        world.stack.start_node(name)
+
+    async def admitted() -> bool:
+        try:
+            client = await world.connect(world.alice, node=survivor)
+        except Exception:  # noqa: BLE001 - still recovering
+            return False
+        return client.nc.is_connected
+
+    await eventually(admitted, until=bool, timeout=60, what="admitted after recovery")
+
+
+async def test_concurrent_connects_are_all_answered(world: World) -> None:
+    """A reconnect storm: one task per request, none blocks another."""
+    users = [KeyPair.generate(Prefix.USER) for _ in range(20)]
+    for index, user in enumerate(users):
+        await world.store.add_user(_user(user.public_key, f"storm{index}"))
+
+    async def all_known() -> bool:
+        try:
+            client = await world.connect(users[-1], node="n2")
+        except Exception:  # noqa: BLE001 - the view may not have the last user yet
+            return False
+        await client.nc.close()
+        return True
+
+    await eventually(all_known, until=bool, what="view has every user")
+    nodes = world.stack.spec.node_names
+    clients = await asyncio.gather(
+        *(world.connect(user, node=nodes[i % 3]) for i, user in enumerate(users * 2))
+    )
+
+    assert all(client.nc.is_connected for client in clients)

@@ -48,8 +48,14 @@ class Settings:
                 "UNIBUS_AUTHCALLOUT_METRICS_ADDR must be HOST:PORT (port 0 picks a free one)",
                 setting="UNIBUS_AUTHCALLOUT_METRICS_ADDR",
             )
+        urls = env.items("UNIBUS_NATS_URLS")
+        if not urls:
+            raise ConfigError(
+                "UNIBUS_NATS_URLS is required: the cluster's URLs, this node's first",
+                setting="UNIBUS_NATS_URLS",
+            )
         settings = cls(
-            nats_urls=env.items("UNIBUS_NATS_URLS") or (env.string("UNIBUS_NATS_URLS"),),
+            nats_urls=urls,
             ca_file=env.optional_path("UNIBUS_CA_FILE"),
             callout_seed=env.path("UNIBUS_CALLOUT_SEED_FILE"),
             issuer_seed=env.path("UNIBUS_ISSUER_SEED_FILE"),
