@@ -9,12 +9,12 @@ so a stack's state survives restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,13 +23,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
+from unibus.core.bootstrap import ensure_first_admin
 from unibus.core.certs import NodeSpec, init_certs
 from unibus.core.connect import NatsTarget, connect
-from unibus.core.errors import ConflictError, StackError
+from unibus.core.errors import StackError
 from unibus.core.files import write_private
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
-from unibus.core.models import Role, Status, UserRecord
 from unibus.core.natsconf import (
     AuthIdentities,
     ClientTLS,
@@ -47,6 +47,7 @@ from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
 from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, StackSpec, write_stack_info
 
 STOP_TIMEOUT: Final = 10.0
+SERVICES: Final = ("authcallout", "controlplane")
 _USER_IDENTITIES: Final = ("callout", "internal", "system", "admin")
 _log = get_logger("unibus.stack")
 
@@ -81,6 +82,15 @@ def _metric_is_one(port: int, metric: str) -> bool:
     except OSError:
         return False
     return any(line.split() == [metric, "1.0"] for line in text.splitlines())
+
+
+def _https_ok(url: str, ca_file: Path) -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -272,6 +282,13 @@ class LocalStack:
                 "UNIBUS_INTERNAL_SEED_FILE": str(self.layout.identity("internal")),
                 "UNIBUS_SYSTEM_SEED_FILE": str(self.layout.identity("system")),
                 "UNIBUS_AUTHCALLOUT_METRICS_ADDR": f"127.0.0.1:{ports.callout_metrics}",
+                "UNIBUS_NODE_NAME": node,
+                "UNIBUS_CLUSTER_SIZE": str(self.spec.size),
+                "UNIBUS_API_ADDR": f"{self.spec.bind}:{ports.api}",
+                "UNIBUS_API_METRICS_ADDR": f"127.0.0.1:{ports.api_metrics}",
+                "UNIBUS_API_TLS_CERT": str(self.layout.certs.server_cert(node)),
+                "UNIBUS_API_TLS_KEY": str(self.layout.certs.server_key(node)),
+                "UNIBUS_BOOTSTRAP_ADMIN": read_seed_file(self.layout.identity("admin")).public_key,
             }
         )
         return env
@@ -298,7 +315,8 @@ class LocalStack:
 
     def start_services(self) -> None:
         for node in self.spec.node_names:
-            self.start_service("authcallout", node)
+            for service in SERVICES:
+                self.start_service(service, node)
 
     def stop_service(self, service: str, node: str, *, timeout: float = STOP_TIMEOUT) -> None:
         proc = self._services.pop((service, node), None)
@@ -336,6 +354,10 @@ class LocalStack:
     def client_url(self, name: str) -> str:
         ports = self.spec.ports[self.spec.node_names.index(name)]
         return f"tls://{self.spec.bind}:{ports.client}"
+
+    def api_url(self, name: str) -> str:
+        ports = self.spec.ports[self.spec.node_names.index(name)]
+        return f"https://{self.spec.bind}:{ports.api}"
 
     def target(self, identity: str = "internal", *, nodes: tuple[str, ...] = ()) -> NatsTarget:
         return NatsTarget(
@@ -387,22 +409,7 @@ class LocalStack:
             )
             store = await JetStreamStore.open(nc)
             admin = read_seed_file(self.layout.identity("admin")).public_key
-            now = time.time()
-            with contextlib.suppress(ConflictError):  # created on an earlier start
-                await retry_until(
-                    "first admin",
-                    lambda: store.add_user(
-                        UserRecord(
-                            key=admin,
-                            handle="admin",
-                            role=Role.ADMIN,
-                            status=Status.ACTIVE,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    ),
-                    give_up_on=(ConflictError,),
-                )
+            await retry_until("first admin", lambda: ensure_first_admin(store, admin))
         finally:
             await nc.close()
         return report
@@ -411,7 +418,7 @@ class LocalStack:
         certs = self.layout.certs
         return StackInfo(
             nats_urls=[self.client_url(n) for n in self.spec.node_names],
-            api_urls=[],
+            api_urls=[self.api_url(n) for n in self.spec.node_names],
             ca_file=str(certs.client_ca_cert),
             admin_seed_file=str(self.layout.identity("admin")),
             admin_key=read_seed_file(self.layout.identity("admin")).public_key,
@@ -454,7 +461,7 @@ def stop_stack(layout: StackLayout, *, timeout: float = STOP_TIMEOUT) -> list[st
             stopped.append(f"unibus up (pid {pid})")
     nodes_dir = layout.root / "nodes"
     for node_dir in sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []:
-        for service in ("authcallout",):
+        for service in SERVICES:
             pid_file = layout.service_pid(service, node_dir.name)
             text = pid_file.read_text().strip() if pid_file.exists() else ""
             if text.isdigit() and stop_pid(int(text), must_contain=f"unibus.{service}"):

@@ -6,6 +6,7 @@ and ``--dir`` is all another command needs to find the stack.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class NodePorts:
     route: int
     monitor: int
     callout_metrics: int
+    api: int
+    api_metrics: int
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,10 @@ class StackSpec:
 
     @classmethod
     def from_base_port(cls, nodes: int, base_port: int, bind: str = "127.0.0.1") -> StackSpec:
-        """Clients at base+i, routes +10, monitoring +20, callout metrics +30."""
-        if not 1 <= base_port <= 65535 - 40:
-            raise ConfigError(f"--base-port {base_port} leaves no room for 40 ports")
+        """Clients at base+i; routes +10, monitoring +20, callout metrics +30, API +40,
+        API metrics +50."""
+        if not 1 <= base_port <= 65535 - 60:
+            raise ConfigError(f"--base-port {base_port} leaves no room for 60 ports")
         return cls(
             ports=tuple(
                 NodePorts(
@@ -60,6 +64,8 @@ class StackSpec:
                     route=base_port + 10 + i,
                     monitor=base_port + 20 + i,
                     callout_metrics=base_port + 30 + i,
+                    api=base_port + 40 + i,
+                    api_metrics=base_port + 50 + i,
                 )
                 for i in range(nodes)
             ),
@@ -69,9 +75,10 @@ class StackSpec:
     @classmethod
     def with_free_ports(cls, nodes: int, bind: str = "127.0.0.1") -> StackSpec:
         """Ports the OS reports free right now (for tests)."""
-        free = free_ports(4 * nodes, host=bind)
+        per_node = len(dataclasses.fields(NodePorts))
+        free = free_ports(per_node * nodes, host=bind)
         return cls(
-            ports=tuple(NodePorts(*free[4 * i : 4 * i + 4]) for i in range(nodes)),
+            ports=tuple(NodePorts(*free[per_node * i : per_node * (i + 1)]) for i in range(nodes)),
             bind=bind,
         )
 

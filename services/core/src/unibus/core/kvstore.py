@@ -155,7 +155,8 @@ class _Bucket:
                 async for entry in watcher:
                     if entry is None:
                         break
-                    if entry.operation in ("DEL", "PURGE") or entry.key == BARRIER_KEY:
+                    # Keys starting with "_" are markers and barriers, never records.
+                    if entry.operation in ("DEL", "PURGE") or entry.key.startswith("_"):
                         continue
                     found.append((entry.key, entry.value or b"", entry.revision or 0))
                     if len(found) > limit:
@@ -215,6 +216,20 @@ class JetStreamStore:
     async def authorize_user(self, key: str) -> Versioned[UserRecord]:
         await self._users.confirm_quorum()
         return await self.get_user(key)
+
+    async def check_available(self) -> None:
+        await self._users.confirm_quorum()
+
+    async def claim_marker(self, name: str, value: str) -> str:
+        """Create-only marker in the users bucket; returns the value that holds it."""
+        if not name.startswith("_"):
+            raise ValueError("markers start with '_' so they can never be a user key")
+        try:
+            await self._users.create(name, value.encode())
+        except ConflictError:
+            data, _ = await self._users.get(name)
+            return data.decode(errors="replace")
+        return value
 
     async def list_users(self) -> list[UserRecord]:
         rows = await self._users.scan(limit=self._scan_limit)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Generic, TypeVar, cast
 import msgspec
 
 from unibus.core.errors import StoreError
+from unibus.core.roomchain import SignedState
 
 SCHEMA_VERSION = 1
 
@@ -80,6 +81,8 @@ class RoomRecord(_Record, frozen=True, kw_only=True):
     """Every committed epoch, oldest first; a room always has at least its first."""
     created_at: float
     updated_at: float
+    chain: tuple[SignedState, ...] = ()
+    """The signed states (``unibus.core.roomchain``) that justify ``members`` and ``epochs``."""
 
     @property
     def epoch(self) -> int:

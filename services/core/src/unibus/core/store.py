@@ -58,6 +58,10 @@ class Store(Protocol):
         """
         ...
 
+    async def check_available(self) -> None:
+        """Succeed only if authorization decisions can be made now (quorum confirmed)."""
+        ...
+
     async def list_users(self) -> list[UserRecord]: ...
 
     async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:

@@ -1,0 +1,89 @@
+"""``python -m unibus.controlplane``: serve the API on Hypercorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from unibus.controlplane.app import Context, build_app
+from unibus.controlplane.metrics import ApiMetrics
+from unibus.controlplane.settings import Settings
+from unibus.core.bootstrap import ensure_first_admin
+from unibus.core.connect import NatsTarget, connect
+from unibus.core.errors import UnibusError
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.log import configure_logging, get_logger
+from unibus.core.retry import retry_until
+
+_log = get_logger("unibus.controlplane")
+
+
+def _hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        config.certfile = str(settings.tls_cert)
+        config.keyfile = str(settings.tls_key)
+    config.accesslog = None
+    config.errorlog = None
+    # Hypercorn's own request body limit is larger than ours; ours is enforced per route.
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def _main(settings: Settings) -> None:
+    metrics = ApiMetrics()
+    metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+
+    def target(seed: os.PathLike[str]) -> NatsTarget:
+        return NatsTarget(urls=settings.nats_urls, ca_file=settings.ca_file, identity_file=seed)  # type: ignore[arg-type]
+
+    nc = await connect(target(settings.internal_seed), name="unibus-controlplane", randomize=False)
+    sys_nc = await connect(
+        target(settings.system_seed), name="unibus-controlplane-sys", randomize=False
+    )
+    try:
+        store = await retry_until(
+            "open the store", lambda: JetStreamStore.open(nc, op_timeout=settings.op_timeout)
+        )
+        if settings.bootstrap_admin is not None:
+            admin = settings.bootstrap_admin
+            wrote = await retry_until("first admin", lambda: ensure_first_admin(store, admin))
+            _log.info("first admin", written=wrote)
+        context = Context(settings=settings, store=store, nc=nc, sys_nc=sys_nc, metrics=metrics)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        _log.info("serving", port=settings.port, tls=settings.tls, metrics_port=metrics_port)
+        await serve(build_app(context), _hypercorn_config(settings), shutdown_trigger=stop.wait)
+    finally:
+        for conn in (nc, sys_nc):
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except UnibusError as exc:
+        print(f"unibus-controlplane: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(json=settings.log_json)
+    try:
+        asyncio.run(_main(settings))
+    except UnibusError as exc:
+        print(f"unibus-controlplane: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The API's errors, and the one place library errors become HTTP statuses.
+
+Every error reaches the caller as ``{"error": code, "message": text}``; no input yields a
+500 or a traceback.
+"""
+
+from __future__ import annotations
+
+from unibus.core.errors import (
+    AssetMissingError,
+    ConflictError,
+    IdentityError,
+    InvalidNameError,
+    NotFoundError,
+    StoreUnavailableError,
+    UnibusError,
+)
+from unibus.core.models import RecordError
+from unibus.core.roomchain import ChainError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def bad_request(message: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+def unauthorized(message: str, code: str = "unauthorized") -> ApiError:
+    return ApiError(401, code, message)
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, "conflict", message)
+
+
+def too_large(message: str) -> ApiError:
+    return ApiError(413, "too_large", message)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "store_unavailable", message)
+
+
+def from_library(exc: UnibusError) -> ApiError:
+    """Translate a library error; unknown ones are a store problem, never a 500."""
+    if isinstance(exc, NotFoundError):
+        return not_found(str(exc))
+    if isinstance(exc, ConflictError):
+        return conflict(str(exc))
+    if isinstance(exc, ChainError):
+        status = 403 if exc.reason == "not_allowed" else 400
+        return ApiError(status, f"chain_{exc.reason}", str(exc))
+    if isinstance(exc, InvalidNameError | IdentityError):
+        return bad_request(str(exc))
+    if isinstance(exc, StoreUnavailableError | AssetMissingError | RecordError):
+        return unavailable("the store is unavailable; retry, or check `unibus status`")
+    return unavailable(str(exc))

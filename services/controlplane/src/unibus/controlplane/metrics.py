@@ -1,0 +1,31 @@
+"""Prometheus metrics of the API, served on their own (loopback by default) listener."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "unibus_api_requests",
+            "API requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "unibus_api_request_seconds",
+            "API request latency by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.replays = Counter(
+            "unibus_api_replay_rejections",
+            "Signed requests refused because their nonce was already used.",
+            registry=self.registry,
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

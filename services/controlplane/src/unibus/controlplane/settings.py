@@ -1,0 +1,101 @@
+"""The control plane's settings: read once from the environment at start, failing fast."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from unibus.core.connect import is_loopback_host
+from unibus.core.errors import ConfigError, NkeyError, PostureError
+from unibus.core.nkeys import canonical_user_key
+from unibus.core.settings import EnvReader
+
+DEFAULT_PORT = 8470
+DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
+
+
+def _host_port(env: EnvReader, name: str, default: str) -> tuple[str, int]:
+    host, _, port = env.string(name, default=default).rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be HOST:PORT", setting=name)
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_urls: tuple[str, ...]
+    ca_file: Path | None
+    internal_seed: Path
+    system_seed: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9470
+    node: str = ""
+    cluster_size: int = 1
+    skew: float = 60.0
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    op_timeout: float = 2.0
+    bootstrap_admin: str | None = None
+    log_json: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        env = EnvReader(environ)
+        urls = env.items("UNIBUS_NATS_URLS")
+        if not urls:
+            raise ConfigError("UNIBUS_NATS_URLS is required", setting="UNIBUS_NATS_URLS")
+        host, port = _host_port(env, "UNIBUS_API_ADDR", f"127.0.0.1:{DEFAULT_PORT}")
+        metrics_host, metrics_port = _host_port(env, "UNIBUS_API_METRICS_ADDR", "127.0.0.1:9470")
+        admin = env.optional_str("UNIBUS_BOOTSTRAP_ADMIN")
+        if admin is not None:
+            try:
+                admin = canonical_user_key(admin)
+            except NkeyError:
+                raise ConfigError(
+                    "UNIBUS_BOOTSTRAP_ADMIN must be a user public key (U… or 64 hex)",
+                    setting="UNIBUS_BOOTSTRAP_ADMIN",
+                ) from None
+        settings = cls(
+            nats_urls=urls,
+            ca_file=env.optional_path("UNIBUS_CA_FILE"),
+            internal_seed=env.path("UNIBUS_INTERNAL_SEED_FILE"),
+            system_seed=env.path("UNIBUS_SYSTEM_SEED_FILE"),
+            host=host,
+            port=port,
+            tls_cert=env.optional_path("UNIBUS_API_TLS_CERT"),
+            tls_key=env.optional_path("UNIBUS_API_TLS_KEY"),
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+            node=env.string("UNIBUS_NODE_NAME", default=""),
+            cluster_size=env.integer("UNIBUS_CLUSTER_SIZE", default=len(urls), minimum=1),
+            skew=env.number("UNIBUS_API_SKEW", default=60.0, minimum=1.0, maximum=3600.0),
+            max_blob_bytes=env.integer(
+                "UNIBUS_MAX_BLOB_BYTES", default=DEFAULT_MAX_BLOB_BYTES, minimum=1
+            ),
+            op_timeout=env.number("UNIBUS_OP_TIMEOUT", default=2.0, minimum=0.1, maximum=60.0),
+            bootstrap_admin=admin,
+            log_json=env.boolean("UNIBUS_LOG_JSON", default=True),
+        )
+        settings.check_posture()
+        return settings
+
+    def check_posture(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "set both UNIBUS_API_TLS_CERT and UNIBUS_API_TLS_KEY, or neither",
+                setting="UNIBUS_API_TLS_CERT",
+            )
+        if self.tls_cert is None and not (is_loopback_host(self.host) and self.cluster_size == 1):
+            raise PostureError(
+                "plain HTTP is allowed only for a single-node stack on loopback: set "
+                "UNIBUS_API_TLS_CERT/UNIBUS_API_TLS_KEY (the node's data-plane certificate)",
+                setting="UNIBUS_API_TLS_CERT",
+            )

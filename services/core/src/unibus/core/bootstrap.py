@@ -1,0 +1,51 @@
+"""The first administrator, in one step: a create-only claim, then the user.
+
+Several control-plane replicas may start at once with ``UNIBUS_BOOTSTRAP_ADMIN`` set.
+The first to create the claim marker wins; the others see it and do nothing, so exactly
+one first admin is written even if replicas were given different keys. A claim left by a
+crash before the user was written is completed by a replica configured with that key.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from unibus.core.errors import ConflictError, NotFoundError
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.log import get_logger
+from unibus.core.models import Role, Status, UserRecord
+
+FIRST_ADMIN_CLAIM: Final = "_first-admin"
+_log = get_logger("unibus.bootstrap")
+
+
+async def ensure_first_admin(store: JetStreamStore, key: str, *, handle: str = "admin") -> bool:
+    """Write ``key`` as the first admin unless an admin exists; True if this call wrote it."""
+    if await store.has_admin():
+        return False
+    claimed = await store.claim_marker(FIRST_ADMIN_CLAIM, key)
+    if claimed != key:
+        _log.info("first admin already claimed by another key")
+        return False
+    now = time.time()
+    try:
+        await store.add_user(
+            UserRecord(
+                key=key,
+                handle=handle,
+                role=Role.ADMIN,
+                status=Status.ACTIVE,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    except ConflictError:
+        try:
+            existing = (await store.get_user(key)).value
+        except NotFoundError:
+            return False
+        if existing.role is not Role.ADMIN:
+            _log.warning("the bootstrap admin key exists as a non-admin; its role is not changed")
+        return False
+    return True
