@@ -92,7 +92,8 @@ def decode_state(signed: SignedState) -> RoomState:
     """Decode and check the signature and the state's own consistency (not its history)."""
     try:
         state = _decoder.decode(signed.state)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec checks UTF-8 inside strings with Python's codec, which raises its own error.
         raise ChainError("malformed", "room state does not decode") from None
     if state.v != STATE_VERSION:
         raise ChainError("malformed", f"room state version {state.v} is not supported")
