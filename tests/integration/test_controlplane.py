@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 import time
@@ -403,3 +404,96 @@ async def test_openapi_document_describes_every_route_and_error(api: Api) -> Non
                     path,
                     method,
                 )
+
+
+# -- crashes, memory, posture ---------------------------------------------------------------------
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+async def test_a_64_mib_blob_round_trip_keeps_the_services_memory_growth_under_16_mib(
+    api: Api,
+) -> None:
+    owner, _ = await api.member("owner")
+    near = api.client(owner, nodes=("n1",))
+    room_id = await _room(api, owner, near)
+    await near.upload_blob(room_id, b"warm-up")
+    pid = api.stack.service_pid("controlplane", "n1")
+    assert pid is not None
+    before = await asyncio.to_thread(_vm_hwm_kib, pid)
+    data = bytes(range(256)) * (64 * 4096)
+
+    blob = await near.upload_blob(room_id, data)
+    received = 0
+    async for chunk in near.stream_blob(room_id, blob.blob_id):
+        received += len(chunk)
+
+    growth = (await asyncio.to_thread(_vm_hwm_kib, pid)) - before
+    assert received == len(data) == blob.size
+    assert growth < 16 * 1024, f"controlplane grew by {growth} KiB"
+
+
+async def test_a_service_killed_mid_removal_leaves_the_room_wholly_before_or_after(
+    api: Api,
+) -> None:
+    owner, _ = await api.member("owner")
+    ada, ada_api = await api.member("ada")
+    bob, _ = await api.member("bob")
+    near = api.client(owner, nodes=("n1",))
+    outcomes = set()
+    for delay_ms in (0, 2, 5, 10, 20, 40):
+        room_id = await _room(api, owner, near, ada.public_key, bob.public_key)
+        before = await near.get_room(room_id)
+        _, removal = successor(
+            before.chain[-1],
+            owner,
+            members={owner.public_key, ada.public_key},
+            new_epoch=True,
+            sealed_by_member=_sealed(owner.public_key, ada.public_key),
+        )
+        attempt = asyncio.create_task(near.remove_member(room_id, bob.public_key, removal))
+        await asyncio.sleep(delay_ms / 1000)
+        api.stack.stop_service("controlplane", "n1", kill=True)
+        await asyncio.gather(attempt, return_exceptions=True)
+        api.stack.start_service("controlplane", "n1")
+        await api.stack.wait_services_ready()
+
+        after = await ada_api.get_room(room_id)
+        keys = await ada_api.sealed_keys(room_id)
+        if after.revision == before.revision:
+            outcomes.add("before")
+            assert (after.members, after.epoch) == (before.members, 1)
+            assert [k.epoch for k in keys] == [1]
+        else:
+            outcomes.add("after")
+            assert set(after.members) == {owner.public_key, ada.public_key}
+            assert after.epoch == 2
+            assert [k.epoch for k in keys] == [1, 2]
+    assert outcomes  # every attempt ended in one of the two whole states
+
+
+async def test_healthz_reports_the_live_posture_when_it_differs_from_the_settings(
+    api: Api,
+) -> None:
+    """n2's API is configured for TLS; its server is restarted without client TLS."""
+    api.stack.stop_node("n2")
+    plain = dataclasses.replace(api.stack.node_config(1), client_tls=None)
+    api.stack.start_node("n2", config=plain)
+
+    async def posture() -> dict[str, object]:
+        async with httpx.AsyncClient(verify=_ca(api)) as http:
+            report = (await http.get(f"{api.stack.api_url('n2')}/healthz")).json()
+        return dict(report.get("posture") or {})
+
+    live = await eventually(
+        posture,
+        until=lambda p: p.get("server") == "n2" and p["tls"] is False,
+        timeout=30,
+        what="n2 posture read live",
+    )
+    assert live["bus_auth"] is True

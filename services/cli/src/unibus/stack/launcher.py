@@ -318,10 +318,19 @@ class LocalStack:
             for service in SERVICES:
                 self.start_service(service, node)
 
-    def stop_service(self, service: str, node: str, *, timeout: float = STOP_TIMEOUT) -> None:
+    def service_pid(self, service: str, node: str) -> int | None:
+        proc = self._services.get((service, node))
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def stop_service(
+        self, service: str, node: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT
+    ) -> None:
         proc = self._services.pop((service, node), None)
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -333,14 +342,17 @@ class LocalStack:
         for service, node in list(self._services):
             self.stop_service(service, node)
 
+    def _ready(self, service: str, node: str) -> bool:
+        ports = self.spec.ports[self.spec.node_names.index(node)]
+        if service == "authcallout":
+            return _metric_is_one(ports.callout_metrics, "unibus_authcallout_view_fresh")
+        return _https_ok(f"{self.api_url(node)}/healthz", self.layout.certs.client_ca_cert)
+
     async def wait_services_ready(self, *, budget: float = 60.0) -> None:
-        """Wait until every callout instance reports a fresh view on its metrics port."""
+        """Wait until every callout has a fresh view and every API answers /healthz."""
         deadline = time.monotonic() + budget
         for (service, node), proc in list(self._services.items()):
-            port = self.spec.ports[self.spec.node_names.index(node)].callout_metrics
-            while not await asyncio.to_thread(
-                _metric_is_one, port, "unibus_authcallout_view_fresh"
-            ):
+            while not await asyncio.to_thread(self._ready, service, node):
                 if proc.poll() is not None:
                     raise StackError(
                         f"{service} on {node} exited with status {proc.returncode}; "
