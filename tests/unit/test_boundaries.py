@@ -14,7 +14,7 @@ ALLOWED = {
     "authcallout": {"core", "authcallout"},
     "controlplane": {"core", "controlplane"},
     "migrate": {"core", "migrate"},
-    "cli": {"core", "cli", "stack"},
+    "cli": {"core", "cli", "stack", "client"},
 }
 
 

@@ -70,7 +70,10 @@ def _history_subjects(room_id: str, user_key: str, slots: int) -> Iterable[str]:
         consumer = naming.history_consumer(room_id, user_key, slot)
         yield naming.consumer_create_subject(room_id, consumer)
         yield naming.consumer_next_subject(consumer)
-        yield naming.consumer_info_subject(consumer)
+        # A device removes its own consumer when it is done (the name pins it to this user).
+        # No CONSUMER.INFO: the create answers with the info, and at the room cap every
+        # subject costs ~18 KB of the response the server must accept in one message.
+        yield naming.consumer_delete_subject(consumer)
         yield from _ack_subjects(consumer)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from unibus.core.errors import UnibusError
+from unibus.core.log import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -19,9 +20,9 @@ Handler = Callable[[argparse.Namespace], int]
 def _verb_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `unibus --help` stays fast and one broken
     # verb cannot stop the others from being listed.
-    from unibus.cli import certs, keys, stack, users
+    from unibus.cli import certs, clientcheck, keys, rooms, stack, users
 
-    return [stack, users, certs, keys]
+    return [stack, users, rooms, clientcheck, certs, keys]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Quiet by default: the CLI's own output is its result; warnings still reach stderr.
+    configure_logging(json=False, level="warning")
     handler: Handler = args.handler
     try:
         return handler(args)

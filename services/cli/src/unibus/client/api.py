@@ -124,11 +124,11 @@ class ApiClient:
         return await self.call("GET", f"/v1/users/{key}", expect=UserView)
 
     async def revoke_user(self, key: str) -> UserView:
-        return await self.call("POST", f"/v1/users/{key}/revoke", body={}, expect=UserView)
+        return await self.call("POST", f"/v1/users/{key}/revoke", expect=UserView)
 
     # -- rooms ------------------------------------------------------------------------------------
     async def new_room_id(self) -> str:
-        return (await self.call("POST", "/v1/room-ids", body={}, expect=RoomId)).room_id
+        return (await self.call("POST", "/v1/room-ids", expect=RoomId)).room_id
 
     async def create_room(self, body: NewRoom) -> RoomView:
         return await self.call("POST", "/v1/rooms", body=body, expect=RoomView)

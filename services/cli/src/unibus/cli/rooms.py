@@ -1,0 +1,240 @@
+"""``unibus room|send|listen|blob``: a person's or an agent's E2E-encrypted rooms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.client.sdk import BlobRef, Client
+from unibus.core.errors import ConfigError
+from unibus.core.nkeys import canonical_user_key, read_seed_file
+from unibus.stack.layout import DEFAULT_DIR, read_stack_info
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("who and where")
+    group.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="your nkey seed file (default with --dir: the stack's first admin)",
+    )
+    group.add_argument("--dir", type=Path, default=None, help=f"local stack ({DEFAULT_DIR})")
+    group.add_argument("--nats-url", action="append", default=None, metavar="URL")
+    group.add_argument("--api-url", action="append", default=None, metavar="URL")
+    group.add_argument("--ca", type=Path, default=None, help="CA certificate to pin (PEM)")
+
+
+async def open_client(args: argparse.Namespace) -> Client:
+    if args.nats_url or args.api_url:
+        if not (args.nats_url and args.api_url and args.identity):
+            raise ConfigError("explicit targets need --nats-url, --api-url and --identity")
+        return await Client.open(
+            identity=read_seed_file(args.identity),
+            nats_urls=args.nats_url,
+            api_urls=args.api_url,
+            ca_file=args.ca,
+        )
+    info = read_stack_info(args.dir or DEFAULT_DIR)
+    identity = args.identity or Path(info.admin_seed_file)
+    return await Client.open(
+        identity=read_seed_file(identity),
+        nats_urls=info.nats_urls,
+        api_urls=info.api_urls,
+        ca_file=args.ca or Path(info.ca_file),
+    )
+
+
+def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
+    room = verbs.add_parser("room", help="create, invite, remove, list rooms")
+    room_verbs = room.add_subparsers(dest="room_verb", metavar="VERB", required=True)
+
+    create = room_verbs.add_parser("create", help="create a room (you are its owner)")
+    create.add_argument(
+        "--member", action="append", default=[], metavar="U…", help="invite at creation"
+    )
+    add_client_args(create)
+    add_json_arg(create)
+    create.set_defaults(handler=_sync(_create))
+
+    invite = room_verbs.add_parser("invite", help="add a member (seals the room key to it)")
+    invite.add_argument("room_id")
+    invite.add_argument("member", metavar="U…")
+    add_client_args(invite)
+    invite.set_defaults(handler=_sync(_invite))
+
+    remove = room_verbs.add_parser("remove", help="remove a member (new epoch, new key)")
+    remove.add_argument("room_id")
+    remove.add_argument("member", metavar="U…")
+    add_client_args(remove)
+    remove.set_defaults(handler=_sync(_remove))
+
+    listing = room_verbs.add_parser("list", help="your rooms")
+    add_client_args(listing)
+    add_json_arg(listing)
+    listing.set_defaults(handler=_sync(_list))
+
+    send = verbs.add_parser("send", help="send an encrypted message to a room")
+    send.add_argument("room_id")
+    send.add_argument("text", nargs="?", default=None)
+    send.add_argument("--file", type=Path, default=None, help="send a file's bytes instead")
+    add_client_args(send)
+    add_json_arg(send)
+    send.set_defaults(handler=_sync(_send))
+
+    listen = verbs.add_parser("listen", help="print a room's messages as they arrive")
+    listen.add_argument("room_id")
+    listen.add_argument("--history", action="store_true", help="first replay stored messages")
+    listen.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
+    add_client_args(listen)
+    add_json_arg(listen)
+    listen.set_defaults(handler=_sync(_listen))
+
+    blob = verbs.add_parser("blob", help="encrypted attachments")
+    blob_verbs = blob.add_subparsers(dest="blob_verb", metavar="VERB", required=True)
+    put = blob_verbs.add_parser("put", help="encrypt and upload a file, announce it in the room")
+    put.add_argument("room_id")
+    put.add_argument("file", type=Path)
+    add_client_args(put)
+    add_json_arg(put)
+    put.set_defaults(handler=_sync(_blob_put))
+    get = blob_verbs.add_parser("get", help="download and decrypt a blob announced in the room")
+    get.add_argument("room_id")
+    get.add_argument("blob_id")
+    get.add_argument("--out", type=Path, required=True)
+    add_client_args(get)
+    get.set_defaults(handler=_sync(_blob_get))
+
+
+def _sync(
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(handler(args))
+
+    return run
+
+
+async def _create(args: argparse.Namespace) -> int:
+    members = [canonical_user_key(m) for m in args.member]
+    async with await open_client(args) as client:
+        room = await client.create_room(members)
+    if args.json:
+        print_json(
+            {"room_id": room.room_id, "members": list(room.members), "epoch": room.state.epoch}
+        )
+    else:
+        print(room.room_id)
+    return 0
+
+
+async def _invite(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        await room.invite(canonical_user_key(args.member))
+    print(f"invited; {len(room.members)} member(s), epoch {room.state.epoch}")
+    return 0
+
+
+async def _remove(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        await room.remove(canonical_user_key(args.member))
+    print(
+        f"removed; new epoch {room.state.epoch} with a fresh key for {len(room.members)} member(s)"
+    )
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        rooms = await client.rooms()
+    if args.json:
+        print_json(rooms)
+    else:
+        print("\n".join(rooms) if rooms else "(no rooms)")
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.file is None):
+        raise ConfigError("give the message TEXT or --file FILE (one of them)")
+    data = args.text.encode() if args.text is not None else args.file.read_bytes()
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        seq = await room.publish(data)
+    if args.json:
+        print_json({"room_id": args.room_id, "stream_seq": seq, "bytes": len(data)})
+    else:
+        print(f"sent ({len(data)} bytes, stored as #{seq})")
+    return 0
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    seen = 0
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        sources = []
+        if args.history:
+            sources.append(room.history())
+        sources.append(room.subscribe())
+        for source in sources:
+            async for message in source:
+                text = message.data.decode("utf-8", errors="replace")
+                if args.json:
+                    print_json(
+                        {
+                            "sender": message.sender,
+                            "epoch": message.epoch,
+                            "text": text,
+                            "msg_id": message.msg_id,
+                        }
+                    )
+                else:
+                    stamp = (message.time or datetime.datetime.now(datetime.UTC)).isoformat()
+                    print(f"{stamp} {message.sender[:10]}…: {text}", flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return 0
+        if room.undeliverable.total:
+            progress(f"undeliverable messages: {room.undeliverable.counts}")
+    return 0
+
+
+async def _blob_put(args: argparse.Namespace) -> int:
+    data = args.file.read_bytes()
+    progress(f"encrypting and uploading {len(data)} bytes ...")
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        ref = await client.put_blob(room, data, name=args.file.name)
+    if args.json:
+        print_json({"blob_id": ref.blob_id, "sha256": ref.sha256, "size": ref.size})
+    else:
+        print(ref.blob_id)
+    return 0
+
+
+async def _blob_get(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        ref = None
+        async for message in room.history():
+            candidate = BlobRef.decode(message.data)
+            if candidate is not None and candidate.blob_id == args.blob_id:
+                ref = candidate
+        if ref is None:
+            raise ConfigError(f"no announcement of blob {args.blob_id} in this room's history")
+        progress(f"downloading {ref.size} bytes ...")
+        data = await client.get_blob(room, ref)
+    args.out.write_bytes(data)
+    print(f"wrote {len(data)} bytes to {args.out} (hash checked)")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0

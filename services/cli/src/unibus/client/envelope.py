@@ -1,0 +1,690 @@
+"""End-to-end encrypted room messages: the envelope, the publisher's Sealer, the receiver's Opener.
+
+A publisher seals messages in batches of 1 to 1024. Each message is encrypted on its own
+with XChaCha20-Poly1305-IETF under the room key of its epoch, with a fresh random 24-byte
+nonce and, as associated data, the canonical encoding of
+``(v, room_id, epoch, key_id, sender, session, seq)``. Authorship is one Ed25519
+signature per batch over the root of a Merkle tree whose leaves are the messages::
+
+    ad    = "unibus-msg-ad-v1\\n" || msgpack([v, room_id, epoch, key_id, sender, session, seq])
+    leaf  = SHA-256(0x00 || ad || nonce || ciphertext)
+    node  = SHA-256(0x01 || left || right)            # RFC 9162 tree shape
+    signed = "unibus-msg-batch-v1\\n"
+             || msgpack([v, room_id, epoch, key_id, sender, session, first_seq, size, root])
+
+Every envelope carries its ciphertext, its index in the batch, its authentication path and
+the root signature, so it can be checked alone, in any order. A receiver verifies each
+batch signature once and caches the authenticated tree nodes, so a message then costs one
+AEAD decryption and one to a few SHA-256 calls (see ``docs/security/envelope.md``).
+
+``session`` is 16 random bytes per Sealer; ``seq`` starts at 1 and grows by one per
+message of that session. ``(sender, session, seq)`` names a message for replay detection;
+:func:`msg_id` is the JetStream ``Nats-Msg-Id`` of its publish.
+
+>>> from unibus.core.naming import new_room_id
+>>> from unibus.core.nkeys import KeyPair, Prefix
+>>> from unibus.client.crypto import new_room_key
+>>> alice, room, key = KeyPair.generate(Prefix.USER), new_room_id(), new_room_key()
+>>> [data] = Sealer(alice, room).seal_batch([b"hi"], epoch=1, key_id="k1", room_key=key)
+>>> Opener(room).open(data, room_key=lambda e, k: key, is_member=lambda u, e: True).plaintext
+b'hi'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any, Final, NoReturn
+
+import msgspec
+import nacl.bindings
+import nacl.exceptions
+
+from unibus.core.errors import IdentityError, InvalidNameError, NkeyError
+from unibus.core.naming import check_room_id
+from unibus.core.nkeys import KeyPair, Prefix, verify
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_PLAINTEXT_BYTES",
+    "REASONS",
+    "VERSION",
+    "Envelope",
+    "EnvelopeError",
+    "Opened",
+    "Opener",
+    "Sealer",
+    "decode_envelope",
+    "msg_id",
+]
+
+VERSION: Final = 1
+MAX_BATCH: Final = 1024
+MAX_ENVELOPE_BYTES: Final = 1 << 20
+"""The largest envelope a receiver decodes: nats-server's default ``max_payload``."""
+MAX_PLAINTEXT_BYTES: Final = MAX_ENVELOPE_BYTES - 4096
+"""The largest message a Sealer accepts; the rest is room for the envelope's fields."""
+REASONS: Final = frozenset(
+    {
+        "malformed",
+        "wrong_room",
+        "unknown_epoch",
+        "not_member",
+        "bad_signature",
+        "decrypt_failed",
+        "replay",
+    }
+)
+
+_MAX_SEQ: Final = (1 << 63) - 1
+_SESSION_BYTES: Final = 16
+_NONCE_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_KEY_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES
+_TAG_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+_HASH_BYTES: Final = 32
+_SIGNATURE_BYTES: Final = 64
+_MAX_PATH: Final = (MAX_BATCH - 1).bit_length()  # 10: the deepest leaf of a 1024-leaf tree
+_USER_KEY_CHARS: Final = 56
+_KEY_ID_RE: Final = re.compile(r"[-_=A-Za-z0-9]{1,64}")
+
+_AD_DOMAIN: Final = b"unibus-msg-ad-v1\n"
+_BATCH_DOMAIN: Final = b"unibus-msg-batch-v1\n"
+_LEAF_TAG: Final = b"\x00"
+_NODE_TAG: Final = b"\x01"
+_SPAN: Final = MAX_BATCH + 1  # a tree node's key: start * _SPAN + end of its leaf range
+
+_sha256 = hashlib.sha256
+
+
+def _load_sodium() -> tuple[Any, Any] | None:
+    try:
+        sodium = importlib.import_module("nacl._sodium")
+    except ImportError:  # pragma: no cover - PyNaCl always ships its cffi module
+        return None
+    return sodium.ffi, sodium.lib
+
+
+_SODIUM: Final = _load_sodium()
+
+
+def _aead_encrypt(plaintext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """XChaCha20-Poly1305-IETF encryption, straight through libsodium.
+
+    ``nacl.bindings`` wraps the same call with Python checks that cost more than the
+    cipher itself on a 1 KiB message; the callers here check every length first.
+    """
+    if len(nonce) != _NONCE_BYTES or len(key) != _KEY_BYTES:  # C reads fixed sizes from these
+        raise ValueError("wrong nonce or key size")
+    if _SODIUM is None:  # pragma: no cover
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key)
+    ffi, lib = _SODIUM
+    size = len(plaintext) + _TAG_BYTES
+    out = ffi.new("unsigned char[]", size)
+    lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, ffi.NULL, plaintext, len(plaintext), ad, len(ad), ffi.NULL, nonce, key
+    )
+    return bytes(ffi.buffer(out, size))
+
+
+def _aead_decrypt(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    """XChaCha20-Poly1305-IETF decryption; ``None`` when the tag does not verify."""
+    if len(nonce) != _NONCE_BYTES or len(key) != _KEY_BYTES or len(ciphertext) < _TAG_BYTES:
+        return None
+    if _SODIUM is None:  # pragma: no cover
+        try:
+            return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                ciphertext, ad, nonce, key
+            )
+        except nacl.exceptions.CryptoError:
+            return None
+    ffi, lib = _SODIUM
+    size = len(ciphertext) - _TAG_BYTES
+    out = ffi.new("unsigned char[]", size)
+    rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out, ffi.NULL, ffi.NULL, ciphertext, len(ciphertext), ad, len(ad), nonce, key
+    )
+    if rc != 0:
+        return None
+    return bytes(ffi.buffer(out, size))
+
+
+class EnvelopeError(IdentityError):
+    """A message that was refused; ``reason`` is one of :data:`REASONS`.
+
+    ``unknown_epoch`` means "no key for that epoch and key id": refetch keys once and retry.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _fail(reason: str, message: str) -> NoReturn:
+    raise EnvelopeError(reason, message)
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One encrypted message as it travels (a msgpack array, in this field order)."""
+
+    v: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    room_id: Annotated[str, msgspec.Meta(max_length=64)]
+    epoch: Annotated[int, msgspec.Meta(ge=1, le=_MAX_SEQ)]
+    key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    sender: Annotated[str, msgspec.Meta(min_length=_USER_KEY_CHARS, max_length=_USER_KEY_CHARS)]
+    session: Annotated[bytes, msgspec.Meta(min_length=_SESSION_BYTES, max_length=_SESSION_BYTES)]
+    seq: Annotated[int, msgspec.Meta(ge=1, le=_MAX_SEQ)]
+    nonce: Annotated[bytes, msgspec.Meta(min_length=_NONCE_BYTES, max_length=_NONCE_BYTES)]
+    ciphertext: Annotated[bytes, msgspec.Meta(min_length=_TAG_BYTES)]
+    batch_first_seq: Annotated[int, msgspec.Meta(ge=1, le=_MAX_SEQ)]
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH)]
+    index: Annotated[int, msgspec.Meta(ge=0, lt=MAX_BATCH)]
+    path: Annotated[
+        list[Annotated[bytes, msgspec.Meta(min_length=_HASH_BYTES, max_length=_HASH_BYTES)]],
+        msgspec.Meta(max_length=_MAX_PATH),
+    ]
+    root_signature: Annotated[
+        bytes, msgspec.Meta(min_length=_SIGNATURE_BYTES, max_length=_SIGNATURE_BYTES)
+    ]
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Envelope)
+
+
+def msg_id(envelope: Envelope) -> str:
+    """The envelope's JetStream ``Nats-Msg-Id``: ``<session hex>-<seq>-<nonce prefix>``.
+
+    Unique per publisher session, so a retried publish (the same bytes) is deduplicated by
+    the stream. The random nonce part makes the next id unpredictable: otherwise another
+    member could publish first under a victim's next id and have the stream drop the
+    genuine message as a duplicate. Only ``(sender, msg_id)`` is unique among
+    authenticated messages.
+    """
+    return f"{envelope.session.hex()}-{envelope.seq}-{envelope.nonce[:8].hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A message that passed every check."""
+
+    plaintext: bytes
+    sender: str
+    room_id: str
+    epoch: int
+    key_id: str
+    seq: int
+    msg_id: str
+
+
+# -- the construction shared by both sides ----------------------------------------------------
+
+
+def _associated_data(
+    room_id: str, epoch: int, key_id: str, sender: str, session: bytes, seq: int
+) -> bytes:
+    return _AD_DOMAIN + _ENCODER.encode((VERSION, room_id, epoch, key_id, sender, session, seq))
+
+
+def _leaf_hash(ad: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
+    # ad is self-delimiting (a msgpack array) and the nonce has a fixed size: injective.
+    return _sha256(_LEAF_TAG + ad + nonce + ciphertext).digest()
+
+
+def _node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(_NODE_TAG + left + right).digest()
+
+
+def _merkle(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The root of the RFC 9162 tree over ``leaves`` and each leaf's path, leaf level first.
+
+    The left subtree holds the largest power of two below the leaf count; an odd node is
+    carried up unchanged, never duplicated, so no two leaf lists share a tree.
+    """
+    if len(leaves) == 1:
+        return leaves[0], [[]]
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)
+    left_root, left_paths = _merkle(leaves[:split])
+    right_root, right_paths = _merkle(leaves[split:])
+    for path in left_paths:
+        path.append(right_root)
+    for path in right_paths:
+        path.append(left_root)
+    return _node_hash(left_root, right_root), left_paths + right_paths
+
+
+@lru_cache(maxsize=8192)
+def _path_length(index: int, size: int) -> int:
+    """How many siblings the path of leaf ``index`` in a tree of ``size`` leaves has."""
+    fn, sn, length = index, size - 1, 0
+    while sn:
+        if fn == sn:
+            while not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        length += 1
+        fn >>= 1
+        sn >>= 1
+    return length
+
+
+def _batch_message(
+    room_id: str,
+    epoch: int,
+    key_id: str,
+    sender: str,
+    session: bytes,
+    first_seq: int,
+    size: int,
+    root: bytes,
+) -> bytes:
+    """The bytes a publisher signs for one batch (domain-separated from every other signature)."""
+    return _BATCH_DOMAIN + _ENCODER.encode(
+        (VERSION, room_id, epoch, key_id, sender, session, first_seq, size, root)
+    )
+
+
+def _assemble(
+    *,
+    room_id: str,
+    epoch: int,
+    key_id: str,
+    sender: str,
+    session: bytes,
+    first_seq: int,
+    sealed: Sequence[tuple[bytes, bytes]],
+    sign: Callable[[bytes], bytes],
+) -> list[Envelope]:
+    """Envelopes for already encrypted ``(nonce, ciphertext)`` pairs, signed by ``sign``."""
+    size = len(sealed)
+    leaves = [
+        _leaf_hash(
+            _associated_data(room_id, epoch, key_id, sender, session, first_seq + i), nonce, ct
+        )
+        for i, (nonce, ct) in enumerate(sealed)
+    ]
+    root, paths = _merkle(leaves)
+    signature = sign(_batch_message(room_id, epoch, key_id, sender, session, first_seq, size, root))
+    return [
+        Envelope(
+            v=VERSION,
+            room_id=room_id,
+            epoch=epoch,
+            key_id=key_id,
+            sender=sender,
+            session=session,
+            seq=first_seq + i,
+            nonce=nonce,
+            ciphertext=ct,
+            batch_first_seq=first_seq,
+            batch_size=size,
+            index=i,
+            path=paths[i],
+            root_signature=signature,
+        )
+        for i, (nonce, ct) in enumerate(sealed)
+    ]
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode and shape-check one envelope (no cryptography).
+
+    Raises:
+        EnvelopeError: ``malformed``.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        _fail("malformed", "an envelope is bytes")
+    if len(data) > MAX_ENVELOPE_BYTES:
+        _fail("malformed", f"an envelope has at most {MAX_ENVELOPE_BYTES} bytes")
+    try:
+        env = _DECODER.decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError) as exc:
+        # ValueError: msgspec lets UnicodeDecodeError out of a str field with bad UTF-8.
+        raise EnvelopeError("malformed", f"not an envelope: {exc}") from None
+    if env.v != VERSION:
+        _fail("malformed", f"unsupported envelope version {env.v}")
+    if env.index >= env.batch_size or env.seq != env.batch_first_seq + env.index:
+        _fail("malformed", "the envelope's seq, index and batch do not agree")
+    if env.batch_first_seq + env.batch_size - 1 > _MAX_SEQ:
+        _fail("malformed", "the batch runs past the last sequence number")
+    if len(env.path) != _path_length(env.index, env.batch_size):
+        _fail("malformed", "the authentication path has the wrong length")
+    return env
+
+
+# -- publisher ----------------------------------------------------------------------------------
+
+
+class Sealer:
+    """Seals one publisher's messages to one room.
+
+    Each Sealer draws a fresh random session and numbers its messages 1, 2, 3, ... under
+    a lock, so no ``(session, seq)`` is ever used twice, even when a batch fails halfway.
+    A Sealer cannot be copied or pickled (a copy would reuse sequence numbers).
+    """
+
+    def __init__(self, identity: KeyPair, room_id: str) -> None:
+        if not isinstance(identity, KeyPair) or identity.prefix != Prefix.USER:
+            raise ValueError("a Sealer needs a user key pair (U...)")
+        try:
+            self._room_id = check_room_id(room_id)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+        self._identity = identity
+        self._sender = identity.public_key
+        self._session = os.urandom(_SESSION_BYTES)
+        self._next_seq = 1
+        self._lock = threading.Lock()
+
+    @property
+    def room_id(self) -> str:
+        return self._room_id
+
+    @property
+    def sender(self) -> str:
+        return self._sender
+
+    @property
+    def session(self) -> bytes:
+        return self._session
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Sealer cannot be copied or pickled: (session, seq) must never repeat")
+
+    def _reserve(self, count: int) -> int:
+        with self._lock:
+            first = self._next_seq
+            if first + count - 1 > _MAX_SEQ:
+                raise ValueError(
+                    "this session has used all its sequence numbers; make a new Sealer"
+                )
+            self._next_seq = first + count
+        return first
+
+    def seal_batch_with_ids(
+        self, plaintexts: Sequence[bytes], *, epoch: int, key_id: str, room_key: bytes
+    ) -> list[tuple[str, bytes]]:
+        """Like :meth:`seal_batch`, each encoded envelope paired with its :func:`msg_id`."""
+        count = len(plaintexts)
+        if not 1 <= count <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} messages, got {count}")
+        for plaintext in plaintexts:
+            if not isinstance(plaintext, bytes | bytearray | memoryview):
+                raise TypeError("messages are bytes")
+            if len(plaintext) > MAX_PLAINTEXT_BYTES:
+                raise ValueError(f"a message has at most {MAX_PLAINTEXT_BYTES} bytes")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= _MAX_SEQ:
+            raise ValueError("an epoch is a positive integer")
+        if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+            raise ValueError("a key id is 1 to 64 characters of [-_=A-Za-z0-9]")
+        if not isinstance(room_key, bytes | bytearray) or len(room_key) != _KEY_BYTES:
+            raise ValueError(f"a room key has {_KEY_BYTES} bytes")
+        key = bytes(room_key)
+        first = self._reserve(count)
+        room_id, sender, session = self._room_id, self._sender, self._session
+        sealed = []
+        for i, plaintext in enumerate(plaintexts):
+            ad = _associated_data(room_id, epoch, key_id, sender, session, first + i)
+            nonce = os.urandom(_NONCE_BYTES)
+            sealed.append((nonce, _aead_encrypt(bytes(plaintext), ad, nonce, key)))
+        envelopes = _assemble(
+            room_id=room_id,
+            epoch=epoch,
+            key_id=key_id,
+            sender=sender,
+            session=session,
+            first_seq=first,
+            sealed=sealed,
+            sign=self._identity.sign,
+        )
+        return [(msg_id(env), _ENCODER.encode(env)) for env in envelopes]
+
+    def seal_batch(
+        self, plaintexts: Sequence[bytes], *, epoch: int, key_id: str, room_key: bytes
+    ) -> list[bytes]:
+        """Encrypt and sign ``plaintexts`` (1 to 1024) as one batch; one encoded envelope each.
+
+        The envelopes get consecutive sequence numbers in the order given.
+
+        Raises:
+            ValueError: an empty or oversized batch or message, a bad epoch, key id or key.
+        """
+        pairs = self.seal_batch_with_ids(plaintexts, epoch=epoch, key_id=key_id, room_key=room_key)
+        return [data for _, data in pairs]
+
+
+# -- receiver -----------------------------------------------------------------------------------
+
+
+class _Stream:
+    """Seen sequence numbers of one ``(sender, session)``.
+
+    Every seq up to ``floor`` counts as seen (delivered, or fallen out of the window);
+    ``seen`` holds the seqs above ``floor`` that arrived out of order.
+    """
+
+    __slots__ = ("floor", "seen", "top")
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self.top = 0
+        self.seen: set[int] = set()
+
+    def is_new(self, seq: int) -> bool:
+        return seq > self.floor and seq not in self.seen
+
+    def record(self, seq: int, window: int) -> None:
+        if seq == self.floor + 1:
+            self.floor = seq
+        else:
+            self.seen.add(seq)
+        if seq > self.top:
+            self.top = seq
+        lowest = self.top - window
+        if lowest > self.floor:
+            if len(self.seen) < lowest - self.floor:
+                self.seen = {s for s in self.seen if s > lowest}
+            else:
+                for s in range(self.floor + 1, lowest + 1):
+                    self.seen.discard(s)
+            self.floor = lowest
+        seen = self.seen
+        while seen and self.floor + 1 in seen:
+            seen.remove(self.floor + 1)
+            self.floor += 1
+
+
+_BatchHeader = tuple[str, bytes, int, str, int, int]
+
+
+class Opener:
+    """Checks and decrypts the messages of one room, for one receiver.
+
+    Remembers verified batches (their authenticated tree nodes, at most
+    ``max_verified_batches`` batches and ``max_cached_nodes`` nodes, least recently used
+    first out) and the sequence numbers seen per ``(sender, session)`` (within
+    ``replay_window`` of the newest, for at most ``max_sessions`` sessions). Not
+    thread-safe: use one per consuming task.
+    """
+
+    def __init__(
+        self,
+        room_id: str,
+        *,
+        max_verified_batches: int = 4096,
+        max_cached_nodes: int = 1 << 15,
+        replay_window: int = 1 << 16,
+        max_sessions: int = 1 << 16,
+    ) -> None:
+        try:
+            self._room_id = check_room_id(room_id)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+        if max_verified_batches < 1 or replay_window < 1 or max_sessions < 1:
+            raise ValueError("cache sizes and the replay window must be positive")
+        if max_cached_nodes < 2 * MAX_BATCH:
+            raise ValueError(f"max_cached_nodes must be at least {2 * MAX_BATCH}")
+        self._max_batches = max_verified_batches
+        self._max_nodes = max_cached_nodes
+        self._window = replay_window
+        self._max_sessions = max_sessions
+        self._batches: OrderedDict[_BatchHeader, dict[int, bytes]] = OrderedDict()
+        self._cached_nodes = 0
+        self._streams: OrderedDict[tuple[str, bytes], _Stream] = OrderedDict()
+
+    @property
+    def room_id(self) -> str:
+        return self._room_id
+
+    def open(
+        self,
+        data: bytes,
+        *,
+        room_key: Callable[[int, str], bytes | None],
+        is_member: Callable[[str, int], bool],
+    ) -> Opened:
+        """Check one encoded envelope and return its plaintext.
+
+        Checks, in order: shape (``malformed``), room (``wrong_room``),
+        ``is_member(sender, epoch)`` (``not_member``), ``room_key(epoch, key_id)``
+        (``None``: ``unknown_epoch``; refetch keys once and retry), the Merkle path and the
+        batch signature (``bad_signature``), decryption (``decrypt_failed``), and whether
+        this ``(sender, session, seq)`` was opened before or is older than the replay
+        window (``replay``). Only a message that passes everything is recorded as seen.
+
+        Raises:
+            EnvelopeError: whatever ``data`` is. Exceptions of the two callbacks propagate.
+        """
+        env = decode_envelope(data)
+        if env.room_id != self._room_id:
+            _fail("wrong_room", "the envelope belongs to another room")
+        sender, epoch = env.sender, env.epoch
+        if not is_member(sender, epoch):
+            _fail("not_member", f"the sender is not a member of the room at epoch {epoch}")
+        key = room_key(epoch, env.key_id)
+        if not isinstance(key, bytes | bytearray) or len(key) != _KEY_BYTES:
+            _fail("unknown_epoch", f"no room key for epoch {epoch}, key id {env.key_id}")
+        ad = _associated_data(self._room_id, epoch, env.key_id, sender, env.session, env.seq)
+        self._authenticate(env, _leaf_hash(ad, env.nonce, env.ciphertext))
+        plaintext = _aead_decrypt(env.ciphertext, ad, env.nonce, bytes(key))
+        if plaintext is None:
+            _fail("decrypt_failed", "the message does not decrypt with the room key")
+        stream_key = (sender, env.session)
+        stream = self._streams.get(stream_key)
+        if stream is None:
+            stream = self._new_stream(stream_key)
+        elif not stream.is_new(env.seq):
+            _fail("replay", "this message was seen before or is older than the replay window")
+        else:
+            self._streams.move_to_end(stream_key)
+        stream.record(env.seq, self._window)
+        return Opened(
+            plaintext=plaintext,
+            sender=sender,
+            room_id=self._room_id,
+            epoch=epoch,
+            key_id=env.key_id,
+            seq=env.seq,
+            msg_id=msg_id(env),
+        )
+
+    def _new_stream(self, stream_key: tuple[str, bytes]) -> _Stream:
+        stream = self._streams[stream_key] = _Stream()
+        while len(self._streams) > self._max_sessions:
+            self._streams.popitem(last=False)
+        return stream
+
+    def _authenticate(self, env: Envelope, leaf: bytes) -> None:
+        """Prove ``leaf`` is in a batch ``env.sender`` signed, or raise ``bad_signature``.
+
+        Walks the path from the leaf up (RFC 9162 §2.1.3.2), naming each node by the leaf
+        range it covers. If the batch was verified before, the walk stops at the first node
+        already authenticated: equal proves the leaf, different disproves it. Otherwise it
+        ends at the root, whose signature is checked once. Only nodes proven by a signed
+        root are remembered.
+        """
+        size = env.batch_size
+        header = (env.sender, env.session, env.epoch, env.key_id, env.batch_first_seq, size)
+        known = self._batches.get(header)
+        fn, sn, level = env.index, size - 1, 0
+        start, end = fn, fn + 1
+        node = leaf
+        learned = [(start * _SPAN + end, node)]
+        if known is not None:
+            hit = known.get(start * _SPAN + end)
+            if hit is not None:
+                self._settle(header, known, learned, hit == node)
+                return
+        for sibling in env.path:
+            if fn & 1 or fn == sn:
+                while not fn & 1:  # the last node of a level is carried up to the next
+                    fn >>= 1
+                    sn >>= 1
+                    level += 1
+                width = 1 << level
+                learned.append(((start - width) * _SPAN + start, sibling))
+                start -= width
+                node = _sha256(_NODE_TAG + sibling + node).digest()
+            else:
+                sibling_end = min(end + (1 << level), size)
+                learned.append((end * _SPAN + sibling_end, sibling))
+                end = sibling_end
+                node = _sha256(_NODE_TAG + node + sibling).digest()
+            fn >>= 1
+            sn >>= 1
+            level += 1
+            learned.append((start * _SPAN + end, node))
+            if known is not None:
+                hit = known.get(start * _SPAN + end)
+                if hit is not None:
+                    self._settle(header, known, learned, hit == node)
+                    return
+        if known is not None or start != 0 or end != size:  # pragma: no cover - path length checked
+            _fail("bad_signature", "the message is not in the batch its sender signed")
+        signed = _batch_message(
+            self._room_id,
+            env.epoch,
+            env.key_id,
+            env.sender,
+            env.session,
+            env.batch_first_seq,
+            size,
+            node,
+        )
+        try:
+            valid = verify(env.sender, signed, env.root_signature)
+        except NkeyError:
+            valid = False
+        if not valid:
+            _fail("bad_signature", "the batch signature does not verify for the sender")
+        self._batches[header] = dict(learned)
+        self._cached_nodes += len(learned)
+        self._evict()
+
+    def _settle(
+        self,
+        header: _BatchHeader,
+        known: dict[int, bytes],
+        learned: list[tuple[int, bytes]],
+        proven: bool,
+    ) -> None:
+        if not proven:
+            _fail("bad_signature", "the message is not in the batch its sender signed")
+        before = len(known)
+        known.update(learned)
+        self._cached_nodes += len(known) - before
+        self._batches.move_to_end(header)
+        self._evict()
+
+    def _evict(self) -> None:
+        batches = self._batches
+        while len(batches) > self._max_batches or self._cached_nodes > self._max_nodes:
+            _, nodes = batches.popitem(last=False)
+            self._cached_nodes -= len(nodes)

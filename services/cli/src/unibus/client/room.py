@@ -1,0 +1,300 @@
+"""A room as a member sees it: a verified chain, its keys, encrypted publish and receive.
+
+Nothing the servers say is trusted for confidentiality or authorship (SPEC §1): the member
+list and epochs come only from the signed chain (``unibus.core.roomchain``), verified from
+its genesis; a sealed key is used only if its signature checks against that chain; a
+message is delivered only if its envelope verifies (``unibus.client.envelope``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from unibus.client.api import ApiClient
+from unibus.client.changes import genesis, successor
+from unibus.client.connection import BusConnection
+from unibus.client.crypto import new_room_key, open_room_key, seal_room_key
+from unibus.client.envelope import EnvelopeError, Opened, Opener, Sealer
+from unibus.core import naming
+from unibus.core.errors import UnibusError
+from unibus.core.log import get_logger
+from unibus.core.nkeys import KeyPair
+from unibus.core.roomchain import ChainError, RoomState, check_sealed_key, verify_chain
+
+_log = get_logger("unibus.client")
+HISTORY_BATCH: Final = 256
+
+
+class RoomError(UnibusError):
+    """The room's chain, keys or membership do not allow what was asked."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One verified, decrypted room message."""
+
+    data: bytes
+    sender: str
+    epoch: int
+    msg_id: str
+    stream_seq: int | None = None
+    time: datetime.datetime | None = None
+    envelope: bytes = b""
+    """The encrypted envelope as stored (what a server, or a removed member, can see)."""
+
+
+@dataclass
+class Undeliverable:
+    """Messages that failed verification or decryption, by reason: counted, never delivered."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Room:
+    def __init__(self, room_id: str, identity: KeyPair, api: ApiClient, bus: BusConnection) -> None:
+        self.room_id = naming.check_room_id(room_id)
+        self._identity = identity
+        self._api = api
+        self._bus = bus
+        self._states: list[RoomState] = []
+        self._keys: dict[tuple[int, str], bytes] = {}
+        self._sealer = Sealer(identity, room_id)
+        self._opener = Opener(room_id)
+        self._publish_lock = asyncio.Lock()
+        self.undeliverable = Undeliverable()
+
+    # -- trusted state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> RoomState:
+        if not self._states:
+            raise RoomError("the room has not been loaded; call refresh()")
+        return self._states[-1]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.state.members
+
+    def is_member(self, key: str, epoch: int) -> bool:
+        return any(s.epoch == epoch and key in s.members for s in self._states)
+
+    async def refresh(self) -> None:
+        """Fetch and verify the chain, then fetch, verify and open this member's keys."""
+        view = await self._api.get_room(self.room_id)
+        try:
+            states = verify_chain(view.chain, room_id=self.room_id)
+        except ChainError as exc:
+            raise RoomError(
+                f"the room's chain does not verify ({exc.reason}); not trusting it"
+            ) from None
+        if len(states) < len(self._states) or states[: len(self._states)] != self._states:
+            raise RoomError("the server presented an older or different history of this room")
+        # The server's summary must agree with the signed chain, or it is lying about members.
+        latest = states[-1]
+        if sorted(view.members) != list(latest.members) or view.epoch != latest.epoch:
+            raise RoomError("the server's member list disagrees with the room's signed chain")
+        self._states = states
+        for sealed in await self._api.sealed_keys(self.room_id):
+            if sealed.member != self._identity.public_key:
+                continue
+            try:
+                check_sealed_key(
+                    states,
+                    room_id=self.room_id,
+                    epoch=sealed.epoch,
+                    key_id=sealed.key_id,
+                    member=sealed.member,
+                    sealed=sealed.sealed,
+                    signer=sealed.signer,
+                    signature=sealed.signature,
+                )
+                key = open_room_key(sealed.sealed, self._identity)
+            except UnibusError as exc:
+                _log.warning("rejected a sealed key", reason=getattr(exc, "reason", "invalid"))
+                continue
+            self._keys[(sealed.epoch, sealed.key_id)] = key
+
+    def _key(self, epoch: int, key_id: str) -> bytes | None:
+        return self._keys.get((epoch, key_id))
+
+    # -- membership -------------------------------------------------------------------------------
+    async def invite(self, *users: str) -> None:
+        """Add members, sealing the current epoch's key to each (owner or room admin only)."""
+        await self.refresh()
+        current = self.state
+        key = self._require_key(current.epoch, current.key_id)
+        view = await self._api.get_room(self.room_id)
+        _, change = successor(
+            view.chain[-1],
+            self._identity,
+            members={*current.members, *users},
+            new_epoch=False,
+            sealed_by_member={user: seal_room_key(key, user) for user in users},
+        )
+        await self._api.add_members(self.room_id, change)
+        await self.refresh()
+
+    async def remove(self, user: str) -> None:
+        """Remove a member: a new epoch whose fresh key is sealed to every remaining member."""
+        await self.refresh()
+        remaining = set(self.state.members) - {user}
+        key = new_room_key()
+        view = await self._api.get_room(self.room_id)
+        _, change = successor(
+            view.chain[-1],
+            self._identity,
+            members=remaining,
+            new_epoch=True,
+            sealed_by_member={member: seal_room_key(key, member) for member in remaining},
+        )
+        await self._api.remove_member(self.room_id, user, change)
+        await self.refresh()
+
+    def _require_key(self, epoch: int, key_id: str) -> bytes:
+        key = self._key(epoch, key_id)
+        if key is None:
+            raise RoomError(f"no verified key for epoch {epoch}; is this identity a member?")
+        return key
+
+    # -- messages ---------------------------------------------------------------------------------
+    async def publish(self, data: bytes) -> int:
+        """Encrypt, sign and publish; returns once the history stream has stored it (its seq)."""
+        return (await self.publish_many([data]))[0]
+
+    async def publish_many(self, messages: Sequence[bytes]) -> list[int]:
+        """One signature for the whole batch; each message acknowledged by the stream."""
+        state = self.state
+        key = self._require_key(state.epoch, state.key_id)
+        async with self._publish_lock:
+            sealed = self._sealer.seal_batch_with_ids(
+                list(messages), epoch=state.epoch, key_id=state.key_id, room_key=key
+            )
+        js = self._bus.jetstream()
+        subject = naming.room_subject(self.room_id)
+        acks = await asyncio.gather(
+            *(
+                js.publish(
+                    subject,
+                    envelope,
+                    stream=naming.MESSAGES_STREAM,
+                    headers={"Nats-Msg-Id": message_id},
+                )
+                for message_id, envelope in sealed
+            )
+        )
+        return [ack.seq for ack in acks]
+
+    async def _open(self, data: bytes) -> Opened | None:
+        for attempt in range(2):
+            try:
+                return self._opener.open(data, room_key=self._key, is_member=self.is_member)
+            except EnvelopeError as exc:
+                # An unknown (newer) epoch: refetch keys once before giving up.
+                if exc.reason in ("unknown_epoch", "not_member") and attempt == 0:
+                    with contextlib.suppress(UnibusError):
+                        await self.refresh()
+                    continue
+                self.undeliverable.add(exc.reason)
+                return None
+        return None
+
+    async def subscribe(self) -> AsyncIterator[Message]:
+        """Live messages, verified and decrypted, each delivered once."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+
+        async def on_message(msg: Msg) -> None:
+            await queue.put(msg)
+
+        subscription = await self._bus.subscribe(naming.room_subject(self.room_id), on_message)
+        try:
+            while True:
+                msg = await queue.get()
+                opened = await self._open(msg.data)
+                if opened is not None:
+                    yield Message(
+                        opened.plaintext,
+                        opened.sender,
+                        opened.epoch,
+                        opened.msg_id,
+                        envelope=msg.data,
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def history(
+        self, *, since: datetime.datetime | None = None, slot: int = 0, idle: float = 2.0
+    ) -> AsyncIterator[Message]:
+        """Replay the room's stored messages in order, each once; ends when caught up."""
+        consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
+        js = self._bus.jetstream()
+        config = api.ConsumerConfig(
+            name=consumer,
+            filter_subject=naming.room_subject(self.room_id),
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
+            opt_start_time=since.astimezone(datetime.UTC) if since else None,
+            inactive_threshold=60.0,
+        )
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+        await js.add_consumer(naming.MESSAGES_STREAM, config)
+        pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
+        try:
+            while True:
+                try:
+                    batch = await pull.fetch(HISTORY_BATCH, timeout=idle)
+                except nats.errors.TimeoutError:
+                    return
+                for msg in batch:
+                    opened = await self._open(msg.data)
+                    if opened is not None:
+                        meta = msg.metadata
+                        yield Message(
+                            opened.plaintext,
+                            opened.sender,
+                            opened.epoch,
+                            opened.msg_id,
+                            stream_seq=meta.sequence.stream,
+                            time=meta.timestamp,
+                            envelope=msg.data,
+                        )
+        finally:
+            with contextlib.suppress(Exception):
+                await pull.unsubscribe()
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+
+
+async def create_room(
+    identity: KeyPair, api: ApiClient, bus: BusConnection, members: Iterable[str] = ()
+) -> Room:
+    """A new room with a fresh epoch-1 key sealed to the creator and the given members."""
+    room_id = await api.new_room_id()
+    everyone = {identity.public_key, *members}
+    key = new_room_key()
+    body = genesis(
+        identity,
+        room_id,
+        members=members,
+        sealed_by_member={member: seal_room_key(key, member) for member in everyone},
+    )
+    await api.create_room(body)
+    room = Room(room_id, identity, api, bus)
+    await room.refresh()
+    return room

@@ -1,0 +1,303 @@
+"""BusConnection on a real 3-node cluster with the callout: kicks, expiry, revocation, node loss."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.js.errors
+import pytest
+import pytest_asyncio
+from nats.aio.msg import Msg
+
+from tests.integration.harness import StackFactory, bounded, eventually
+from unibus.client.connection import AccessDenied, BusConnection, BusUnavailable
+from unibus.core import naming
+from unibus.core.errors import ConfigError, PostureError
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
+from unibus.core.nkeys import KeyPair, Prefix
+from unibus.stack.launcher import LocalStack
+
+
+def _user(key: str, handle: str) -> UserRecord:
+    now = time.time()
+    return UserRecord(
+        key=key,
+        handle=handle,
+        role=Role.MEMBER,
+        status=Status.ACTIVE,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _create_room(store: JetStreamStore, owner: str, *members: str) -> str:
+    now = time.time()
+    room = RoomRecord(
+        room_id=naming.new_room_id(),
+        owner=owner,
+        members=tuple(sorted({owner, *members})),
+        epochs=(EpochRef(epoch=1, key_id="k1"),),
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create_room(room, members=(), sealed_keys=())
+    return room.room_id
+
+
+@dataclass
+class Inbox:
+    """Everything one subscription received."""
+
+    received: list[bytes] = field(default_factory=list)
+
+    async def __call__(self, msg: Msg) -> None:
+        self.received.append(msg.data)
+
+
+@dataclass
+class World:
+    stack: LocalStack
+    store: JetStreamStore
+    alice: KeyPair
+    bob: KeyPair
+    shared_room: str
+    connections: list[BusConnection] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.stack.client_url(n) for n in self.stack.spec.node_names]
+
+    async def connect(self, who: KeyPair, **kwargs: float) -> BusConnection:
+        conn = await BusConnection.connect(
+            self.urls,
+            who,
+            ca_file=self.stack.layout.certs.client_ca_cert,
+            name="unibus-test-client",
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.connections.append(conn)
+        return conn
+
+    async def admitted(self, who: KeyPair) -> BusConnection:
+        """Connect once the callout's view has the user (it follows the KV by a watch)."""
+
+        async def attempt() -> BusConnection:
+            return await self.connect(who, connect_budget=10.0)
+
+        return await eventually(attempt, until=lambda c: c.is_connected, what="admitted")
+
+    async def close(self) -> None:
+        for conn in self.connections:
+            await conn.close()
+
+
+WorldFactory = Callable[..., Awaitable[World]]
+
+
+@pytest_asyncio.fixture
+async def make_world(stacks: StackFactory) -> AsyncIterator[WorldFactory]:
+    worlds: list[World] = []
+
+    async def make(environ: dict[str, str] | None = None) -> World:
+        stack = await stacks.start(nodes=3, services=True, environ=environ)
+        store = await JetStreamStore.open(await stacks.connect(stack))
+        alice, bob = KeyPair.generate(Prefix.USER), KeyPair.generate(Prefix.USER)
+        await store.add_user(_user(alice.public_key, "alice"))
+        await store.add_user(_user(bob.public_key, "bob"))
+        shared = await _create_room(store, alice.public_key, bob.public_key)
+        world = World(stack, store, alice, bob, shared)
+        worlds.append(world)
+        return world
+
+    try:
+        yield make
+    finally:
+        for world in worlds:
+            await world.close()
+
+
+async def _delivered(
+    sender: BusConnection, subject: str, inbox: Inbox, marker: bytes, *, timeout: float = 30.0
+) -> None:
+    """``marker`` published by ``sender`` reaches ``inbox`` (re-published until it does)."""
+
+    async def probe() -> bool:
+        if marker not in inbox.received:
+            await sender.publish(subject, marker)
+        return marker in inbox.received
+
+    await eventually(probe, until=bool, timeout=timeout, interval=0.2, what=f"{marker!r} received")
+
+
+def _counter() -> tuple[list[int], Callable[[], Awaitable[None]]]:
+    calls: list[int] = []
+
+    async def on_reauthorized() -> None:
+        calls.append(1)
+
+    return calls, on_reauthorized
+
+
+# -- kicks -----------------------------------------------------------------------------------------
+async def test_a_kicked_client_reconnects_by_itself_with_its_new_permissions(
+    make_world: WorldFactory,
+) -> None:
+    world = await make_world()
+    alice = await world.admitted(world.alice)
+    bob = await world.admitted(world.bob)
+    shared = naming.room_subject(world.shared_room)
+    shared_inbox = Inbox()
+    await bob.subscribe(shared, shared_inbox)
+    await _delivered(alice, shared, shared_inbox, b"before the kick")
+
+    # Bob subscribes to a room he is not in yet: the server refuses the SUB for now.
+    alices = await _create_room(world.store, world.alice.public_key)
+    new_inbox = Inbox()
+    await bob.subscribe(naming.room_subject(alices), new_inbox)
+    reconnects = bob.reconnects
+
+    # Adding bob to it changes his rooms: the callout kicks his connection.
+    current = await world.store.get_room(alices)
+    grown = msgspec.structs.replace(
+        current.value, members=tuple(sorted({*current.value.members, world.bob.public_key}))
+    )
+    await world.store.commit_room(current, grown)
+
+    await eventually(
+        lambda: asyncio.sleep(0, bob.reconnects), until=lambda n: n > reconnects, what="kicked"
+    )
+    await _delivered(alice, shared, shared_inbox, b"after the kick")
+    # nats-py re-sent the SUB on reconnect, now with permission for the new room.
+    await _delivered(alice, naming.room_subject(alices), new_inbox, b"welcome")
+    assert bob.generation == 1, "a kick is a plain reconnect, not a new connection"
+
+    await bob.close()
+    assert bob.is_closed
+    with pytest.raises(BusUnavailable, match="closed"):
+        await bob.publish(shared, b"after close")
+    with pytest.raises(BusUnavailable, match="closed"):
+        await bob.wait_connected(timeout=1)
+
+
+# -- expiry ----------------------------------------------------------------------------------------
+async def test_a_client_whose_authorization_expires_reauthorizes_and_keeps_receiving(
+    make_world: WorldFactory,
+) -> None:
+    world = await make_world({"UNIBUS_JWT_TTL": "3"})
+    alice = await world.admitted(world.alice)
+    bob = await world.admitted(world.bob)
+    calls, on_reauthorized = _counter()
+    bob.on_reauthorized.append(on_reauthorized)
+    subject = naming.room_subject(world.shared_room)
+    inbox = Inbox()
+    await bob.subscribe(subject, inbox)
+    await _delivered(alice, subject, inbox, b"first authorization")
+    start = bob.generation
+
+    for expiry in (1, 2):
+        wanted = start + expiry
+        await eventually(
+            lambda: asyncio.sleep(0, bob.generation),
+            until=lambda g: g >= wanted,  # noqa: B023 - awaited within this iteration
+            timeout=20,
+            what=f"re-authorized after expiry {expiry}",
+        )
+        # The remembered subscription was re-established on the brand-new connection.
+        await _delivered(alice, subject, inbox, f"after expiry {expiry}".encode())
+
+    assert len(calls) >= 2
+    await bob.wait_connected(timeout=10)
+    # A JetStream context of the current connection gets answers (none of bob's history
+    # consumers exists yet, so the answer is "not found").
+    consumer = naming.history_consumer(world.shared_room, world.bob.public_key, 0)
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bob.jetstream().delete_consumer(naming.MESSAGES_STREAM, consumer)
+
+
+# -- revocation ------------------------------------------------------------------------------------
+async def test_a_revoked_user_gets_access_denied_within_a_bounded_time(
+    make_world: WorldFactory,
+) -> None:
+    world = await make_world()
+    bob = await world.admitted(world.bob)
+    subject = naming.room_subject(world.shared_room)
+    await bob.subscribe(subject, Inbox())
+
+    await world.store.set_user_status(world.bob.public_key, Status.REVOKED)
+
+    async def refused() -> bool:
+        try:
+            await bob.wait_connected(timeout=1)
+        except AccessDenied:
+            return True
+        return False
+
+    await eventually(refused, until=bool, timeout=30, what="AccessDenied surfaced")
+    assert bob.is_closed
+    async with bounded(5):
+        with pytest.raises(AccessDenied, match="revoked"):
+            await bob.wait_connected()
+        with pytest.raises(AccessDenied):
+            await bob.publish(subject, b"x")
+        with pytest.raises(AccessDenied):
+            await bob.request(subject, b"x", timeout=1)
+        with pytest.raises(AccessDenied):
+            bob.jetstream()
+        with pytest.raises(AccessDenied):
+            await bob.subscribe(subject, Inbox())
+
+    # A new connection with the revoked key, and one with an unknown key, are refused too.
+    async with bounded(30):
+        with pytest.raises(AccessDenied, match="unibus keygen"):
+            await world.connect(world.bob)
+        with pytest.raises(AccessDenied):
+            await world.connect(KeyPair.generate(Prefix.USER))
+
+
+# -- node loss -------------------------------------------------------------------------------------
+async def test_a_client_keeps_working_when_its_node_stops(make_world: WorldFactory) -> None:
+    world = await make_world()
+    alice = await world.admitted(world.alice)
+    bob = await world.admitted(world.bob)
+    subject = naming.room_subject(world.shared_room)
+    inbox = Inbox()
+    await bob.subscribe(subject, inbox)
+    await _delivered(alice, subject, inbox, b"before")
+
+    url = bob.nc.connected_url
+    assert url is not None
+    ports = [p.client for p in world.stack.spec.ports]
+    assert url.port is not None
+    node = world.stack.spec.node_names[ports.index(url.port)]
+    world.stack.stop_node(node)
+
+    await _delivered(alice, subject, inbox, b"after the node stopped")
+    await bob.wait_connected(timeout=10)
+    assert bob.nc.connected_url is not None
+    assert bob.nc.connected_url.port != url.port
+    assert bob.generation == 1, "a lost node is a plain reconnect, not a new connection"
+    consumer = naming.history_consumer(world.shared_room, world.bob.public_key, 0)
+
+    async def ask() -> bytes:
+        return (await bob.request(naming.consumer_delete_subject(consumer), timeout=2)).data
+
+    # JetStream answers into bob's own inbox prefix ("consumer not found": none was made).
+    answer = await eventually(ask, until=bool, what="request answered")
+    assert b"consumer not found" in answer
+
+
+# -- refused before any socket opens -------------------------------------------------------------
+async def test_a_remote_bus_without_a_pinned_ca_and_a_non_user_identity_are_refused() -> None:
+    user = KeyPair.generate(Prefix.USER)
+    async with bounded(5):
+        with pytest.raises(PostureError, match="pinned CA"):
+            await BusConnection.connect(["tls://bus.example.net:4222"], user, ca_file=None)
+        with pytest.raises(ConfigError, match="user key pair"):
+            await BusConnection.connect(
+                ["nats://127.0.0.1:4222"], KeyPair.generate(Prefix.ACCOUNT), ca_file=None
+            )
