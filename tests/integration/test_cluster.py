@@ -306,3 +306,28 @@ async def test_a_nonce_is_accepted_once(stacks: StackFactory) -> None:
     with pytest.raises(ConflictError):
         await store.claim_nonce(caller, "n0nce-1")
     await store.claim_nonce(caller, "n0nce-2")
+
+
+async def test_concurrent_authorization_reads_share_one_quorum_barrier(
+    stacks: StackFactory,
+) -> None:
+    stack = await stacks.start(nodes=3)
+    nc = await stacks.connect(stack)
+    js = nc.jetstream(timeout=3.0)
+    admin = stack.info().admin_key
+    users_stream = naming.kv_stream(naming.USERS_BUCKET)
+
+    async def last_seq() -> int:
+        return int((await js.stream_info(users_stream)).state.last_seq)
+
+    coalescing = await JetStreamStore.open(nc, quorum_max_age=30.0)
+    before = await last_seq()
+    await asyncio.gather(*(coalescing.authorize_user(admin) for _ in range(20)))
+    await coalescing.authorize_user(admin)
+    assert await last_seq() - before == 1
+
+    strict = await JetStreamStore.open(nc)
+    before = await last_seq()
+    for _ in range(3):
+        await strict.authorize_user(admin)
+    assert await last_seq() - before == 3

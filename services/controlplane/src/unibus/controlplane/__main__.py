@@ -51,7 +51,10 @@ async def _main(settings: Settings) -> None:
     )
     try:
         store = await retry_until(
-            "open the store", lambda: JetStreamStore.open(nc, op_timeout=settings.op_timeout)
+            "open the store",
+            lambda: JetStreamStore.open(
+                nc, op_timeout=settings.op_timeout, quorum_max_age=settings.quorum_max_age
+            ),
         )
         if settings.bootstrap_admin is not None:
             admin = settings.bootstrap_admin

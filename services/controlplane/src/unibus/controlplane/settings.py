@@ -39,6 +39,7 @@ class Settings:
     skew: float = 60.0
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     op_timeout: float = 2.0
+    quorum_max_age: float = 0.5
     bootstrap_admin: str | None = None
     log_json: bool = True
 
@@ -81,6 +82,9 @@ class Settings:
                 "UNIBUS_MAX_BLOB_BYTES", default=DEFAULT_MAX_BLOB_BYTES, minimum=1
             ),
             op_timeout=env.number("UNIBUS_OP_TIMEOUT", default=2.0, minimum=0.1, maximum=60.0),
+            quorum_max_age=env.number(
+                "UNIBUS_API_QUORUM_MAX_AGE", default=0.5, minimum=0.0, maximum=5.0
+            ),
             bootstrap_admin=admin,
             log_json=env.boolean("UNIBUS_LOG_JSON", default=True),
         )

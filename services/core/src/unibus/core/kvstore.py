@@ -7,7 +7,9 @@ an authorization decision: a leader cut off from both peers keeps answering read
 many seconds (measured: more than 15 s on 2.15.1) while the majority may have elected a
 new leader and committed a revocation. ``authorize_user`` therefore first commits a
 barrier write on the same stream — only possible with a quorum — and then reads (the
-Raft read-index technique). Every operation is bounded by
+Raft read-index technique). Concurrent authorization reads share one in-flight barrier,
+and with ``quorum_max_age`` > 0 a barrier that recent is reused: a revocation then reaches
+decisions at most that long (plus one barrier) after it commits. Every operation is bounded by
 ``op_timeout``; every backend failure becomes ``StoreUnavailableError`` so that callers
 deciding on authorization deny. Opening the store never creates a bucket.
 """
@@ -172,7 +174,13 @@ class _Bucket:
 class JetStreamStore:
     """The replicated ``Store``; create it with ``await JetStreamStore.open(nc)``."""
 
-    def __init__(self, js: JetStreamContext, op_timeout: float, scan_limit: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        op_timeout: float,
+        scan_limit: int,
+        quorum_max_age: float = 0.0,
+    ) -> None:
         self._users = _Bucket(js, naming.USERS_BUCKET, op_timeout)
         self._rooms = _Bucket(js, naming.ROOMS_BUCKET, op_timeout)
         self._members = _Bucket(js, naming.MEMBERS_BUCKET, op_timeout)
@@ -180,6 +188,9 @@ class JetStreamStore:
         self._keys = _Bucket(js, naming.ROOM_KEYS_BUCKET, op_timeout)
         self._nonces = _Bucket(js, naming.NONCES_BUCKET, op_timeout)
         self._scan_limit = scan_limit
+        self._quorum_max_age = quorum_max_age
+        self._quorum_confirmed_at = float("-inf")
+        self._quorum_inflight: asyncio.Task[float] | None = None
 
     @classmethod
     async def open(
@@ -188,9 +199,14 @@ class JetStreamStore:
         *,
         op_timeout: float = DEFAULT_OP_TIMEOUT,
         scan_limit: int = DEFAULT_SCAN_LIMIT,
+        quorum_max_age: float = 0.0,
     ) -> JetStreamStore:
-        """Bind to the provisioned buckets; ``AssetMissingError`` if one is absent."""
-        store = cls(nc.jetstream(timeout=op_timeout), op_timeout, scan_limit)
+        """Bind to the provisioned buckets; ``AssetMissingError`` if one is absent.
+
+        ``quorum_max_age``: how old a quorum confirmation an authorization read may reuse
+        (0: every read confirms, sharing only barriers already in flight).
+        """
+        store = cls(nc.jetstream(timeout=op_timeout), op_timeout, scan_limit, quorum_max_age)
         for bucket in store._buckets():
             await bucket.check_exists()
         return store
@@ -214,11 +230,32 @@ class JetStreamStore:
         return Versioned(decode(UserRecord, data), revision)
 
     async def authorize_user(self, key: str) -> Versioned[UserRecord]:
-        await self._users.confirm_quorum()
+        await self._confirm_quorum()
         return await self.get_user(key)
 
     async def check_available(self) -> None:
+        await self._confirm_quorum()
+
+    async def _confirm_quorum(self) -> None:
+        if time.monotonic() - self._quorum_confirmed_at <= self._quorum_max_age:
+            return
+        if self._quorum_inflight is None:
+            self._quorum_inflight = asyncio.create_task(self._barrier())
+            self._quorum_inflight.add_done_callback(self._barrier_done)
+        # shield: one caller giving up must not cancel the barrier others wait on.
+        self._quorum_confirmed_at = max(
+            self._quorum_confirmed_at, await asyncio.shield(self._quorum_inflight)
+        )
+
+    async def _barrier(self) -> float:
+        started = time.monotonic()
         await self._users.confirm_quorum()
+        return started
+
+    def _barrier_done(self, task: asyncio.Task[float]) -> None:
+        self._quorum_inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is never logged
 
     async def claim_marker(self, name: str, value: str) -> str:
         """Create-only marker in the users bucket; returns the value that holds it."""
