@@ -15,7 +15,10 @@ from typing import TypeVar
 import pytest
 from nats.aio.client import Client as NATS
 
+from unibus.core import naming
 from unibus.core.connect import connect
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
 from unibus.stack.launcher import LocalStack
 from unibus.stack.layout import StackLayout, StackSpec
 
@@ -137,3 +140,29 @@ def free_port_block(size: int, *, attempts: int = 50) -> int:
                 sock.close()
         return base
     pytest.fail(f"no block of {size} free ports found")
+
+
+# -- records written straight into the store (bypassing the API's signed chain) -------------------
+def user_record(key: str, handle: str, role: Role = Role.MEMBER) -> UserRecord:
+    now = time.time()
+    return UserRecord(
+        key=key, handle=handle, role=role, status=Status.ACTIVE, created_at=now, updated_at=now
+    )
+
+
+def room_record(owner: str, *members: str, epoch: int = 1, key_id: str = "k1") -> RoomRecord:
+    now = time.time()
+    return RoomRecord(
+        room_id=naming.new_room_id(),
+        owner=owner,
+        members=tuple(sorted({owner, *members})),
+        epochs=(EpochRef(epoch=epoch, key_id=key_id),),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def create_room(store: JetStreamStore, owner: str, *members: str) -> str:
+    room = room_record(owner, *members)
+    await store.create_room(room, members=(), sealed_keys=())
+    return room.room_id

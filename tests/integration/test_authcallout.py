@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +15,12 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from tests.integration.harness import StackFactory, eventually
+from tests.integration.harness import StackFactory, create_room, eventually, user_record
 from unibus.authcallout.kicks import Kicker
 from unibus.core import naming
 from unibus.core.connect import tls_context
 from unibus.core.kvstore import JetStreamStore
-from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
+from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.stack.launcher import LocalStack
 
@@ -76,45 +75,15 @@ class World:
                 await client.nc.close()
 
 
-def _user(key: str, handle: str) -> UserRecord:
-    now = time.time()
-    return UserRecord(
-        key=key,
-        handle=handle,
-        role=Role.MEMBER,
-        status=Status.ACTIVE,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def _room(owner: str, *members: str) -> RoomRecord:
-    now = time.time()
-    return RoomRecord(
-        room_id=naming.new_room_id(),
-        owner=owner,
-        members=tuple(sorted({owner, *members})),
-        epochs=(EpochRef(epoch=1, key_id="k1"),),
-        created_at=now,
-        updated_at=now,
-    )
-
-
-async def _create_room(store: JetStreamStore, owner: str, *members: str) -> str:
-    room = _room(owner, *members)
-    await store.create_room(room, members=(), sealed_keys=())
-    return room.room_id
-
-
 @pytest_asyncio.fixture
 async def world(stacks: StackFactory) -> AsyncIterator[World]:
     stack = await stacks.start(nodes=3, services=True)
     store = await JetStreamStore.open(await stacks.connect(stack))
     alice, bob = KeyPair.generate(Prefix.USER), KeyPair.generate(Prefix.USER)
-    await store.add_user(_user(alice.public_key, "alice"))
-    await store.add_user(_user(bob.public_key, "bob"))
-    shared = await _create_room(store, alice.public_key, bob.public_key)
-    bobs = await _create_room(store, bob.public_key)
+    await store.add_user(user_record(alice.public_key, "alice"))
+    await store.add_user(user_record(bob.public_key, "bob"))
+    shared = await create_room(store, alice.public_key, bob.public_key)
+    bobs = await create_room(store, bob.public_key)
     found = World(stack, store, alice, bob, shared, bobs)
     try:
         yield found
@@ -387,7 +356,7 @@ async def test_a_membership_added_while_connected_becomes_usable_after_the_recon
     world: World,
 ) -> None:
     alice = await world.connect(world.alice, node="n1", reconnect=True)
-    alice_only = await _create_room(world.store, world.alice.public_key)
+    alice_only = await create_room(world.store, world.alice.public_key)
     bob = await world.connect(world.bob, node="n2", reconnect=True)
     subject = naming.room_subject(alice_only)
     received: list[bytes] = []
@@ -420,9 +389,9 @@ async def test_a_user_at_the_room_cap_is_admitted_and_one_more_room_is_refused(
     world: World,
 ) -> None:
     carol = KeyPair.generate(Prefix.USER)
-    await world.store.add_user(_user(carol.public_key, "carol"))
+    await world.store.add_user(user_record(carol.public_key, "carol"))
     for _ in range(256):
-        await _create_room(world.store, carol.public_key)
+        await create_room(world.store, carol.public_key)
 
     async def admitted() -> bool:
         try:
@@ -432,7 +401,7 @@ async def test_a_user_at_the_room_cap_is_admitted_and_one_more_room_is_refused(
         return client.nc.is_connected
 
     await eventually(admitted, until=bool, timeout=30, what="admitted at 256 rooms")
-    await _create_room(world.store, carol.public_key)
+    await create_room(world.store, carol.public_key)
 
     async def refused() -> bool:
         try:
@@ -482,7 +451,7 @@ async def test_concurrent_connects_are_all_answered(world: World) -> None:
     """A reconnect storm: one task per request, none blocks another."""
     users = [KeyPair.generate(Prefix.USER) for _ in range(20)]
     for index, user in enumerate(users):
-        await world.store.add_user(_user(user.public_key, f"storm{index}"))
+        await world.store.add_user(user_record(user.public_key, f"storm{index}"))
 
     async def all_known() -> bool:
         try:

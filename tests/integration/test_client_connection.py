@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -13,40 +12,14 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from tests.integration.harness import StackFactory, bounded, eventually
+from tests.integration.harness import StackFactory, bounded, create_room, eventually, user_record
 from unibus.client.connection import AccessDenied, BusConnection, BusUnavailable
 from unibus.core import naming
 from unibus.core.errors import ConfigError, PostureError
 from unibus.core.kvstore import JetStreamStore
-from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
+from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.stack.launcher import LocalStack
-
-
-def _user(key: str, handle: str) -> UserRecord:
-    now = time.time()
-    return UserRecord(
-        key=key,
-        handle=handle,
-        role=Role.MEMBER,
-        status=Status.ACTIVE,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-async def _create_room(store: JetStreamStore, owner: str, *members: str) -> str:
-    now = time.time()
-    room = RoomRecord(
-        room_id=naming.new_room_id(),
-        owner=owner,
-        members=tuple(sorted({owner, *members})),
-        epochs=(EpochRef(epoch=1, key_id="k1"),),
-        created_at=now,
-        updated_at=now,
-    )
-    await store.create_room(room, members=(), sealed_keys=())
-    return room.room_id
 
 
 @dataclass
@@ -107,9 +80,9 @@ async def make_world(stacks: StackFactory) -> AsyncIterator[WorldFactory]:
         stack = await stacks.start(nodes=3, services=True, environ=environ)
         store = await JetStreamStore.open(await stacks.connect(stack))
         alice, bob = KeyPair.generate(Prefix.USER), KeyPair.generate(Prefix.USER)
-        await store.add_user(_user(alice.public_key, "alice"))
-        await store.add_user(_user(bob.public_key, "bob"))
-        shared = await _create_room(store, alice.public_key, bob.public_key)
+        await store.add_user(user_record(alice.public_key, "alice"))
+        await store.add_user(user_record(bob.public_key, "bob"))
+        shared = await create_room(store, alice.public_key, bob.public_key)
         world = World(stack, store, alice, bob, shared)
         worlds.append(world)
         return world
@@ -156,7 +129,7 @@ async def test_a_kicked_client_reconnects_by_itself_with_its_new_permissions(
     await _delivered(alice, shared, shared_inbox, b"before the kick")
 
     # Bob subscribes to a room he is not in yet: the server refuses the SUB for now.
-    alices = await _create_room(world.store, world.alice.public_key)
+    alices = await create_room(world.store, world.alice.public_key)
     new_inbox = Inbox()
     await bob.subscribe(naming.room_subject(alices), new_inbox)
     reconnects = bob.reconnects

@@ -11,7 +11,13 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from tests.integration.harness import StackFactory, bounded, eventually, run_cli
+from tests.integration.harness import (
+    StackFactory,
+    bounded,
+    eventually,
+    room_record,
+    run_cli,
+)
 from unibus.core import naming
 from unibus.core.authz import Decision, check_user
 from unibus.core.errors import AssetMissingError, ConflictError, StoreUnavailableError
@@ -21,18 +27,6 @@ from unibus.core.models import EpochRef, Role, RoomRecord, SealedKeyRecord, Stat
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.provisioning import ASSETS, AssetKind, AssetStatus
 from unibus.stack.layout import write_stack_info
-
-
-def _room(owner: str, *members: str, epoch: int = 1, key_id: str = "k1") -> RoomRecord:
-    now = time.time()
-    return RoomRecord(
-        room_id=naming.new_room_id(),
-        owner=owner,
-        members=tuple(sorted({owner, *members})),
-        epochs=(EpochRef(epoch=epoch, key_id=key_id),),
-        created_at=now,
-        updated_at=now,
-    )
 
 
 def _user_key() -> str:
@@ -62,7 +56,7 @@ async def test_two_concurrent_compare_and_set_writers_on_one_room_exactly_one_wi
     stack = await stacks.start(nodes=3)
     store = await JetStreamStore.open(await stacks.connect(stack))
     owner, alice, bob = _user_key(), _user_key(), _user_key()
-    created = await store.create_room(_room(owner), members=(), sealed_keys=())
+    created = await store.create_room(room_record(owner), members=(), sealed_keys=())
     base = created.value
 
     def with_member(member: str) -> RoomRecord:
@@ -92,7 +86,7 @@ async def test_keys_written_by_the_losing_rekey_stay_inert(stacks: StackFactory)
     stack = await stacks.start(nodes=3)
     store = await JetStreamStore.open(await stacks.connect(stack))
     owner = _user_key()
-    created = await store.create_room(_room(owner, key_id="k1"), members=(), sealed_keys=())
+    created = await store.create_room(room_record(owner, key_id="k1"), members=(), sealed_keys=())
     room_id = created.value.room_id
 
     def rekey(key_id: str) -> tuple[RoomRecord, SealedKeyRecord]:
@@ -278,7 +272,7 @@ async def test_the_reverse_index_follows_room_commits_and_is_repairable(
     nc = await stacks.connect(stack)
     store = await JetStreamStore.open(nc)
     owner, ada = _user_key(), _user_key()
-    created = await store.create_room(_room(owner, ada), members=(), sealed_keys=())
+    created = await store.create_room(room_record(owner, ada), members=(), sealed_keys=())
     room_id = created.value.room_id
     assert await store.rooms_of(ada) == [room_id]
 

@@ -120,8 +120,8 @@ async def _run_foreground(stack: LocalStack) -> int:
     info = await stack.up(progress=progress)
     try:
         print(f"unibus is up: {len(info.nodes)} node(s), assets at R{info.replicas}")
-        for node in info.nodes:
-            print(f"  {node.name}  {node.client_url}")
+        for node, api_url in zip(info.nodes, info.api_urls, strict=True):
+            print(f"  {node.name}  {node.client_url}  API {api_url}")
         print(f"  CA        {info.ca_file}")
         print(f"  admin key {info.admin_key} (seed: {info.admin_seed_file})")
         print(f"  stack     {stack.layout.stack_file}")

@@ -75,6 +75,21 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _end(proc: subprocess.Popen[bytes], *, kill: bool, timeout: float) -> None:
+    """Stop a child we started: SIGTERM (or SIGKILL), then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def _metric_is_one(port: int, metric: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
@@ -241,17 +256,8 @@ class LocalStack:
 
     def stop_node(self, name: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT) -> None:
         proc = self._procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        if proc is not None:
+            _end(proc, kill=kill, timeout=timeout)
 
     def stop(self) -> None:
         self.stop_services()
@@ -326,16 +332,8 @@ class LocalStack:
         self, service: str, node: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT
     ) -> None:
         proc = self._services.pop((service, node), None)
-        if proc is not None and proc.poll() is None:
-            if kill:
-                proc.kill()
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
+        if proc is not None:
+            _end(proc, kill=kill, timeout=timeout)
         self.layout.service_pid(service, node).unlink(missing_ok=True)
 
     def stop_services(self) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 
-from hypercorn.asyncio import serve
+from hypercorn.asyncio import serve as serve_asgi
 from hypercorn.config import Config
 
 from unibus.controlplane.app import Context, build_app
@@ -16,9 +15,9 @@ from unibus.controlplane.metrics import ApiMetrics
 from unibus.controlplane.settings import Settings
 from unibus.core.bootstrap import ensure_first_admin
 from unibus.core.connect import NatsTarget, connect
-from unibus.core.errors import UnibusError
 from unibus.core.kvstore import JetStreamStore
-from unibus.core.log import configure_logging, get_logger
+from unibus.core.log import get_logger
+from unibus.core.process import run_service
 from unibus.core.retry import retry_until
 
 _log = get_logger("unibus.controlplane")
@@ -38,7 +37,7 @@ def _hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def _main(settings: Settings) -> None:
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
     metrics = ApiMetrics()
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
 
@@ -61,12 +60,10 @@ async def _main(settings: Settings) -> None:
             wrote = await retry_until("first admin", lambda: ensure_first_admin(store, admin))
             _log.info("first admin", written=wrote)
         context = Context(settings=settings, store=store, nc=nc, sys_nc=sys_nc, metrics=metrics)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         _log.info("serving", port=settings.port, tls=settings.tls, metrics_port=metrics_port)
-        await serve(build_app(context), _hypercorn_config(settings), shutdown_trigger=stop.wait)
+        await serve_asgi(
+            build_app(context), _hypercorn_config(settings), shutdown_trigger=stop.wait
+        )
     finally:
         for conn in (nc, sys_nc):
             with contextlib.suppress(Exception):
@@ -74,18 +71,7 @@ async def _main(settings: Settings) -> None:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env(os.environ)
-    except UnibusError as exc:
-        print(f"unibus-controlplane: configuration error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(json=settings.log_json)
-    try:
-        asyncio.run(_main(settings))
-    except UnibusError as exc:
-        print(f"unibus-controlplane: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_service("unibus-controlplane", Settings.from_env, serve)
 
 
 if __name__ == "__main__":
