@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, cast
 
@@ -182,3 +183,25 @@ def test_room_changes_compare_the_rooms_revision() -> None:
 
     assert is_affected(connection_name(BOB, Stamp(99, 19)), change)
     assert not is_affected(connection_name(BOB, Stamp(0, 20)), change)
+
+
+async def test_until_fresh_returns_as_soon_as_the_view_is_proven_again() -> None:
+    view = _view()
+    view.mark_disconnected()
+
+    async def confirm_later() -> None:
+        await asyncio.sleep(0.05)
+        view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
+        view._confirmation.set()
+
+    confirmer = asyncio.create_task(confirm_later())
+    assert await view.until_fresh(5.0)
+    await confirmer
+
+
+async def test_until_fresh_gives_up_after_its_grace_so_the_request_is_denied() -> None:
+    view = _view()
+    view.mark_disconnected()
+
+    assert not await view.until_fresh(0.05)
+    assert view.lookup(ALICE).reason is Reason.STORE_UNAVAILABLE

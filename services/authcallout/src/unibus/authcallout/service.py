@@ -145,8 +145,10 @@ class CalloutService:
             request = open_request(msg.data, msg.headers, self._keys.xkey, now=now)
         except Dropped as dropped:
             return dropped.reason
+        if self._view is not None and not self._view.is_fresh:
+            await self._view.until_fresh(self._settings.stale_grace)
         try:
-            response, reason = self._decide(request, now), Reason.ALLOWED
+            response, reason = self._decide(request, time.time()), Reason.ALLOWED
         except Denial as denial:
             reason = denial.reason
             response = deny_response(self._keys.issuer, request, self._keys.xkey, reason, now=now)

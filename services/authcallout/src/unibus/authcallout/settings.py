@@ -34,6 +34,8 @@ class Settings:
     metrics_port: int = 9471
     max_staleness: float = 2.0
     heartbeat: float = 0.5
+    stale_grace: float = 1.0
+    """How long a request waits for a stale view to be re-proven before it is denied."""
     concurrency: int = 256
     log_json: bool = True
 
@@ -72,6 +74,9 @@ class Settings:
             metrics_port=int(port),
             max_staleness=env.number(
                 "UNIBUS_VIEW_MAX_STALENESS", default=2.0, minimum=0.5, maximum=30.0
+            ),
+            stale_grace=env.number(
+                "UNIBUS_AUTHCALLOUT_STALE_GRACE", default=1.0, minimum=0.0, maximum=1.5
             ),
             concurrency=env.integer("UNIBUS_AUTHCALLOUT_CONCURRENCY", default=256, minimum=1),
             log_json=env.boolean("UNIBUS_LOG_JSON", default=True),

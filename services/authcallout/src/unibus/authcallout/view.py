@@ -112,6 +112,7 @@ class DirectoryView:
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded: dict[str, asyncio.Event] = {b: asyncio.Event() for b in _BUCKETS}
+        self._confirmation = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,6 +141,26 @@ class DirectoryView:
     @property
     def is_fresh(self) -> bool:
         return self.staleness <= self._max_staleness
+
+    async def until_fresh(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the view to be proven current; False if it was not.
+
+        After a failover the view re-proves itself within about one heartbeat; waiting that
+        long (well inside the server's auth timeout) avoids refusing clients that reconnect
+        meanwhile, while a real loss of quorum still ends in a denial.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.is_fresh:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._confirmation.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._confirmation.wait()
+            except TimeoutError:
+                return self.is_fresh
+        return True
 
     def lookup(self, user_key: str) -> Lookup:
         if not self.is_fresh:
@@ -277,6 +298,7 @@ class DirectoryView:
                 self._waiters.remove(waiter)
         # The view holds every change committed before the barrier was published.
         self._confirmed[bucket] = started
+        self._confirmation.set()
 
     async def _heartbeat_forever(self) -> None:
         while True:
