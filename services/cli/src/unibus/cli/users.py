@@ -8,6 +8,9 @@ the bucket's replication (``leader=… followers_current=2/2 msgs=N``).
 
 A re-add of a key that exists is an error and never changes the stored record, whatever
 role it asks for. A revocation flips the status; nothing is ever deleted.
+
+With ``--db FILE`` every verb works offline on a legacy membershipd SQLite file instead
+(``unibus.core.sqlitestore``; ``add`` creates the file when it is missing).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import nats.errors
@@ -46,6 +50,7 @@ from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.provisioning import Asset, AssetKind, AssetStatus, asset_status
 from unibus.core.retry import retry_until
+from unibus.core.sqlitestore import SQLiteStore
 
 T = TypeVar("T")
 
@@ -68,6 +73,7 @@ examples:
       --key 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
   unibus user list --json
   unibus user revoke UAB…XYZ
+  unibus user list --db membership.db          # a legacy SQLite file, offline
 
 Without --dir or --nats-url the local stack in the default directory is used.
 """
@@ -170,6 +176,17 @@ def _add_timeout_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="work on a legacy membershipd SQLite file instead of the live bucket "
+        "(user add creates it when missing)",
+    )
+
+
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     user = verbs.add_parser(
         "user",
@@ -198,6 +215,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         help="member (default) or admin",
     )
     add_target_args(add)
+    _add_db_arg(add)
     _add_timeout_arg(add)
     add_json_arg(add)
     add.set_defaults(handler=_add)
@@ -208,6 +226,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         description="Print every user of UNIBUS_users (key, handle, role, status).",
     )
     add_target_args(listing)
+    _add_db_arg(listing)
     _add_timeout_arg(listing)
     add_json_arg(listing)
     listing.set_defaults(handler=_list)
@@ -220,6 +239,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     )
     revoke.add_argument("key", metavar="KEY", help="U… public key or 64 hex digits")
     add_target_args(revoke)
+    _add_db_arg(revoke)
     _add_timeout_arg(revoke)
     add_json_arg(revoke)
     revoke.set_defaults(handler=_revoke)
@@ -316,6 +336,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def _add(args: argparse.Namespace) -> int:
     record = new_user(args.key, args.handle, args.role)
     check_timeout(args.timeout)
+    if args.db is not None:
+        return _run(_db_add(args, record))
     return _run(_add_async(args, record))
 
 
@@ -348,6 +370,8 @@ async def _add_async(args: argparse.Namespace, record: UserRecord) -> int:
 # -- list --------------------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
     check_timeout(args.timeout)
+    if args.db is not None:
+        return _run(_db_list(args))
     return _run(_list_async(args))
 
 
@@ -367,6 +391,8 @@ async def _list_async(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     key = canonical_user_key(args.key)
     check_timeout(args.timeout)
+    if args.db is not None:
+        return _run(_db_revoke(args, key))
     return _run(_revoke_async(args, key))
 
 
@@ -422,3 +448,71 @@ def _report(
             "operation; check `unibus status`",
             file=sys.stderr,
         )
+
+
+# -- a legacy SQLite file (--db) -----------------------------------------------------------------
+async def _db_add(args: argparse.Namespace, record: UserRecord) -> int:
+    store = await SQLiteStore.open(args.db, create=True)
+    try:
+        try:
+            written = await store.add_user(record)
+        except ConflictError:
+            existing = (await store.get_user(record.key)).value
+            state = "" if existing.is_active else ", revoked"
+            raise ConflictError(
+                f"user {record.key} already exists in {args.db} (role {existing.role.value}"
+                f"{state}); a re-add never changes a role"
+            ) from None
+    finally:
+        await store.close()
+    _db_report(args, "added", written)
+    return 0
+
+
+async def _db_list(args: argparse.Namespace) -> int:
+    store = await SQLiteStore.open(args.db)
+    try:
+        users = await store.list_users()
+    finally:
+        await store.close()
+    if args.json:
+        print_json([user_json(u) for u in users])
+    elif users:
+        print(users_table(users))
+    else:
+        print(f"no users in {args.db}")
+    return 0
+
+
+async def _db_revoke(args: argparse.Namespace, key: str) -> int:
+    store = await SQLiteStore.open(args.db)
+    try:
+        try:
+            before = await store.get_user(key)
+        except NotFoundError:
+            raise NotFoundError(f"no user {key} in {args.db}; nothing to revoke") from None
+        after = await store.set_user_status(key, Status.REVOKED)
+    finally:
+        await store.close()
+    changed = before.value.is_active
+    _db_report(args, "revoked" if changed else "already revoked", after, changed=changed)
+    return 0
+
+
+def _db_report(
+    args: argparse.Namespace, result: str, written: Versioned[UserRecord], *, changed: bool = True
+) -> None:
+    user = written.value
+    if args.json:
+        print_json(
+            {
+                "result": result,
+                "changed": changed,
+                "user": user_json(user),
+                "revision": written.revision,
+                "db": str(args.db),
+            }
+        )
+    else:
+        what = f"{user.key} (handle {user.handle!r}, role {user.role.value}, {user.status.value})"
+        print(f"{result} {what} in {args.db}" if changed else f"{what} was {result}")
