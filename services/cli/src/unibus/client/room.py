@@ -32,6 +32,8 @@ from unibus.core.roomchain import ChainError, RoomState, check_sealed_key, verif
 
 _log = get_logger("unibus.client")
 HISTORY_BATCH: Final = 256
+_HISTORY_YIELD: Final = 32
+"""Messages opened between two turns of the event loop while a replay fetches ahead."""
 
 
 class RoomError(UnibusError):
@@ -240,7 +242,12 @@ class Room:
     async def history(
         self, *, since: datetime.datetime | None = None, slot: int = 0, idle: float = 2.0
     ) -> AsyncIterator[Message]:
-        """Replay the room's stored messages in order, each once; ends when caught up."""
+        """Replay the room's stored messages in order, each once; ends when caught up.
+
+        Caught up means the consumer reports nothing pending: at its creation, or in the
+        metadata of the last message read (as nats-py's KV watchers detect the end of
+        their initial values). ``idle`` bounds the wait for a batch that does not come.
+        """
         consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
         js = self._bus.jetstream()
         config = api.ConsumerConfig(
@@ -253,18 +260,33 @@ class Room:
         )
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
-        await js.add_consumer(naming.MESSAGES_STREAM, config)
+        info = await js.add_consumer(naming.MESSAGES_STREAM, config)
         pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
+
+        def fetch() -> asyncio.Future[list[Msg]]:
+            return asyncio.ensure_future(pull.fetch(HISTORY_BATCH, timeout=idle))
+
+        # One batch is fetched ahead while the one before is verified and decrypted, so the
+        # crypto overlaps the round trip and the server's reads (order is kept: batches are
+        # opened one after the other). Nothing pending, at the consumer's creation or after
+        # the last message read, ends the replay; without a count (None), a fetch idling out.
+        ahead = fetch() if info.num_pending != 0 else None
         try:
-            while True:
+            while ahead is not None:
                 try:
-                    batch = await pull.fetch(HISTORY_BATCH, timeout=idle)
-                except nats.errors.TimeoutError:
+                    batch = await ahead
+                except TimeoutError:
+                    # Idle: caught up. nats-py raises its own TimeoutError or, when the
+                    # server's "no messages" answer lands at the deadline, asyncio's;
+                    # the builtin catches both.
                     return
-                for msg in batch:
+                ahead = fetch() if not batch or batch[-1].metadata.num_pending != 0 else None
+                for index, msg in enumerate(batch):
+                    if index % _HISTORY_YIELD == _HISTORY_YIELD - 1:
+                        await asyncio.sleep(0)  # let the fetch ahead send and receive
+                    meta = msg.metadata
                     opened = await self._open(msg.data)
                     if opened is not None:
-                        meta = msg.metadata
                         yield Message(
                             opened.plaintext,
                             opened.sender,
@@ -275,10 +297,20 @@ class Room:
                             envelope=msg.data,
                         )
         finally:
+            if ahead is not None:
+                _discard(ahead)
             with contextlib.suppress(Exception):
                 await pull.unsubscribe()
             with contextlib.suppress(Exception):
                 await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+
+
+def _discard(future: asyncio.Future[list[Msg]]) -> None:
+    """Drop a fetch nobody will read: cancel it, or retrieve its error (never reported)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 async def create_room(

@@ -1,0 +1,729 @@
+"""The client SDK end to end on a real 3-node stack (as `unibus up` starts it) with its services.
+
+Users are added through the admin API; every client is the SDK's ``Client`` over the bus
+and the signed API. What a server, a KV write or another member could forge is rejected
+by the clients, counted, and never delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.js.api
+import pytest
+import pytest_asyncio
+from nats.aio.msg import Msg
+
+from tests.integration.harness import StackFactory, bounded, eventually, run_cli
+from unibus.client.api import ApiClient, ApiError
+from unibus.client.crypto import new_room_key, seal_room_key
+from unibus.client.envelope import EnvelopeError, Sealer, decode_envelope
+from unibus.client.room import Message, Room, RoomError
+from unibus.client.sdk import BlobRef, Client
+from unibus.core import naming
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.models import EpochRef, SealedKeyRecord
+from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
+from unibus.core.roomchain import sign_sealed_key
+from unibus.stack.launcher import LocalStack
+from unibus.stack.layout import write_stack_info
+
+PROBE = b"probe:"
+"""Prefix of the messages that only prove a subscription is live (left out of assertions)."""
+_probes = itertools.count()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+@dataclass
+class Deployment:
+    """A started stack, its admin's API client, and every SDK client a test opened."""
+
+    stack: LocalStack
+    stacks: StackFactory
+    admin: ApiClient
+    clients: list[Client] = field(default_factory=list)
+
+    async def member(self, handle: str) -> Client:
+        """A new user added by the admin, connected once the callout admits it."""
+        pair = KeyPair.generate(Prefix.USER)
+        await self.admin.add_user(pair.public_key, handle)
+
+        async def attempt() -> Client:
+            client = await Client.open(
+                identity=pair,
+                nats_urls=[self.stack.client_url(n) for n in self.stack.spec.node_names],
+                api_urls=[self.stack.api_url(n) for n in self.stack.spec.node_names],
+                ca_file=self.stack.layout.certs.client_ca_cert,
+                name=f"unibus-test-{handle}",
+            )
+            self.clients.append(client)
+            return client
+
+        return await eventually(attempt, until=lambda c: c.bus.is_connected, what="admitted")
+
+    async def store(self) -> JetStreamStore:
+        """The KV store, written directly (bypassing the API), as a compromised server could."""
+        return await JetStreamStore.open(await self.stacks.connect(self.stack))
+
+    async def messages_leader(self) -> str:
+        """The node leading the messages stream, once it has a leader."""
+        js = (await self.stacks.connect(self.stack)).jetstream(timeout=2.0)
+
+        async def leader() -> str | None:
+            info = await js.stream_info(naming.MESSAGES_STREAM)
+            return info.cluster.leader if info.cluster else None
+
+        found = await eventually(leader, until=bool, what="messages stream leader")
+        assert found is not None
+        return found
+
+    def node_of(self, client: Client) -> str:
+        """The node ``client``'s bus connection is connected to."""
+        url = client.bus.nc.connected_url
+        assert url is not None
+        assert url.port is not None
+        ports = [p.client for p in self.stack.spec.ports]
+        return self.stack.spec.node_names[ports.index(url.port)]
+
+
+@pytest_asyncio.fixture
+async def deployment(stacks: StackFactory) -> AsyncIterator[Deployment]:
+    stack = await stacks.start(nodes=3, services=True)
+    admin = ApiClient(
+        [stack.api_url(n) for n in stack.spec.node_names],
+        read_seed_file(stack.layout.identity("admin")),
+        ca_file=stack.layout.certs.client_ca_cert,
+    )
+    found = Deployment(stack, stacks, admin)
+    try:
+        yield found
+    finally:
+        for client in found.clients:
+            await client.close()
+        await admin.aclose()
+
+
+class Listener:
+    """Everything ``room.subscribe()`` delivers, collected by a background task."""
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.messages: list[Message] = []
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for message in self.room.subscribe():
+            self.messages.append(message)
+
+    @property
+    def data(self) -> list[bytes]:
+        """What was delivered, in order, without the probes."""
+        return [m.data for m in self.messages if not m.data.startswith(PROBE)]
+
+    def _check_alive(self) -> None:
+        if self._task.done():
+            self._task.result()  # a subscription that failed: surface why
+            raise AssertionError("the subscription ended")
+
+    def got(self, data: bytes) -> bool:
+        self._check_alive()
+        return any(m.data == data for m in self.messages)
+
+    async def ready(self, publisher: Room) -> None:
+        """Publish probes from ``publisher`` until one arrives: the subscription is live."""
+
+        def arrived() -> bool:
+            self._check_alive()
+            return any(m.data.startswith(PROBE) for m in self.messages)
+
+        async def probe() -> bool:
+            if not arrived():
+                await publisher.publish(PROBE + str(next(_probes)).encode())
+            return arrived()
+
+        await eventually(probe, until=bool, interval=0.3, what="subscription live")
+
+    async def receive(self, *wanted: bytes, timeout: float = 30.0) -> None:
+        async def arrived() -> bool:
+            return all(self.got(w) for w in wanted)
+
+        await eventually(arrived, until=bool, timeout=timeout, what=f"{wanted!r} delivered")
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@dataclass
+class Inbox:
+    """Everything a raw bus subscription received, before any decryption."""
+
+    received: list[bytes] = field(default_factory=list)
+
+    async def __call__(self, msg: Msg) -> None:
+        self.received.append(msg.data)
+
+
+async def _admitted(client: Client, room_id: str) -> None:
+    """Return once ``client``'s connection may use the room's subject.
+
+    Joining a room changes a user's permissions through a kick and a re-authorization
+    (SPEC §5), shortly after the API call returned: until then the server refuses.
+    """
+    subject = naming.room_subject(room_id)
+
+    async def accepted() -> bool:
+        nc = client.bus.nc
+        before = nc.last_error
+        probe = await nc.subscribe(subject)
+        try:
+            await nc.flush(timeout=5)
+        finally:
+            await probe.unsubscribe()
+        return nc.last_error is before
+
+    await eventually(accepted, until=bool, interval=0.3, what="room permissions granted")
+
+
+async def _collect(history: AsyncIterator[Message]) -> list[Message]:
+    async with bounded(60):
+        return [m async for m in history]
+
+
+def _genuine(messages: list[Message]) -> list[Message]:
+    return [m for m in messages if not m.data.startswith(PROBE)]
+
+
+async def _counted(room: Room, total: int) -> dict[str, int]:
+    """``room.undeliverable.counts`` once ``total`` messages were counted."""
+    await eventually(
+        lambda: asyncio.sleep(0, room.undeliverable.total),
+        until=lambda n: n >= total,
+        what=f"{total} undeliverable counted",
+    )
+    return dict(room.undeliverable.counts)
+
+
+def _reencode(envelope: bytes, **changes: object) -> bytes:
+    return msgspec.msgpack.encode(msgspec.structs.replace(decode_envelope(envelope), **changes))
+
+
+async def _room_of(client: Client, room_id: str) -> Room:
+    """A fresh Room object (its own Opener: no replay memory) for ``client``."""
+    room = Room(room_id, client.identity, client.api, client.bus)
+    await room.refresh()
+    return room
+
+
+# -- 1. both directions ----------------------------------------------------------------------------
+async def test_two_members_exchange_messages_both_ways_each_delivered_once_with_sender_and_epoch(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    at_alice, at_bob = Listener(alice_room), Listener(bob_room)
+    await at_bob.ready(alice_room)
+    await at_alice.ready(bob_room)
+
+    from_alice = [f"alice {i}".encode() for i in range(5)]
+    from_bob = [f"bob {i}".encode() for i in range(5)]
+    await alice_room.publish_many(from_alice[:3])
+    await bob_room.publish_many(from_bob[:3])
+    for a, b in zip(from_alice[3:], from_bob[3:], strict=True):
+        await alice_room.publish(a)
+        await bob_room.publish(b)
+    # Last from each side: whatever either listener gets from a sender comes before these.
+    await alice_room.publish(b"alice done")
+    await bob_room.publish(b"bob done")
+    for listener in (at_alice, at_bob):
+        await listener.receive(b"alice done", b"bob done")
+
+    for listener in (at_alice, at_bob):
+        counts = Counter(listener.data)
+        assert set(counts) == {*from_alice, *from_bob, b"alice done", b"bob done"}
+        assert all(n == 1 for n in counts.values()), counts
+        for message in _genuine(listener.messages):
+            expected = alice.key if message.data.startswith(b"alice") else bob.key
+            assert message.sender == expected
+            assert message.epoch == 1
+        # One sender's messages arrive in the order they were published.
+        assert [d for d in listener.data if d.startswith(b"alice")] == [*from_alice, b"alice done"]
+        assert [d for d in listener.data if d.startswith(b"bob")] == [*from_bob, b"bob done"]
+        assert len({m.msg_id for m in listener.messages}) == len(listener.messages)
+        assert listener.room.undeliverable.total == 0
+    await at_alice.stop()
+    await at_bob.stop()
+
+    # Replays of the stream end quietly once caught up (three at once, on separate slots).
+    readers = [
+        (await _room_of(alice, alice_room.room_id), 0),
+        (await _room_of(alice, alice_room.room_id), 1),
+        (await _room_of(bob, alice_room.room_id), 0),
+    ]
+    replays = await asyncio.gather(
+        *(_collect(reader.history(slot=slot)) for reader, slot in readers)
+    )
+    for replay in replays:
+        assert [m.data for m in _genuine(replay)] == at_alice.data
+
+
+# -- 2. removal ----------------------------------------------------------------------------------
+async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_the_new_epoch(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    carol = await deployment.member("carol")
+    alice_room = await alice.create_room([bob.key, carol.key])
+    bob_room = await bob.room(alice_room.room_id)
+    carol_room = await carol.room(alice_room.room_id)
+    at_bob, at_carol = Listener(bob_room), Listener(carol_room)
+    await at_bob.ready(alice_room)
+    await at_carol.ready(alice_room)
+    await alice_room.publish(b"epoch 1, for everyone")
+    await at_bob.receive(b"epoch 1, for everyone")
+    (bob_epoch_1_key,) = bob_room._keys.values()
+    reconnects, generation = bob.bus.reconnects, bob.bus.generation
+
+    await alice_room.remove(bob.key)
+
+    assert alice_room.state.epoch == 2
+    assert bob.key not in alice_room.members
+    await eventually(
+        lambda: asyncio.sleep(0, (bob.bus.reconnects, bob.bus.generation)),
+        until=lambda seen: seen != (reconnects, generation),
+        what="bob's connection kicked",
+    )
+    # Bob subscribes afresh (his live subscription was re-sent on reconnect as well): the
+    # server refuses it. (A reconnect that a lagging callout authorized with the old rooms
+    # is kicked again by the callouts that saw the change: wait for the refusing one.)
+    subject = naming.room_subject(alice_room.room_id)
+    raw = Inbox()
+
+    async def subscription_refused() -> str:
+        await bob.bus.wait_connected(timeout=10)
+        before = bob.bus.nc.last_error
+        await bob.bus.subscribe(subject, raw)
+        await bob.bus.nc.flush(timeout=5)
+        after = bob.bus.nc.last_error
+        return "" if after is before else str(after)
+
+    refusal = await eventually(
+        subscription_refused,
+        until=lambda text: "permissions violation for subscription" in text.lower(),
+        interval=0.5,
+        what="bob's subscription refused",
+    )
+    assert subject in refusal
+    secrets = [f"epoch 2 secret {i}".encode() for i in range(3)]
+    for secret in secrets:
+        await alice_room.publish(secret)
+    await at_carol.receive(*secrets)
+    await carol_room.refresh()
+    assert carol_room.state.epoch == 2
+    assert all(m.epoch == 2 for m in at_carol.messages if m.data in secrets)
+
+    assert raw.received == []
+    assert at_bob.data == [b"epoch 1, for everyone"]
+    assert bob_room.undeliverable.total == 0
+    # Nor can he fetch the new epoch's key: the API no longer serves him the room.
+    with pytest.raises(ApiError) as refused:
+        await bob_room.refresh()
+    assert refused.value.status == 403
+
+    # An epoch-2 envelope as stored (what a server or a former member could hand him).
+    stored = [m for m in await _collect(alice_room.history()) if m.data == secrets[0]]
+    assert len(stored) == 1
+    assert stored[0].epoch == 2
+    envelope = stored[0].envelope
+    with pytest.raises(EnvelopeError):
+        bob_room._opener.open(envelope, room_key=bob_room._key, is_member=bob_room.is_member)
+    with pytest.raises(EnvelopeError) as no_key:
+        bob_room._opener.open(envelope, room_key=bob_room._key, is_member=lambda *_: True)
+    assert no_key.value.reason == "unknown_epoch"
+    # Even trying the only key he ever had: the new epoch's key is a fresh one.
+    with pytest.raises(EnvelopeError) as wrong_key:
+        bob_room._opener.open(
+            envelope, room_key=lambda *_: bob_epoch_1_key, is_member=lambda *_: True
+        )
+    assert wrong_key.value.reason == "decrypt_failed"
+    await at_bob.stop()
+    await at_carol.stop()
+
+
+# -- 3. KV writes that bypass the API ------------------------------------------------------------
+async def test_a_member_written_straight_into_the_kv_makes_clients_refuse_the_room(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    store = await deployment.store()
+    mallory = KeyPair.generate(Prefix.USER)
+    current = await store.get_room(alice_room.room_id)
+    honest = current.value
+    assert len(honest.chain) == 1
+
+    await store.commit_room(
+        current,
+        msgspec.structs.replace(
+            honest, members=tuple(sorted({*honest.members, mallory.public_key}))
+        ),
+    )
+
+    with pytest.raises(RoomError, match="disagrees with the room's signed chain"):
+        await bob_room.refresh()
+    with pytest.raises(RoomError, match="disagrees with the room's signed chain"):
+        await _room_of(alice, alice_room.room_id)
+    assert mallory.public_key not in bob_room.members
+    assert not bob_room.is_member(mallory.public_key, 1)
+
+
+async def test_sealed_keys_written_straight_into_the_kv_are_never_used_and_their_messages_counted(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")  # the owner: the only rights-holder
+    bob = await deployment.member("bob")  # a plain member: may not hand out keys
+    carol = await deployment.member("carol")  # the victim
+    alice_room = await alice.create_room([bob.key, carol.key])
+    room_id = alice_room.room_id
+    carol_room = await carol.room(room_id)
+    at_carol = Listener(carol_room)
+    await at_carol.ready(alice_room)
+    await _admitted(bob, room_id)
+    genuine_key = carol_room._keys[(1, carol_room.state.key_id)]
+    store = await deployment.store()
+    subject = naming.room_subject(room_id)
+
+    def forged_key(epoch: int, *, signer: KeyPair | None) -> tuple[SealedKeyRecord, bytes]:
+        """A key sealed to carol, signed by ``signer`` or (``None``) "by alice" with junk."""
+        key, key_id = new_room_key(), naming.new_key_id()
+        sealed = seal_room_key(key, carol.key)
+        signature = (
+            sign_sealed_key(signer, room_id, epoch, key_id, carol.key, sealed)
+            if signer is not None
+            else os.urandom(64)
+        )
+        record = SealedKeyRecord(
+            room_id=room_id,
+            epoch=epoch,
+            key_id=key_id,
+            member=carol.key,
+            sealed=sealed,
+            signer=signer.public_key if signer is not None else alice.key,
+            signature=signature,
+        )
+        return record, key
+
+    async def publish_under(record: SealedKeyRecord, key: bytes, text: bytes) -> None:
+        [envelope] = Sealer(bob.identity, room_id).seal_batch(
+            [text], epoch=record.epoch, key_id=record.key_id, room_key=key
+        )
+        await bob.bus.publish(subject, envelope)
+
+    # (1) Two extra keys for the current epoch, committed by the room record (listed before
+    # the real one, so the record still agrees with the chain and refresh() succeeds).
+    by_member, member_key = forged_key(1, signer=bob.identity)
+    junk_signed, junk_key = forged_key(1, signer=None)
+    current = await store.get_room(room_id)
+    await store.commit_room(
+        current,
+        msgspec.structs.replace(
+            current.value,
+            epochs=(
+                EpochRef(epoch=1, key_id=by_member.key_id),
+                EpochRef(epoch=1, key_id=junk_signed.key_id),
+                *current.value.epochs,
+            ),
+        ),
+        sealed_keys=[by_member, junk_signed],
+    )
+    served = {k.key_id for k in await carol.api.sealed_keys(room_id)}
+    assert {by_member.key_id, junk_signed.key_id} < served, "the API hands the forgeries out"
+
+    await carol_room.refresh()
+
+    assert carol_room._keys == {(1, carol_room.state.key_id): genuine_key}
+    await publish_under(by_member, member_key, b"under a key a member forged")
+    await publish_under(junk_signed, junk_key, b"under a key with a junk signature")
+    assert await _counted(carol_room, 2) == {"unknown_epoch": 2}
+
+    # (2) A whole new epoch whose key a member signed, in the record but not in the chain.
+    next_epoch, next_key = forged_key(2, signer=bob.identity)
+    current = await store.get_room(room_id)
+    await store.commit_room(
+        current,
+        msgspec.structs.replace(
+            current.value,
+            epochs=(*current.value.epochs, EpochRef(epoch=2, key_id=next_epoch.key_id)),
+        ),
+        sealed_keys=[next_epoch],
+    )
+    with pytest.raises(RoomError, match="disagrees with the room's signed chain"):
+        await carol_room.refresh()
+    assert carol_room.state.epoch == 1
+    assert (2, next_epoch.key_id) not in carol_room._keys
+    await publish_under(next_epoch, next_key, b"under a forged epoch")
+    counts = await _counted(carol_room, 3)
+    assert counts == {"unknown_epoch": 2, "not_member": 1}
+
+    await alice_room.publish(b"still genuine")
+    await at_carol.receive(b"still genuine")
+    assert at_carol.data == [b"still genuine"]
+    assert carol_room.undeliverable.total == 3
+    await at_carol.stop()
+
+
+# -- 4. history ------------------------------------------------------------------------------------
+async def test_history_after_a_reconnect_returns_every_message_once_in_stream_order(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    await _admitted(alice, alice_room.room_id)
+    await _admitted(bob, alice_room.room_id)
+    published: dict[bytes, int] = {}
+    batch = [f"alice batch {i}".encode() for i in range(30)]
+    published.update(zip(batch, await alice_room.publish_many(batch), strict=True))
+    for i in range(10):
+        text = f"alice single {i}".encode()
+        published[text] = await alice_room.publish(text)
+        text = f"bob single {i}".encode()
+        published[text] = await bob_room.publish(text)
+    reconnects = bob.bus.reconnects
+
+    deployment.stack.stop_node(deployment.node_of(bob))
+
+    await eventually(
+        lambda: asyncio.sleep(0, bob.bus.reconnects),
+        until=lambda n: n > reconnects,
+        what="bob reconnected",
+    )
+    await bob.bus.wait_connected(timeout=30)
+    await deployment.messages_leader()
+    history = await _collect(bob_room.history())
+
+    assert len(history) == len(published) == 50
+    seqs = [m.stream_seq for m in history]
+    assert seqs == sorted(published.values())
+    assert len(set(seqs)) == len(seqs)
+    assert {m.data: m.stream_seq for m in history} == published
+    assert len({m.msg_id for m in history}) == len(history)
+    assert all(m.sender == (bob.key if m.data.startswith(b"bob") else alice.key) for m in history)
+    assert bob_room.undeliverable.total == 0
+
+
+# -- 5. tampering, replay, forged sender --------------------------------------------------------
+async def test_tampered_replayed_and_forged_sender_messages_are_counted_never_delivered(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")  # the attacker: a member with the room key
+    carol = await deployment.member("carol")
+    alice_room = await alice.create_room([bob.key, carol.key])
+    room_id = alice_room.room_id
+    bob_room = await bob.room(room_id)
+    carol_room = await carol.room(room_id)
+    at_carol = Listener(carol_room)
+    await at_carol.ready(alice_room)
+    await _admitted(bob, room_id)
+    await alice_room.publish(b"genuine 1")
+    await at_carol.receive(b"genuine 1")
+    [genuine] = [m.envelope for m in at_carol.messages if m.data == b"genuine 1"]
+    subject = naming.room_subject(room_id)
+    state = bob_room.state
+    room_key = bob_room._keys[(state.epoch, state.key_id)]
+
+    flipped = bytearray(decode_envelope(genuine).ciphertext)
+    flipped[0] ^= 0x01
+    tampered = _reencode(genuine, ciphertext=bytes(flipped))
+    [bobs] = Sealer(bob.identity, room_id).seal_batch(
+        [b"from bob, relabelled as alice"],
+        epoch=state.epoch,
+        key_id=state.key_id,
+        room_key=room_key,
+    )
+    relabelled = _reencode(bobs, sender=alice.key)
+    impostor = Sealer(bob.identity, room_id)
+    impostor._sender = alice.key  # encrypts as alice, but can only sign with bob's key
+    [signed_by_bob_as_alice] = impostor.seal_batch(
+        [b"signed by bob as alice"], epoch=state.epoch, key_id=state.key_id, room_key=room_key
+    )
+    for forged in (tampered, genuine, relabelled, signed_by_bob_as_alice):
+        await bob.bus.publish(subject, forged)
+
+    counts = await _counted(carol_room, 4)
+    await alice_room.publish(b"genuine 2")
+    await at_carol.receive(b"genuine 2")
+
+    # The replay fails the replay check; every other forgery fails the sender's signature.
+    assert counts == {"bad_signature": 3, "replay": 1}
+    assert at_carol.data == [b"genuine 1", b"genuine 2"]
+    assert carol_room.undeliverable.counts == counts
+    # A reader replaying the stream (where all of them are stored) refuses them alike.
+    reader = await _room_of(carol, room_id)
+    assert [m.data for m in _genuine(await _collect(reader.history()))] == at_carol.data
+    assert reader.undeliverable.counts == counts
+    await at_carol.stop()
+
+
+# -- 6. blobs ------------------------------------------------------------------------------------
+async def test_a_blob_round_trips_with_its_hash_and_one_differing_from_its_announcement_is_refused(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    at_bob = Listener(bob_room)
+    await at_bob.ready(alice_room)
+    payload = os.urandom(200_000)
+
+    ref = await alice.put_blob(alice_room, payload, name="report.bin")
+
+    await eventually(
+        lambda: asyncio.sleep(0, [BlobRef.decode(d) for d in at_bob.data]),
+        until=lambda refs: ref in refs,
+        what="the blob announced",
+    )
+    assert await bob.get_blob(bob_room, ref) == payload
+    assert ref.size == len(payload)
+    assert ref.name == "report.bin"
+
+    # Announcements that do not match what is stored: another blob's bytes, a wrong hash.
+    other = await alice.api.upload_blob(alice_room.room_id, os.urandom(1000))
+    swapped = dataclasses.replace(ref, blob_id=other.blob_id)
+    wrong_hash = dataclasses.replace(ref, sha256=hashlib.sha256(b"something else").hexdigest())
+    for bad in (swapped, wrong_hash):
+        await alice_room.publish(bad.encode())
+    await eventually(
+        lambda: asyncio.sleep(0, [BlobRef.decode(d) for d in at_bob.data]),
+        until=lambda refs: swapped in refs and wrong_hash in refs,
+        what="the bad announcements delivered",
+    )
+    for bad in (swapped, wrong_hash):
+        with pytest.raises(RoomError, match="hash does not match"):
+            await bob.get_blob(bob_room, bad)
+    await at_bob.stop()
+
+
+# -- 7. the CLI check ----------------------------------------------------------------------------
+async def test_clientcheck_on_the_stack_exits_0_with_every_step_ok(
+    deployment: Deployment,
+) -> None:
+    stack = deployment.stack
+    write_stack_info(stack.layout, stack.info())
+
+    code, out, err = await run_cli("clientcheck", "--dir", str(stack.layout.root), "--json")
+
+    assert code == 0, (out, err)
+    report = json.loads(out)
+    assert report["passed"] is True
+    assert len(report["steps"]) == 7
+    assert all(step["ok"] for step in report["steps"]), report["steps"]
+
+
+# -- 8. a node lost mid-stream -------------------------------------------------------------------
+@dataclass
+class Publisher:
+    """Publishes one sealed message at a time, retrying the same bytes until acknowledged."""
+
+    room: Room
+    client: Client
+    acked: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    """msg id -> (stream seq, plaintext), in the order acknowledged."""
+    failed_attempts: int = 0
+    duplicates: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _publish_once(self, message_id: str, envelope: bytes) -> nats.js.api.PubAck:
+        try:
+            return await self.client.bus.jetstream(timeout=2.0).publish(
+                naming.room_subject(self.room.room_id),
+                envelope,
+                stream=naming.MESSAGES_STREAM,
+                headers={"Nats-Msg-Id": message_id},
+            )
+        except Exception:
+            self.failed_attempts += 1
+            raise
+
+    async def run(self) -> None:
+        state = self.room.state
+        key = self.room._require_key(state.epoch, state.key_id)
+        for i in itertools.count():
+            if self.stop.is_set():
+                return
+            text = f"m {i:05d}".encode()
+            [(message_id, envelope)] = self.room._sealer.seal_batch_with_ids(
+                [text], epoch=state.epoch, key_id=state.key_id, room_key=key
+            )
+            ack = await eventually(
+                lambda m=message_id, e=envelope: self._publish_once(m, e),
+                until=lambda _: True,
+                timeout=60,
+                interval=0.1,
+                what=f"publish {i} acknowledged",
+            )
+            self.duplicates += bool(ack.duplicate)
+            self.acked[message_id] = (ack.seq, text)
+
+
+async def test_a_node_killed_mid_stream_loses_no_acknowledged_message(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    publisher = Publisher(alice_room, alice)
+    running = asyncio.create_task(publisher.run())
+
+    async def acked() -> int:
+        if running.done():
+            running.result()  # surface a publisher that gave up
+        return len(publisher.acked)
+
+    await eventually(acked, until=lambda n: n >= 50, what="50 messages acknowledged")
+    leader = await deployment.messages_leader()
+    deployment.stack.stop_node(leader, kill=True)
+    killed_at = len(publisher.acked)
+    started = time.monotonic()
+    await eventually(
+        acked, until=lambda n: n >= killed_at + 50, timeout=90, what="50 more after the kill"
+    )
+    publisher.stop.set()
+    async with bounded(90):
+        await running
+    assert deployment.stack.pid(leader) is None
+
+    await deployment.messages_leader()
+    reader = await _room_of(bob, alice_room.room_id)
+    history = await _collect(reader.history())
+
+    by_id = Counter(m.msg_id for m in history)
+    assert all(by_id[message_id] == 1 for message_id in publisher.acked), "lost or duplicated"
+    assert len(history) == len(publisher.acked), "a message no publish acknowledged"
+    assert [(m.stream_seq, m.data) for m in history] == list(publisher.acked.values())
+    assert [m.data for m in history] == [f"m {i:05d}".encode() for i in range(len(history))]
+    assert reader.undeliverable.total == 0
+    print(  # context for a failure report (shown with -rP)
+        f"killed {leader} after {killed_at} acks; {publisher.failed_attempts} failed attempts, "
+        f"{publisher.duplicates} deduplicated retries, {time.monotonic() - started:.1f}s"
+    )
