@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -186,3 +188,19 @@ def test_console_logging_also_redacts(capsys: pytest.CaptureFixture[str]) -> Non
 def test_configure_logging_quiets_asyncio() -> None:
     configure_logging(json=True)
     assert logging.getLogger("asyncio").level == logging.ERROR
+
+
+def test_logging_follows_a_replaced_stderr_instead_of_writing_to_a_closed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program (or test runner) that swaps and closes stderr must not break logging."""
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(json=True)
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+
+    get_logger("unibus.test").info("still here")
+
+    assert "still here" in second.getvalue()

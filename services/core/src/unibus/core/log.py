@@ -54,6 +54,12 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    # Resolve sys.stderr per logger, not once at configure time: an embedding program (or a
+    # test runner) may swap and close the stream it had when logging was configured.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, json: bool = True, level: str = "info", debug: bool = False) -> None:
     """Configure structlog (and the stdlib root logger) for this process.
 
@@ -80,7 +86,7 @@ def configure_logging(*, json: bool = True, level: str = "info", debug: bool = F
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # nats-py logs through the stdlib; keep it at WARNING so it never prints subjects.
