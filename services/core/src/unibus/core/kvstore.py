@@ -58,6 +58,7 @@ _EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 _ERR_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _ERR_STREAM_NOT_FOUND: Final = 10059
 _CAS_ATTEMPTS: Final = 8
+_SCAN_ATTEMPTS: Final = 3
 BARRIER_KEY: Final = "_quorum-barrier"
 """Written by quorum-confirmed reads; never a valid record key (those never start with ``_``)."""
 
@@ -147,16 +148,43 @@ class _Bucket:
         await self._publish(key, b"", {_KV_OPERATION: "DEL"})
 
     async def scan(self, prefix: str = "", *, limit: int) -> list[tuple[str, bytes, int]]:
-        """Latest value of every live key under ``prefix``, bounded in time and count."""
+        """Latest value of every live key under ``prefix``, bounded in time and count.
+
+        A KV watch signals "initial values done" from a pending count that can be read too
+        early, which would end a scan short (seen: 0 of 117 keys). A short scan must never
+        pass for a complete one — the index repair and the migration's parity act on it —
+        so every scan is checked against the stream's own count of subjects, retried on a
+        mismatch, and fails closed if it keeps disagreeing.
+        """
+        for _ in range(_SCAN_ATTEMPTS):
+            found, subjects_seen = await self._watch_scan(prefix, limit=limit)
+            if subjects_seen == await self._subject_count(prefix):
+                return found
+        raise StoreUnavailableError(
+            f"{self.name}: a scan under {prefix!r} did not see every key; retry"
+        )
+
+    async def _subject_count(self, prefix: str) -> int:
+        async with _translated(self.name, self._timeout * 5):
+            info = await self._js.stream_info(
+                self.stream, subjects_filter=f"{self._prefix}{prefix}>"
+            )
+        return len(info.state.subjects or {})
+
+    async def _watch_scan(
+        self, prefix: str, *, limit: int
+    ) -> tuple[list[tuple[str, bytes, int]], int]:
         kv_subject = f"{prefix}>" if prefix else ">"
         found: list[tuple[str, bytes, int]] = []
+        subjects_seen = 0
         async with _translated(self.name, self._timeout * 5):
             kv = await self._js.key_value(self.name)
-            watcher = await kv.watch(kv_subject, ignore_deletes=True, inactive_threshold=30.0)
+            watcher = await kv.watch(kv_subject, inactive_threshold=30.0)
             try:
                 async for entry in watcher:
                     if entry is None:
                         break
+                    subjects_seen += 1
                     # Keys starting with "_" are markers and barriers, never records.
                     if entry.operation in ("DEL", "PURGE") or entry.key.startswith("_"):
                         continue
@@ -168,7 +196,7 @@ class _Bucket:
                         )
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
+        return found, subjects_seen
 
 
 class JetStreamStore:
