@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import nats.js.api
@@ -28,9 +30,9 @@ from nats.aio.msg import Msg
 from tests.integration.harness import StackFactory, bounded, eventually, run_cli
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.crypto import new_room_key, seal_room_key
-from unibus.client.envelope import EnvelopeError, Sealer, decode_envelope
+from unibus.client.envelope import EnvelopeError, Opener, Sealer, decode_envelope
 from unibus.client.room import Message, Room, RoomError
-from unibus.client.sdk import BlobRef, Client
+from unibus.client.sdk import BlobError, BlobRef, Client
 from unibus.core import naming
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import EpochRef, SealedKeyRecord
@@ -177,24 +179,12 @@ class Inbox:
 
 
 async def _admitted(client: Client, room_id: str) -> None:
-    """Return once ``client``'s connection may use the room's subject.
+    """Return once ``client``'s raw connection may use the room's subject.
 
-    Joining a room changes a user's permissions through a kick and a re-authorization
-    (SPEC §5), shortly after the API call returned: until then the server refuses.
+    Only for tests that publish around the SDK (as an attacker would): the SDK's own
+    publish, subscribe and history wait for the kick and re-authorization by themselves.
     """
-    subject = naming.room_subject(room_id)
-
-    async def accepted() -> bool:
-        nc = client.bus.nc
-        before = nc.last_error
-        probe = await nc.subscribe(subject)
-        try:
-            await nc.flush(timeout=5)
-        finally:
-            await probe.unsubscribe()
-        return nc.last_error is before
-
-    await eventually(accepted, until=bool, interval=0.3, what="room permissions granted")
+    await (await client.room(room_id)).wait_admitted()
 
 
 async def _collect(history: AsyncIterator[Message]) -> list[Message]:
@@ -281,6 +271,84 @@ async def test_two_members_exchange_messages_both_ways_each_delivered_once_with_
         assert [m.data for m in _genuine(replay)] == at_alice.data
 
 
+async def test_a_room_is_usable_right_after_create_and_invite_without_waiting_for_permissions(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    carol = await deployment.member("carol")
+
+    # No waiting anywhere: the SDK waits for the kick and re-authorization by itself.
+    alice_room = await alice.create_room([bob.key])
+    first = await alice_room.publish(b"right after create")
+    bob_room = await bob.room(alice_room.room_id)
+    seen: list[bytes] = []
+
+    async def follow() -> None:
+        async for message in bob_room.subscribe(history=True):
+            seen.append(message.data)
+
+    follower = asyncio.create_task(follow())
+    await alice_room.invite(carol.key)
+    carol_room = await carol.room(alice_room.room_id)
+    second = await carol_room.publish(b"right after invite")
+    await eventually(
+        lambda: asyncio.sleep(0, list(seen)),
+        until=lambda got: got == [b"right after create", b"right after invite"],
+        what="both messages delivered to bob, in order",
+    )
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+
+    assert second > first
+    assert bob_room.undeliverable.total == 0
+
+
+async def test_history_and_live_together_deliver_every_message_once_and_count_nothing(
+    deployment: Deployment,
+) -> None:
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    stored = [f"stored {i}".encode() for i in range(300)]
+    await alice_room.publish_many(stored)
+    live = [f"live {i}".encode() for i in range(200)]
+    got: list[bytes] = []
+
+    async def follow() -> None:
+        async for message in bob_room.subscribe(history=True):
+            got.append(message.data)
+
+    async def publish_during_the_replay() -> None:
+        for text in live:
+            await alice_room.publish(text)
+
+    follower = asyncio.create_task(follow())
+    await publish_during_the_replay()
+    await eventually(
+        lambda: asyncio.sleep(0, len(got)),
+        until=lambda n: n >= len(stored) + len(live),
+        what="every message delivered",
+    )
+    # Anything more (a duplicate) would have arrived with the rest; look once more.
+    await alice_room.publish(b"last")
+    await eventually(
+        lambda: asyncio.sleep(0, got[-1:]), until=lambda t: t == [b"last"], what="last"
+    )
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+
+    assert got == [*stored, *live, b"last"]
+    assert bob_room.undeliverable.total == 0
+    # A replay after the live delivery sees every message again: none taken for a replay.
+    again = await _collect(bob_room.history())
+    assert [m.data for m in again] == [*stored, *live, b"last"]
+    assert bob_room.undeliverable.total == 0
+
+
 # -- 2. removal ----------------------------------------------------------------------------------
 async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_the_new_epoch(
     deployment: Deployment,
@@ -329,6 +397,8 @@ async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_
         what="bob's subscription refused",
     )
     assert subject in refusal
+    with pytest.raises(RoomError, match="still refuses"):
+        await bob_room.wait_admitted(timeout=2)
     secrets = [f"epoch 2 secret {i}".encode() for i in range(3)]
     for secret in secrets:
         await alice_room.publish(secret)
@@ -351,13 +421,15 @@ async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_
     assert stored[0].epoch == 2
     envelope = stored[0].envelope
     with pytest.raises(EnvelopeError):
-        bob_room._opener.open(envelope, room_key=bob_room._key, is_member=bob_room.is_member)
+        Opener(bob_room.room_id).open(
+            envelope, room_key=bob_room._key, is_member=bob_room.is_member
+        )
     with pytest.raises(EnvelopeError) as no_key:
-        bob_room._opener.open(envelope, room_key=bob_room._key, is_member=lambda *_: True)
+        Opener(bob_room.room_id).open(envelope, room_key=bob_room._key, is_member=lambda *_: True)
     assert no_key.value.reason == "unknown_epoch"
     # Even trying the only key he ever had: the new epoch's key is a fresh one.
     with pytest.raises(EnvelopeError) as wrong_key:
-        bob_room._opener.open(
+        Opener(bob_room.room_id).open(
             envelope, room_key=lambda *_: bob_epoch_1_key, is_member=lambda *_: True
         )
     assert wrong_key.value.reason == "decrypt_failed"
@@ -497,8 +569,6 @@ async def test_history_after_a_reconnect_returns_every_message_once_in_stream_or
     bob = await deployment.member("bob")
     alice_room = await alice.create_room([bob.key])
     bob_room = await bob.room(alice_room.room_id)
-    await _admitted(alice, alice_room.room_id)
-    await _admitted(bob, alice_room.room_id)
     published: dict[bytes, int] = {}
     batch = [f"alice batch {i}".encode() for i in range(30)]
     published.update(zip(batch, await alice_room.publish_many(batch), strict=True))
@@ -507,13 +577,16 @@ async def test_history_after_a_reconnect_returns_every_message_once_in_stream_or
         published[text] = await alice_room.publish(text)
         text = f"bob single {i}".encode()
         published[text] = await bob_room.publish(text)
-    reconnects = bob.bus.reconnects
+    before = bob.bus.incarnation
 
     deployment.stack.stop_node(deployment.node_of(bob))
 
+    # nats-py's own reconnect, or a brand-new connection when the first node it tried
+    # refused it while the cluster re-formed: either is a new authorization.
     await eventually(
-        lambda: asyncio.sleep(0, bob.bus.reconnects),
-        until=lambda n: n > reconnects,
+        lambda: asyncio.sleep(0, bob.bus.incarnation),
+        until=lambda now: now != before,
+        timeout=60,
         what="bob reconnected",
     )
     await bob.bus.wait_connected(timeout=30)
@@ -619,9 +692,41 @@ async def test_a_blob_round_trips_with_its_hash_and_one_differing_from_its_annou
         what="the bad announcements delivered",
     )
     for bad in (swapped, wrong_hash):
-        with pytest.raises(RoomError, match="hash does not match"):
+        with pytest.raises(BlobError, match="hash does not match"):
             await bob.get_blob(bob_room, bad)
     await at_bob.stop()
+
+
+async def test_a_file_blob_streams_both_ways_and_a_refused_download_leaves_no_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    alice_room = await alice.create_room([bob.key])
+    bob_room = await bob.room(alice_room.room_id)
+    source = files / "big.bin"
+    with source.open("wb") as out:
+        for _ in range(48):
+            out.write(os.urandom(64 * 1024 + 7))
+    phases: list[str] = []
+
+    ref = await alice.put_blob(
+        alice_room, source, name=source.name, progress=lambda p, d, t: phases.append(p)
+    )
+    size = await bob.save_blob(
+        bob_room, ref, files / "copy.bin", progress=lambda p, d, t: phases.append(p)
+    )
+
+    assert size == ref.size == source.stat().st_size
+    assert (files / "copy.bin").read_bytes() == source.read_bytes()
+    assert {"encrypt", "upload", "download"} <= set(phases)
+    other = await alice.put_blob(alice_room, b"another blob")
+    swapped = dataclasses.replace(ref, blob_id=other.blob_id)
+    with pytest.raises(BlobError):
+        await bob.save_blob(bob_room, swapped, files / "forged.bin")
+    assert sorted(os.listdir(files)) == ["big.bin", "copy.bin"]
 
 
 # -- 7. the CLI check ----------------------------------------------------------------------------
@@ -676,7 +781,7 @@ class Publisher:
                 [text], epoch=state.epoch, key_id=state.key_id, room_key=key
             )
             ack = await eventually(
-                lambda m=message_id, e=envelope: self._publish_once(m, e),
+                functools.partial(self._publish_once, message_id, envelope),
                 until=lambda _: True,
                 timeout=60,
                 interval=0.1,

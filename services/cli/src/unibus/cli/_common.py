@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,38 @@ def print_json(value: Any) -> None:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class TransferProgress:
+    """Running progress of a long transfer on stderr: a line per phase, then every second.
+
+    Called as ``(phase, done, total)`` in bytes (the SDK's blob progress callback).
+    """
+
+    def __init__(self, *, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._phase = ""
+        self._last = 0.0
+        self._finished: set[str] = set()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        finished = done >= total
+        if phase in self._finished:
+            return
+        if phase == self._phase and not finished and now - self._last < self._interval:
+            return
+        if finished:
+            self._finished.add(phase)
+        self._phase, self._last = phase, now
+        percent = 100 * done // total if total else 100
+        progress(f"{phase}: {_size(done)} of {_size(total)} ({percent}%)")
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover

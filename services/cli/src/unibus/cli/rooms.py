@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.cli._common import (
+    Subparsers,
+    TransferProgress,
+    add_json_arg,
+    print_json,
+    progress,
+)
 from unibus.client.sdk import BlobRef, Client
 from unibus.core.errors import ConfigError
 from unibus.core.nkeys import canonical_user_key, read_seed_file
@@ -110,6 +114,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     get.add_argument("blob_id")
     get.add_argument("--out", type=Path, required=True)
     add_client_args(get)
+    add_json_arg(get)
     get.set_defaults(handler=_sync(_blob_get))
 
 
@@ -181,39 +186,38 @@ async def _listen(args: argparse.Namespace) -> int:
     seen = 0
     async with await open_client(args) as client:
         room = await client.room(args.room_id)
-        sources = []
-        if args.history:
-            sources.append(room.history())
-        sources.append(room.subscribe())
-        for source in sources:
-            async for message in source:
-                text = message.data.decode("utf-8", errors="replace")
-                if args.json:
-                    print_json(
-                        {
-                            "sender": message.sender,
-                            "epoch": message.epoch,
-                            "text": text,
-                            "msg_id": message.msg_id,
-                        }
-                    )
-                else:
-                    stamp = (message.time or datetime.datetime.now(datetime.UTC)).isoformat()
-                    print(f"{stamp} {message.sender[:10]}…: {text}", flush=True)
-                seen += 1
-                if args.count and seen >= args.count:
-                    return 0
+        # One iterator for both: the live subscription starts before the replay, so
+        # nothing published in between is missed, and nothing comes twice.
+        async for message in room.subscribe(history=args.history):
+            text = message.data.decode("utf-8", errors="replace")
+            if args.json:
+                print_json(
+                    {
+                        "sender": message.sender,
+                        "epoch": message.epoch,
+                        "text": text,
+                        "msg_id": message.msg_id,
+                    }
+                )
+            else:
+                stamp = (message.time or datetime.datetime.now(datetime.UTC)).isoformat()
+                print(f"{stamp} {message.sender[:10]}…: {text}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
         if room.undeliverable.total:
             progress(f"undeliverable messages: {room.undeliverable.counts}")
     return 0
 
 
 async def _blob_put(args: argparse.Namespace) -> int:
-    data = args.file.read_bytes()
-    progress(f"encrypting and uploading {len(data)} bytes ...")
+    if not args.file.is_file():
+        raise ConfigError(f"{args.file} is not a readable file")
     async with await open_client(args) as client:
         room = await client.room(args.room_id)
-        ref = await client.put_blob(room, data, name=args.file.name)
+        ref = await client.put_blob(
+            room, args.file, name=args.file.name, progress=TransferProgress()
+        )
     if args.json:
         print_json({"blob_id": ref.blob_id, "sha256": ref.sha256, "size": ref.size})
     else:
@@ -230,11 +234,13 @@ async def _blob_get(args: argparse.Namespace) -> int:
             if candidate is not None and candidate.blob_id == args.blob_id:
                 ref = candidate
         if ref is None:
-            raise ConfigError(f"no announcement of blob {args.blob_id} in this room's history")
-        progress(f"downloading {ref.size} bytes ...")
-        data = await client.get_blob(room, ref)
-    args.out.write_bytes(data)
-    print(f"wrote {len(data)} bytes to {args.out} (hash checked)")
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
+            raise ConfigError(
+                f"no announcement of blob {args.blob_id} in this room's history: check the id "
+                "(`unibus blob put` prints it) and that you were a member when it was sent"
+            )
+        size = await client.save_blob(room, ref, args.out, progress=TransferProgress())
+    if args.json:
+        print_json({"blob_id": ref.blob_id, "out": str(args.out), "size": size})
+    else:
+        print(f"wrote {size} bytes to {args.out} (hash checked)")
     return 0

@@ -2,15 +2,17 @@
 
 Each attempt is signed afresh (a new nonce: the server accepts a nonce once). Only
 failures that prove the request was not processed — no connection, or 503 — move on to
-the next URL; anything else is the answer.
+the next URL, and, when every node failed so, to another round after a pause (bounded:
+an election of the store takes seconds); anything else is the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 import msgspec
@@ -33,6 +35,11 @@ from unibus.core.signing import HEADER_CONTENT_SHA256, body_digest, sign_request
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
+_UPLOAD_PIECE: Final = 256 * 1024
+_RETRY_FIRST: Final = 0.25
+_RETRY_CAP: Final = 2.0
+DEFAULT_RETRY_BUDGET: Final = 15.0
+"""How long a call keeps trying while no node can take it (an election takes 5-7 s)."""
 
 
 class ApiError(UnibusError):
@@ -53,10 +60,12 @@ class ApiClient:
         *,
         ca_file: Path | None = None,
         timeout: float = 30.0,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> None:
         if not urls:
             raise ValueError("no API URL given")
         self._urls = list(urls)
+        self._retry_budget = retry_budget
         self._identity = identity
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
@@ -73,13 +82,24 @@ class ApiClient:
         await self.aclose()
 
     def signed(
-        self, method: str, url: str, *, content: bytes = b"", digest: str | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | AsyncIterator[bytes] = b"",
+        digest: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Request:
-        """Build a signed request for one URL (exposed for tests that tamper with it)."""
-        request = self._http.build_request(method, url, content=content)
+        """Build a signed request for one URL (exposed for tests that tamper with it).
+
+        A streamed ``content`` needs its ``digest``: the signature covers the body's hash.
+        """
+        if digest is None and not isinstance(content, bytes):
+            raise ValueError("a streamed body needs its digest up front")
+        request = self._http.build_request(method, url, content=content, headers=headers)
         path, _, query = request.url.raw_path.decode("ascii").partition("?")
-        headers = sign_request(self._identity, method, path, query, digest or body_digest(content))
-        request.headers.update(headers)
+        body_sha256 = digest or body_digest(content if isinstance(content, bytes) else b"")
+        request.headers.update(sign_request(self._identity, method, path, query, body_sha256))
         return request
 
     async def call(
@@ -97,20 +117,57 @@ class ApiClient:
             return response.content  # type: ignore[return-value]
         return msgspec.json.decode(response.content, type=expect)
 
-    async def _send(self, method: str, path: str, data: bytes) -> httpx.Response:
-        last: Exception | None = None
-        for base in self._urls:
-            request = self.signed(method, base.rstrip("/") + path, content=data)
-            try:
-                response = await self._http.send(request)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last = exc
-                continue
-            if response.status_code == 503 and base != self._urls[-1]:
-                continue
-            _raise_for(response)
-            return response
-        raise ApiError(0, "unreachable", f"no API node answered ({type(last).__name__})")
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | Callable[[], AsyncIterator[bytes]],
+        *,
+        digest: str | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send to the first node that takes it; a streamed body is made anew per attempt.
+
+        With ``stream``, a successful response's body is left unread (the caller reads and
+        closes it); error bodies are always read.
+
+        When no node takes it (unreachable, or 503: a store election, no quorum yet), the
+        round over every node is repeated with backoff for up to ``retry_budget`` seconds:
+        a 503 proves the request was not processed, so sending it again is safe.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_budget
+        pause = _RETRY_FIRST
+        while True:
+            unavailable: httpx.Response | None = None
+            last: Exception | None = None
+            for base in self._urls:
+                content = data if isinstance(data, bytes) else data()
+                request = self.signed(
+                    method, base.rstrip("/") + path, content=content, digest=digest, headers=headers
+                )
+                try:
+                    response = await self._http.send(request, stream=stream)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    last = exc
+                    continue
+                if stream and response.status_code >= 400:
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+                if response.status_code == 503:
+                    unavailable = response
+                    continue
+                _raise_for(response)
+                return response
+            if loop.time() + pause > deadline:
+                if unavailable is not None:
+                    _raise_for(unavailable)
+                raise ApiError(0, "unreachable", f"no API node answered ({type(last).__name__})")
+            await asyncio.sleep(pause)
+            pause = min(_RETRY_CAP, pause * 2)
 
     # -- users ------------------------------------------------------------------------------------
     async def add_user(self, key: str, handle: str, role: Role = Role.MEMBER) -> UserView:
@@ -156,27 +213,46 @@ class ApiClient:
     async def upload_blob(self, room_id: str, data: bytes) -> BlobView:
         return await self.call("POST", f"/v1/rooms/{room_id}/blobs", content=data, expect=BlobView)
 
+    async def upload_blob_file(
+        self,
+        room_id: str,
+        path: Path,
+        *,
+        sha256: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BlobView:
+        """Stream a file as a blob's body, never holding it in memory; ``sha256`` is its hash."""
+        size = (await asyncio.to_thread(path.stat)).st_size
+
+        async def body() -> AsyncIterator[bytes]:
+            sent = 0
+            with path.open("rb") as file:
+                while piece := await asyncio.to_thread(file.read, _UPLOAD_PIECE):
+                    sent += len(piece)
+                    yield piece
+                    if progress is not None:
+                        progress(sent, size)
+
+        response = await self._send(
+            "POST",
+            f"/v1/rooms/{room_id}/blobs",
+            body,
+            digest=sha256,
+            headers={"content-length": str(size)},
+        )
+        return msgspec.json.decode(response.content, type=BlobView)
+
     async def download_blob(self, room_id: str, blob_id: str) -> bytes:
         return await self.call("GET", f"/v1/rooms/{room_id}/blobs/{blob_id}", expect=bytes)
 
     async def stream_blob(self, room_id: str, blob_id: str) -> AsyncIterator[bytes]:
         """Download without holding the blob in memory."""
-        for base in self._urls:
-            request = self.signed("GET", f"{base.rstrip('/')}/v1/rooms/{room_id}/blobs/{blob_id}")
-            try:
-                response = await self._http.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                continue
-            try:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for(response)
-                async for chunk in response.aiter_bytes():
-                    yield chunk
-                return
-            finally:
-                await response.aclose()
-        raise ApiError(0, "unreachable", "no API node answered")
+        response = await self._send("GET", f"/v1/rooms/{room_id}/blobs/{blob_id}", b"", stream=True)
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+        finally:
+            await response.aclose()
 
 
 def _raise_for(response: httpx.Response) -> None:

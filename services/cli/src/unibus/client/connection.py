@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -115,6 +116,8 @@ class _Session:
         self.denied = False
         self.discarding = False
         self.problem: str = "no answer"
+        self.permission_errors = 0
+        """``-ERR 'Permissions Violation …'`` lines this client received."""
 
 
 class Subscription:
@@ -124,11 +127,14 @@ class Subscription:
         self._owner = owner
         self._subject = subject
 
-        # nats-py accepts only coroutine functions; callers may pass any async callable.
-        async def deliver(msg: Msg) -> None:
-            await cb(msg)
+        if inspect.iscoroutinefunction(cb):
+            self._cb = cb
+        else:
+            # nats-py accepts only coroutine functions; callers may pass any async callable.
+            async def deliver(msg: Msg) -> None:
+                await cb(msg)
 
-        self._cb = deliver
+            self._cb = deliver
         self._active = True
         self._attached_to: NATS | None = None
         self._current: NatsSubscription | None = None
@@ -378,6 +384,40 @@ class BusConnection:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @property
+    def incarnation(self) -> tuple[int, int]:
+        """Changes whenever the server may have authorized this user anew.
+
+        ``(generation, reconnects)``: a kick, a lost node or an expiry all end in a fresh
+        authorization, with the permissions the callout computes at that moment.
+        """
+        return (self._generation, self._reconnects)
+
+    async def may_subscribe(self, subject: str, *, timeout: float = 5.0) -> bool:
+        """Whether the server, right now, lets this connection subscribe to ``subject``.
+
+        A SUB, then a PING: the server answers a refused SUB with a permissions error
+        before its PONG, so one round trip settles it. ``False`` also when the round trip
+        fails (between two connections); callers poll.
+        """
+        nc = await self._usable()
+        session = self._session
+        if session is None:  # pragma: no cover - _usable() raised first
+            return False
+        before = session.permission_errors
+        try:
+            probe = await nc.subscribe(subject)
+        except nats.errors.Error:
+            return False
+        try:
+            await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # a float works
+        except (nats.errors.Error, TimeoutError):
+            return False
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await probe.unsubscribe()
+        return session is self._session and session.permission_errors == before
+
     def jetstream(self, *, timeout: float = 5.0) -> JetStreamContext:
         """A JetStream context of the current connection.
 
@@ -417,6 +457,7 @@ class BusConnection:
                 return
             session.problem = _reason(exc)
             if _PERMISSIONS in str(exc).lower():
+                session.permission_errors += 1
                 _log.warning("the bus refused an operation", error="permissions violation")
             else:
                 _log.debug("bus connection error", error=_reason(exc))

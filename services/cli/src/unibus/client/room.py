@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -32,8 +33,24 @@ from unibus.core.roomchain import ChainError, RoomState, check_sealed_key, verif
 
 _log = get_logger("unibus.client")
 HISTORY_BATCH: Final = 256
+ADMISSION_TIMEOUT: Final = 30.0
+"""How long publish/subscribe/history wait for the bus to grant a room just joined."""
+PUBLISH_ATTEMPTS: Final = 3
+"""Tries per message; a retry is safe because the stream deduplicates its message id."""
 _HISTORY_YIELD: Final = 32
 """Messages opened between two turns of the event loop while a replay fetches ahead."""
+_ADMISSION_POLL: Final = (0.05, 0.5)
+_LIVE_QUEUE: Final = 10_000
+_RETRY_PAUSE: Final = 0.25
+_OVERLAP: Final = frozenset({"replay"})
+_REFETCH: Final = frozenset({"unknown_epoch", "not_member"})
+_RETRIABLE: Final = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""Publish failures after which the message may or may not be stored: send it again."""
 
 
 class RoomError(UnibusError):
@@ -75,11 +92,14 @@ class Room:
         self._api = api
         self._bus = bus
         self._states: list[RoomState] = []
+        self._members_at: dict[int, frozenset[str]] = {}
+        """Everyone who was a member at some point of each epoch (a message's check)."""
         self._keys: dict[tuple[int, str], bytes] = {}
         self._sealer = Sealer(identity, room_id)
-        self._opener = Opener(room_id)
         self._publish_lock = asyncio.Lock()
+        self._admitted_on: tuple[int, int] | None = None
         self.undeliverable = Undeliverable()
+        """Every refused message of every subscribe() and history() of this object."""
 
     # -- trusted state ----------------------------------------------------------------------------
     @property
@@ -93,7 +113,8 @@ class Room:
         return self.state.members
 
     def is_member(self, key: str, epoch: int) -> bool:
-        return any(s.epoch == epoch and key in s.members for s in self._states)
+        members = self._members_at.get(epoch)
+        return members is not None and key in members
 
     async def refresh(self) -> None:
         """Fetch and verify the chain, then fetch, verify and open this member's keys."""
@@ -111,6 +132,10 @@ class Room:
         if sorted(view.members) != list(latest.members) or view.epoch != latest.epoch:
             raise RoomError("the server's member list disagrees with the room's signed chain")
         self._states = states
+        members_at: dict[int, set[str]] = {}
+        for verified in states:
+            members_at.setdefault(verified.epoch, set()).update(verified.members)
+        self._members_at = {epoch: frozenset(keys) for epoch, keys in members_at.items()}
         for sealed in await self._api.sealed_keys(self.room_id):
             if sealed.member != self._identity.public_key:
                 continue
@@ -173,22 +198,65 @@ class Room:
             raise RoomError(f"no verified key for epoch {epoch}; is this identity a member?")
         return key
 
+    # -- admission --------------------------------------------------------------------------------
+    async def wait_admitted(self, timeout: float = ADMISSION_TIMEOUT) -> None:
+        """Return once the bus lets this connection use the room's subject.
+
+        Joining a room (creating it, being invited) changes this user's permissions through
+        a kick and a fresh authorization shortly after the API call returned (SPEC §5);
+        until then the servers refuse the room's subject. Publish, subscribe and history
+        call this by themselves, once per authorization of the connection.
+
+        Raises:
+            RoomError: still refused after ``timeout`` seconds (not, or no longer, a member).
+        """
+        subject = naming.room_subject(self.room_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        pause, cap = _ADMISSION_POLL
+        while True:
+            incarnation = self._bus.incarnation
+            if await self._bus.may_subscribe(subject):
+                self._admitted_on = incarnation
+                return
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise RoomError(
+                    f"the bus still refuses room {self.room_id} to {self._identity.public_key} "
+                    f"after {timeout:g}s: is this identity a member? (`unibus room list`; an "
+                    "owner or room admin must invite it)"
+                )
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(cap, pause * 2)
+
+    async def _ensure_admitted(self) -> None:
+        if self._admitted_on != self._bus.incarnation:
+            await self.wait_admitted()
+
     # -- messages ---------------------------------------------------------------------------------
     async def publish(self, data: bytes) -> int:
         """Encrypt, sign and publish; returns once the history stream has stored it (its seq)."""
         return (await self.publish_many([data]))[0]
 
     async def publish_many(self, messages: Sequence[bytes]) -> list[int]:
-        """One signature for the whole batch; each message acknowledged by the stream."""
+        """One signature for the whole batch; each message acknowledged by the stream.
+
+        A message whose acknowledgement does not come (a kick, a lost node, a leader
+        election) is sent again with the same message id, which the stream stores once.
+
+        Raises:
+            RoomError: no key for the current epoch, or the bus refuses the room.
+            nats.errors.TimeoutError: a message was not acknowledged after every attempt.
+        """
         state = self.state
         key = self._require_key(state.epoch, state.key_id)
+        await self._ensure_admitted()
         async with self._publish_lock:
             sealed = self._sealer.seal_batch_with_ids(
                 list(messages), epoch=state.epoch, key_id=state.key_id, room_key=key
             )
         js = self._bus.jetstream()
         subject = naming.room_subject(self.room_id)
-        acks = await asyncio.gather(
+        first = await asyncio.gather(
             *(
                 js.publish(
                     subject,
@@ -197,44 +265,108 @@ class Room:
                     headers={"Nats-Msg-Id": message_id},
                 )
                 for message_id, envelope in sealed
-            )
+            ),
+            return_exceptions=True,
         )
-        return [ack.seq for ack in acks]
+        seqs: list[int] = []
+        for (message_id, envelope), outcome in zip(sealed, first, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, _RETRIABLE):
+                    raise outcome
+                seqs.append(await self._publish_again(subject, message_id, envelope))
+            else:
+                seqs.append(outcome.seq)
+        return seqs
 
-    async def _open(self, data: bytes) -> Opened | None:
-        for attempt in range(2):
+    async def _publish_again(self, subject: str, message_id: str, envelope: bytes) -> int:
+        """Retry one unacknowledged message; the stream's dedupe keeps it stored once."""
+        for attempt in range(1, PUBLISH_ATTEMPTS):
+            # A pause for an election to settle; then the permissions, which a kick since
+            # the first try may have changed: a member removed meanwhile gets a clear
+            # error instead of another timeout.
+            await asyncio.sleep(_RETRY_PAUSE * attempt)
+            self._admitted_on = None
+            await self._ensure_admitted()
             try:
-                return self._opener.open(data, room_key=self._key, is_member=self.is_member)
+                ack = await self._bus.jetstream().publish(
+                    subject,
+                    envelope,
+                    stream=naming.MESSAGES_STREAM,
+                    headers={"Nats-Msg-Id": message_id},
+                )
+            except _RETRIABLE:
+                if attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+                continue
+            return ack.seq
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open(
+        self, opener: Opener, data: bytes, *, quiet: frozenset[str] = frozenset()
+    ) -> Opened | None:
+        """The message, or ``None`` (counted unless its reason is ``quiet``)."""
+        try:
+            return opener.open(data, room_key=self._key, is_member=self.is_member)
+        except EnvelopeError as exc:
+            reason = exc.reason
+        if reason in _REFETCH:
+            # A newer epoch or member than this object knows: refetch the chain and keys
+            # once, then judge again.
+            with contextlib.suppress(UnibusError):
+                await self.refresh()
+            try:
+                return opener.open(data, room_key=self._key, is_member=self.is_member)
             except EnvelopeError as exc:
-                # An unknown (newer) epoch: refetch keys once before giving up.
-                if exc.reason in ("unknown_epoch", "not_member") and attempt == 0:
-                    with contextlib.suppress(UnibusError):
-                        await self.refresh()
-                    continue
-                self.undeliverable.add(exc.reason)
-                return None
+                reason = exc.reason
+        if reason not in quiet:
+            self.undeliverable.add(reason)
         return None
 
-    async def subscribe(self) -> AsyncIterator[Message]:
-        """Live messages, verified and decrypted, each delivered once."""
-        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+    def open_envelope(self, data: bytes) -> Message:
+        """Check and decrypt one envelope with what this member knows now (no refetch).
 
-        async def on_message(msg: Msg) -> None:
-            await queue.put(msg)
+        For tools and audits: a fresh replay memory, nothing counted.
 
-        subscription = await self._bus.subscribe(naming.room_subject(self.room_id), on_message)
+        Raises:
+            EnvelopeError: the envelope is refused (``reason`` says why).
+        """
+        opened = Opener(self.room_id).open(data, room_key=self._key, is_member=self.is_member)
+        return Message(opened.plaintext, opened.sender, opened.epoch, opened.msg_id, envelope=data)
+
+    async def subscribe(
+        self,
+        *,
+        history: bool = False,
+        since: datetime.datetime | None = None,
+        slot: int = 0,
+    ) -> AsyncIterator[Message]:
+        """Live messages, verified and decrypted, each delivered once.
+
+        With ``history`` (or ``since``), the stored messages come first (from ``since``,
+        else all of them), then the live ones, with no gap between them and no message
+        twice: the live subscription starts before the replay, and what it received
+        meanwhile follows the replay, less what the replay already delivered.
+        """
+        await self._ensure_admitted()
+        opener = Opener(self.room_id)
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=_LIVE_QUEUE)
+        subscription = await self._bus.subscribe(naming.room_subject(self.room_id), queue.put)
         try:
+            if history or since is not None:
+                async for message in self._replay(opener, since=since, slot=slot, idle=2.0):
+                    yield message
+                # Received while the replay ran: the replay delivered most of them already;
+                # the opener knows them as seen, so they are dropped here, uncounted.
+                for _ in range(queue.qsize()):
+                    msg = queue.get_nowait()
+                    opened = await self._open(opener, msg.data, quiet=_OVERLAP)
+                    if opened is not None:
+                        yield _live(opened, msg)
             while True:
-                msg = await queue.get()
-                opened = await self._open(msg.data)
+                msg = queue.get_nowait() if queue.qsize() else await queue.get()
+                opened = await self._open(opener, msg.data)
                 if opened is not None:
-                    yield Message(
-                        opened.plaintext,
-                        opened.sender,
-                        opened.epoch,
-                        opened.msg_id,
-                        envelope=msg.data,
-                    )
+                    yield _live(opened, msg)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -244,10 +376,20 @@ class Room:
     ) -> AsyncIterator[Message]:
         """Replay the room's stored messages in order, each once; ends when caught up.
 
-        Caught up means the consumer reports nothing pending: at its creation, or in the
-        metadata of the last message read (as nats-py's KV watchers detect the end of
-        their initial values). ``idle`` bounds the wait for a batch that does not come.
+        Each call checks messages afresh: what an earlier replay or a live subscription
+        delivered is delivered again here, not taken for a replay attack. Caught up means
+        the consumer reports nothing pending: at its creation, or in the metadata of the
+        last message read (as nats-py's KV watchers detect the end of their initial
+        values). ``idle`` bounds the wait for a batch that does not come. ``slot`` picks
+        one of the user's consumers (``naming.HISTORY_SLOTS``), for replays that overlap.
         """
+        await self._ensure_admitted()
+        async for message in self._replay(Opener(self.room_id), since=since, slot=slot, idle=idle):
+            yield message
+
+    async def _replay(
+        self, opener: Opener, *, since: datetime.datetime | None, slot: int, idle: float
+    ) -> AsyncIterator[Message]:
         consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
         js = self._bus.jetstream()
         config = api.ConsumerConfig(
@@ -285,7 +427,7 @@ class Room:
                     if index % _HISTORY_YIELD == _HISTORY_YIELD - 1:
                         await asyncio.sleep(0)  # let the fetch ahead send and receive
                     meta = msg.metadata
-                    opened = await self._open(msg.data)
+                    opened = await self._open(opener, msg.data)
                     if opened is not None:
                         yield Message(
                             opened.plaintext,
@@ -303,6 +445,10 @@ class Room:
                 await pull.unsubscribe()
             with contextlib.suppress(Exception):
                 await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+
+
+def _live(opened: Opened, msg: Msg) -> Message:
+    return Message(opened.plaintext, opened.sender, opened.epoch, opened.msg_id, envelope=msg.data)
 
 
 def _discard(future: asyncio.Future[list[Msg]]) -> None:

@@ -8,103 +8,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import asyncio
+import contextlib
+import io
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-
-import nacl.bindings
-import nacl.utils
+from typing import BinaryIO
 
 from unibus.client.api import ApiClient
+from unibus.client.blobs import (
+    BlobError,
+    BlobOpener,
+    BlobRef,
+    Progress,
+    new_blob_key,
+    open_blob,
+    seal_file,
+    sealed_size,
+)
 from unibus.client.connection import BusConnection
-from unibus.client.room import Room, RoomError, create_room
+from unibus.client.room import Room, create_room
 from unibus.core.nkeys import KeyPair, read_seed_file
 from unibus.stack.layout import read_stack_info
 
-BLOB_KIND = "unibus.blob.v1"
-_CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    """What travels inside an encrypted room message: enough to fetch and open a blob."""
-
-    blob_id: str
-    key: bytes
-    sha256: str
-    """Of the encrypted bytes as stored; checked before decrypting."""
-    size: int
-    name: str = ""
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "kind": BLOB_KIND,
-                "blob_id": self.blob_id,
-                "key": self.key.hex(),
-                "sha256": self.sha256,
-                "size": self.size,
-                "name": self.name,
-            }
-        ).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> BlobRef | None:
-        try:
-            value = json.loads(data)
-            if not isinstance(value, dict) or value.get("kind") != BLOB_KIND:
-                return None
-            return cls(
-                blob_id=str(value["blob_id"]),
-                key=bytes.fromhex(value["key"]),
-                sha256=str(value["sha256"]),
-                size=int(value["size"]),
-                name=str(value.get("name", "")),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
-
-
-def encrypt_blob(data: bytes, key: bytes) -> bytes:
-    """secretstream (XChaCha20-Poly1305) in 64 KiB chunks: truncation and reordering fail."""
-    state = nacl.bindings.crypto_secretstream_xchacha20poly1305_state()
-    header = nacl.bindings.crypto_secretstream_xchacha20poly1305_init_push(state, key)
-    out = [header]
-    chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [b""]
-    for index, chunk in enumerate(chunks):
-        tag = (
-            nacl.bindings.crypto_secretstream_xchacha20poly1305_TAG_FINAL
-            if index == len(chunks) - 1
-            else nacl.bindings.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
-        )
-        out.append(
-            nacl.bindings.crypto_secretstream_xchacha20poly1305_push(state, chunk, None, tag)
-        )
-    return b"".join(out)
-
-
-def decrypt_blob(data: bytes, key: bytes) -> bytes:
-    header_len = nacl.bindings.crypto_secretstream_xchacha20poly1305_HEADERBYTES
-    chunk_len = _CHUNK + nacl.bindings.crypto_secretstream_xchacha20poly1305_ABYTES
-    state = nacl.bindings.crypto_secretstream_xchacha20poly1305_state()
-    try:
-        nacl.bindings.crypto_secretstream_xchacha20poly1305_init_pull(state, data[:header_len], key)
-        out = []
-        body = data[header_len:]
-        final = False
-        for start in range(0, len(body), chunk_len):
-            chunk, tag = nacl.bindings.crypto_secretstream_xchacha20poly1305_pull(
-                state, body[start : start + chunk_len], None
-            )
-            out.append(chunk)
-            final = tag == nacl.bindings.crypto_secretstream_xchacha20poly1305_TAG_FINAL
-    except Exception as exc:  # noqa: BLE001 - any libsodium failure means "not authentic"
-        raise RoomError(f"the blob does not decrypt ({type(exc).__name__})") from None
-    if not final:
-        raise RoomError("the blob is truncated")
-    return b"".join(out)
+__all__ = ["BlobError", "BlobRef", "Client"]
 
 
 class Client:
@@ -182,22 +111,81 @@ class Client:
         return await self.api.my_rooms()
 
     # -- blobs ------------------------------------------------------------------------------------
-    async def put_blob(self, room: Room, data: bytes, *, name: str = "") -> BlobRef:
-        """Encrypt with a fresh key, upload, and announce key + hash in an encrypted message."""
-        key = nacl.utils.random(nacl.bindings.crypto_secretstream_xchacha20poly1305_KEYBYTES)
-        sealed = encrypt_blob(data, key)
-        view = await self.api.upload_blob(room.room_id, sealed)
-        if view.sha256 != hashlib.sha256(sealed).hexdigest():
-            raise RoomError("the server stored different bytes than were sent")
-        ref = BlobRef(blob_id=view.blob_id, key=key, sha256=view.sha256, size=len(data), name=name)
+    async def put_blob(
+        self,
+        room: Room,
+        source: bytes | Path,
+        *,
+        name: str = "",
+        progress: Progress | None = None,
+    ) -> BlobRef:
+        """Encrypt with a fresh key, upload, and announce key + hash in an encrypted message.
+
+        A file is encrypted into a private temporary file first (the request's signature
+        covers the body's hash), then streamed: memory stays flat whatever its size.
+        """
+        key = new_blob_key()
+        loop = asyncio.get_running_loop()
+
+        def report(phase: str, done: int, total: int) -> None:
+            if progress is not None:  # called on the event loop, whatever thread reports
+                loop.call_soon_threadsafe(progress, phase, done, total)
+
+        with contextlib.ExitStack() as cleanup:
+            plain: BinaryIO
+            if isinstance(source, Path):
+                plain = cleanup.enter_context(source.open("rb"))
+                total = os.fstat(plain.fileno()).st_size
+            else:
+                plain, total = io.BytesIO(source), len(source)
+            spool = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="unibus-blob-"))
+            sealed_path = Path(spool) / "sealed"
+            with sealed_path.open("xb") as sink:
+                # In a worker thread: encrypting a large file must not stall the bus.
+                sealed = await asyncio.to_thread(
+                    seal_file, plain, sink, key, total=total, progress=report
+                )
+            view = await self.api.upload_blob_file(
+                room.room_id,
+                sealed_path,
+                sha256=sealed.sha256,
+                progress=lambda done, size: report("upload", done, size),
+            )
+        if view.sha256 != sealed.sha256 or view.size != sealed.sealed_size:
+            raise BlobError("the server stored different bytes than were sent")
+        ref = BlobRef(
+            blob_id=view.blob_id, key=key, sha256=sealed.sha256, size=sealed.size, name=name
+        )
         await room.publish(ref.encode())
         return ref
 
     async def get_blob(self, room: Room, ref: BlobRef) -> bytes:
-        sealed = await self.api.download_blob(room.room_id, ref.blob_id)
-        if hashlib.sha256(sealed).hexdigest() != ref.sha256:
-            raise RoomError("the blob's hash does not match its announcement; refusing it")
-        data = decrypt_blob(sealed, ref.key)
-        if len(data) != ref.size:
-            raise RoomError("the blob's size does not match its announcement")
-        return data
+        """Download, check and decrypt a blob into memory (see :meth:`save_blob` for files)."""
+        return open_blob(await self.api.download_blob(room.room_id, ref.blob_id), ref)
+
+    async def save_blob(
+        self, room: Room, ref: BlobRef, dest: Path, *, progress: Progress | None = None
+    ) -> int:
+        """Stream a blob into ``dest``, decrypting as it arrives; returns its size.
+
+        The plaintext goes to a private temporary file beside ``dest``, which replaces
+        ``dest`` only once the whole blob opened and matched its announced hash and size:
+        a failed or forged download never leaves a file behind.
+        """
+        opener = BlobOpener(ref)
+        received, expected = 0, sealed_size(ref.size)
+        fd, partial = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent or Path())
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for piece in self.api.stream_blob(room.room_id, ref.blob_id):
+                    out.write(opener.feed(piece))
+                    received += len(piece)
+                    if progress is not None:
+                        progress("download", received, expected)
+                out.write(opener.finish())
+            os.replace(partial, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            raise
+        return ref.size
