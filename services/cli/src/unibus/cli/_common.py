@@ -69,6 +69,12 @@ def print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
 
 
+def print_json_line(value: Any) -> None:
+    """One compact JSON document per line (JSON Lines), for output that streams."""
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    sys.stdout.flush()
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

@@ -14,6 +14,7 @@ from unibus.cli._common import (
     TransferProgress,
     add_json_arg,
     print_json,
+    print_json_line,
     progress,
 )
 from unibus.client.sdk import BlobRef, Client
@@ -98,7 +99,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     listen.add_argument("--history", action="store_true", help="first replay stored messages")
     listen.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
     add_client_args(listen)
-    add_json_arg(listen)
+    listen.add_argument("--json", action="store_true", help="one JSON object per line")
     listen.set_defaults(handler=_sync(_listen))
 
     blob = verbs.add_parser("blob", help="encrypted attachments")
@@ -191,7 +192,7 @@ async def _listen(args: argparse.Namespace) -> int:
         async for message in room.subscribe(history=args.history):
             text = message.data.decode("utf-8", errors="replace")
             if args.json:
-                print_json(
+                print_json_line(
                     {
                         "sender": message.sender,
                         "epoch": message.epoch,
