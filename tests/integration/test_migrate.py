@@ -15,6 +15,7 @@ import pytest
 
 from tests.fixtures.legacy import build_legacy_db, corrupt_copy, unknown_schema_db
 from tests.integration.harness import StackFactory, run_cli
+from unibus.core import naming
 from unibus.core.connect import NatsTarget
 from unibus.core.errors import PostureError
 from unibus.core.kvstore import JetStreamStore
@@ -26,8 +27,8 @@ from unibus.core.migration import (
 )
 from unibus.core.models import Role, Status
 from unibus.core.nkeys import canonical_user_key
-from unibus.core.provisioning import ASSETS, asset_status
-from unibus.core.snapshot import KVBuckets, Snapshot, export_kv, export_sqlite
+from unibus.core.provisioning import ASSETS, AssetKind, asset_status
+from unibus.core.snapshot import Snapshot, export_kv, export_sqlite
 from unibus.core.sqlitestore import LegacyFormatError
 from unibus.stack.launcher import LocalStack
 from unibus.stack.layout import write_stack_info
@@ -37,7 +38,7 @@ UNREACHABLE = NatsTarget(urls=("nats://127.0.0.1:1",))
 
 async def _target_snapshot(stacks: StackFactory, stack: LocalStack) -> Snapshot:
     nc = await stacks.connect(stack)
-    return await export_kv(KVBuckets.of(nc.jetstream(timeout=10.0), 10.0))
+    return await export_kv(await JetStreamStore.open(nc, op_timeout=10.0))
 
 
 def _migrated_part(target: Snapshot, source: Snapshot) -> Snapshot:
@@ -115,7 +116,7 @@ async def test_migration_into_a_3_node_r3_cluster_is_faithful_idempotent_and_saf
     before = (await store.get_user(victim.key)).value
     await store.set_user_status(victim.key, before.status)  # no-op, keeps revision
     raw = msgspec.structs.replace(before, handle="someone-else")
-    await KVBuckets.of(js, 5.0).users.put(victim.key, msgspec.json.encode(raw))
+    await store.put_records(naming.USERS_BUCKET, [(victim.key, msgspec.json.encode(raw))])
     with pytest.raises(DivergedTargetError) as refused:
         await migrate(options)
     assert any(victim.key in d and "handle" in d for d in refused.value.differences)
@@ -127,6 +128,25 @@ async def test_migration_into_a_3_node_r3_cluster_is_faithful_idempotent_and_saf
     assert forced.overwritten
     assert (await store.get_user(victim.key)).value.handle == victim.handle
     assert (await store.get_user(active.key)).value.status is Status.REVOKED
+
+
+async def test_a_migration_into_a_cluster_nobody_provisioned_provisions_what_it_needs(
+    stacks: StackFactory, tmp_path: Path
+) -> None:
+    fixture = build_legacy_db(tmp_path / "membership.db")
+    stack = await stacks.start(nodes=3, provision=False)
+
+    report = await migrate(
+        MigrationOptions(db=fixture.path, target=stack.target("internal"), replicas=3)
+    )
+
+    assert report.parity
+    assert report.provisioned
+    js = (await stacks.connect(stack)).jetstream(timeout=5.0)
+    for asset in ASSETS:
+        if asset.kind is AssetKind.KV:
+            status = await asset_status(js, asset, cluster_size=3)
+            assert status.replicas == 3, status
 
 
 async def test_a_killed_migration_converges_when_run_again(

@@ -13,11 +13,12 @@ from pathlib import Path
 import msgspec
 import pytest
 import pytest_asyncio
+from nats.aio.client import Client as NATS
 
 from tests.integration.harness import StackFactory
 from unibus.core import naming
-from unibus.core.errors import ConflictError, NotFoundError
-from unibus.core.kvstore import JetStreamStore
+from unibus.core.errors import ConflictError, NotFoundError, StoreError
+from unibus.core.kvstore import WRITE_WINDOW, JetStreamStore
 from unibus.core.models import (
     EpochRef,
     MemberRecord,
@@ -29,7 +30,7 @@ from unibus.core.models import (
 )
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.sqlitestore import SQLiteStore
-from unibus.core.store import Store
+from unibus.core.store import IndexRepair, Store
 
 
 @pytest_asyncio.fixture(params=["jetstream", "sqlite"])
@@ -197,3 +198,64 @@ async def test_nonce_is_accepted_once(store: Store) -> None:
     await store.claim_nonce(caller, "n2")
     with pytest.raises(ConflictError):
         await store.claim_nonce(caller, "n1")
+
+
+# -- JetStream only: the raw-record API the migration uses, and the pipelined index repair -----
+@pytest_asyncio.fixture
+async def jetstream(stacks: StackFactory) -> tuple[JetStreamStore, NATS]:
+    nc = await stacks.connect(await stacks.start(nodes=1))
+    return await JetStreamStore.open(nc), nc
+
+
+async def test_raw_records_round_trip_without_markers(
+    jetstream: tuple[JetStreamStore, NATS],
+) -> None:
+    store, _ = jetstream
+    room = _room(_key())
+    records = sorted(
+        (naming.member_key(room.room_id, member), msgspec.json.encode(_statement(room, member)))
+        for member in (_key() for _ in range(3 * WRITE_WINDOW + 5))
+    )
+
+    assert await store.put_records(naming.MEMBERS_BUCKET, records) == len(records)
+    await store.claim_marker("_contract-test", "x")
+
+    assert sorted(await store.read_records(naming.MEMBERS_BUCKET)) == records
+    users = await store.read_records(naming.USERS_BUCKET)
+    assert [key for key, _ in users if key.startswith("_")] == []
+    with pytest.raises(ValueError, match="not one of the store's buckets"):
+        await store.read_records("KV_UNIBUS_members")
+
+
+async def test_a_failed_bulk_write_fails_whole_as_a_store_error(
+    jetstream: tuple[JetStreamStore, NATS],
+) -> None:
+    store, nc = jetstream
+    await nc.jetstream().delete_key_value(naming.MEMBERS_BUCKET)
+    room = _room(_key())
+    records = [(naming.member_key(room.room_id, _key()), b"{}") for _ in range(2 * WRITE_WINDOW)]
+
+    with pytest.raises(StoreError):
+        await store.put_records(naming.MEMBERS_BUCKET, records)
+
+
+async def test_repair_index_rebuilds_many_entries(jetstream: tuple[JetStreamStore, NATS]) -> None:
+    store, nc = jetstream
+    owner = _key()
+    members = [_key() for _ in range(2 * WRITE_WINDOW)]
+    room = _room(owner, *members)
+    await store.create_room(room, members=(), sealed_keys=())
+    index = await nc.jetstream().key_value(naming.ROOMS_BY_MEMBER_BUCKET)
+    lost = members[: WRITE_WINDOW + 3]
+    for member in lost:
+        await index.delete(naming.room_index_key(member, room.room_id))
+    stale = [_key() for _ in range(WRITE_WINDOW + 1)]
+    for member in stale:
+        await index.put(naming.room_index_key(member, room.room_id), b"{}")
+
+    repair = await store.repair_index()
+
+    assert (repair.added, repair.removed) == (len(lost), len(stale))
+    assert all([await store.rooms_of(m) == [room.room_id] for m in [owner, *members]])
+    assert all([await store.rooms_of(m) == [] for m in stale])
+    assert await store.repair_index() == IndexRepair(added=0, removed=0)

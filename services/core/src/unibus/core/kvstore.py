@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -49,6 +50,7 @@ from unibus.core.models import (
     decode,
     encode,
 )
+from unibus.core.pipeline import pipelined
 from unibus.core.store import IndexRepair
 
 DEFAULT_OP_TIMEOUT: Final = 2.0
@@ -59,6 +61,8 @@ _ERR_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _ERR_STREAM_NOT_FOUND: Final = 10059
 _CAS_ATTEMPTS: Final = 8
 _SCAN_ATTEMPTS: Final = 3
+WRITE_WINDOW: Final = 64
+"""Acknowledged writes one bulk write keeps in flight (each still bounded by the op timeout)."""
 BARRIER_KEY: Final = "_quorum-barrier"
 """Written by quorum-confirmed reads; never a valid record key (those never start with ``_``)."""
 
@@ -146,6 +150,15 @@ class _Bucket:
 
     async def delete(self, key: str) -> None:
         await self._publish(key, b"", {_KV_OPERATION: "DEL"})
+
+    async def put_many(self, records: Iterable[tuple[str, bytes]]) -> int:
+        """Unconditional puts, pipelined; only for records no ordering rule relates."""
+        return await pipelined(
+            (partial(self.put, key, value) for key, value in records), window=WRITE_WINDOW
+        )
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        return await pipelined((partial(self.delete, key) for key in keys), window=WRITE_WINDOW)
 
     async def scan(self, prefix: str = "", *, limit: int) -> list[tuple[str, bytes, int]]:
         """Latest value of every live key under ``prefix``, bounded in time and count.
@@ -241,6 +254,36 @@ class JetStreamStore:
 
     def _buckets(self) -> Iterable[_Bucket]:
         return (self._users, self._rooms, self._members, self._index, self._keys, self._nonces)
+
+    def _bucket(self, name: str) -> _Bucket:
+        for bucket in self._buckets():
+            if bucket.name == name:
+                return bucket
+        raise ValueError(f"{name} is not one of the store's buckets")
+
+    # -- raw records (the migration and its parity check) -------------------------------------
+    async def read_records(self, bucket: str) -> list[tuple[str, bytes]]:
+        """Key and undecoded value of every live record in ``bucket`` (a ``naming`` bucket).
+
+        The scan is checked against the stream's own count of subjects and fails closed
+        (``StoreUnavailableError``) rather than return a short list; markers and barriers
+        (keys starting with ``_``) are not records and are left out.
+        """
+        return [
+            (key, value)
+            for key, value, _ in await self._bucket(bucket).scan(limit=self._scan_limit)
+        ]
+
+    async def put_records(self, bucket: str, records: Iterable[tuple[str, bytes]]) -> int:
+        """Unconditional puts of undecoded records: no create-only or compare-and-set
+        check and no reverse-index upkeep (``repair_index`` rebuilds the index).
+
+        Returns the number written once every put has been acknowledged; the first
+        failure fails the whole call (puts that landed before it stay: re-running the
+        same call converges). Up to ``WRITE_WINDOW`` puts are in flight at once, in no
+        particular order, so a caller must not pass records whose order matters.
+        """
+        return await self._bucket(bucket).put_many(records)
 
     # -- users --------------------------------------------------------------------------------
     async def add_user(self, user: UserRecord) -> Versioned[UserRecord]:
@@ -398,14 +441,17 @@ class JetStreamStore:
             for member in room.members
         }
         present = {key for key, _, _ in await self._index.scan(limit=self._scan_limit)}
-        for key in sorted(expected.keys() - present):
-            room_id, member = expected[key]
-            await self._index.put(key, encode(RoomIndexEntry(room_id=room_id, member=member)))
-        for key in sorted(present - expected.keys()):
-            await self._index.delete(key)
-        return IndexRepair(
-            added=len(expected.keys() - present), removed=len(present - expected.keys())
+        missing, stale = sorted(expected.keys() - present), sorted(present - expected.keys())
+        # Pipelined: index entries are derived from room records and are nobody's commit
+        # point, each key is written once, and the puts and deletes touch disjoint keys,
+        # so no order among them matters. A failure fails the repair; what landed is
+        # correct and a re-run converges.
+        added = await self._index.put_many(
+            (key, encode(RoomIndexEntry(room_id=expected[key][0], member=expected[key][1])))
+            for key in missing
         )
+        removed = await self._index.delete_many(stale)
+        return IndexRepair(added=added, removed=removed)
 
     # -- anti-replay ---------------------------------------------------------------------------
     async def claim_nonce(self, caller: str, nonce: str) -> None:

@@ -13,7 +13,8 @@ Steps, in order, each one before anything irreversible:
    revoked whatever the source says;
 7. write what is missing or different — per room, sealed keys and statements before the
    room record, as the Store does — so an interrupted run leaves nothing visible that a
-   re-run does not converge; then rebuild the reverse index;
+   re-run does not converge; then rebuild the reverse index. Writes are pipelined
+   (``apply_plan`` says which orders are kept) and every one is acknowledged;
 8. re-export the target and verify parity (counts and content hash); a partial copy is an
    error, never a success.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -38,9 +39,9 @@ from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StoreUnavailableError, UnibusError
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import MemberRecord, RoomRecord, SealedKeyRecord, Status, UserRecord
+from unibus.core.pipeline import pipelined
 from unibus.core.provisioning import ASSETS, Asset, AssetKind, Provisioning, provision
 from unibus.core.snapshot import (
-    KVBuckets,
     Snapshot,
     export_kv,
     export_sqlite,
@@ -52,13 +53,15 @@ from unibus.core.sqlitestore import LEGACY_COLUMNS, LegacyFormatError, open_conn
 Progress = Callable[[str], None]
 DEFAULT_OP_TIMEOUT: Final = 5.0
 SCAN_TIMEOUT: Final = 60.0
-WRITE_BATCH: Final = 256
-"""Writes in flight at once (each bounded by the op timeout)."""
+SCAN_LIMIT: Final = 2_000_000
+"""Records one read of a whole target bucket may return before the migration refuses."""
+ROOMS_IN_FLIGHT: Final = 4
+"""Rooms imported at once, each with up to ``kvstore.WRITE_WINDOW`` puts in flight."""
 PROGRESS_EVERY: Final = 1000
 MAX_REPORTED_DIFFERENCES: Final = 50
-NEEDED_ASSETS: Final[tuple[Asset, ...]] = tuple(
-    a for a in ASSETS if a.kind is AssetKind.KV and a.name != naming.NONCES_BUCKET
-)
+NEEDED_ASSETS: Final[tuple[Asset, ...]] = tuple(a for a in ASSETS if a.kind is AssetKind.KV)
+"""Every KV bucket: the store the migration writes through binds to all of them, the API's
+nonces included, so a migration into a cluster nobody provisioned yet still works."""
 
 
 class MigrationError(UnibusError):
@@ -260,43 +263,72 @@ def _room_diff(a: RoomRecord, b: RoomRecord) -> str:
 
 
 # -- apply --------------------------------------------------------------------------------------
-class _Writer:
-    """Bounded-concurrency puts with progress lines."""
+class _Progress:
+    """Counts acknowledged writes and says so every ``PROGRESS_EVERY`` of them."""
 
     def __init__(self, total: int, progress: Progress | None) -> None:
         self.total = total
         self.done = 0
+        self._reported = 0
         self._progress = progress
-        self._next_report = PROGRESS_EVERY
 
-    async def run(self, operations: Sequence[Callable[[], Awaitable[int]]]) -> None:
-        for start in range(0, len(operations), WRITE_BATCH):
-            batch = operations[start : start + WRITE_BATCH]
-            await asyncio.gather(*(op() for op in batch))
-            self.done += len(batch)
-            if self._progress is not None and self.done >= self._next_report:
-                self._progress(f"progress: {self.done}/{self.total} records written")
-                self._next_report = self.done + PROGRESS_EVERY
+    def add(self, written: int) -> None:
+        self.done += written
+        if self.done - self._reported >= PROGRESS_EVERY:
+            self._report()
+
+    def finish(self) -> None:
+        if self.done != self._reported:
+            self._report()
+
+    def _report(self) -> None:
+        self._reported = self.done
+        if self._progress is not None:
+            self._progress(f"progress: {self.done}/{self.total} records written")
 
 
-async def apply_plan(buckets: KVBuckets, plan: Plan, progress: Progress | None = None) -> None:
-    """Users, then per room its sealed keys and statements, then its record."""
-    writer = _Writer(plan.writes, progress)
+async def apply_plan(store: JetStreamStore, plan: Plan, progress: Progress | None = None) -> None:
+    """Users, then per room its sealed keys and statements, then its record.
+
+    Only these orders matter, and only these are kept: every user is acknowledged
+    before the first room record names one, and a room's record — its commit point, as
+    in the Store — is put only once all of its keys and statements are acknowledged, so
+    an interruption never leaves a room whose committed epoch lacks its keys (and the
+    re-run redoes that room, since ``plan_import`` rewrites a room with any part
+    missing). Within those steps records are independent puts, pipelined; rooms are
+    imported ``ROOMS_IN_FLIGHT`` at once. Puts in flight together never share a key (each
+    record of a plan has its own identity), so no value can overtake another of its key.
+    Every put is acknowledged before this returns, and the first failure fails the whole
+    import.
+    """
+    counter = _Progress(plan.writes, progress)
     encode = msgspec.json.encode
-    await writer.run([partial(buckets.users.put, u.key, encode(u)) for u in plan.users])
-    for room in plan.rooms:
-        parts: list[Callable[[], Awaitable[int]]] = [
-            partial(buckets.keys.put, sealed_key_id(k), encode(k)) for k in room.sealed_keys
-        ]
-        parts += [partial(buckets.members.put, member_id(m), encode(m)) for m in room.members]
-        await writer.run(parts)
-        if room.write_room:
-            record = room.room
-            await writer.run(
-                [partial(buckets.rooms.put, naming.check_room_id(record.room_id), encode(record))]
-            )
-    if progress is not None and plan.writes:
-        progress(f"progress: {writer.done}/{writer.total} records written")
+    for start in range(0, len(plan.users), PROGRESS_EVERY):
+        chunk = plan.users[start : start + PROGRESS_EVERY]
+        counter.add(
+            await store.put_records(naming.USERS_BUCKET, ((u.key, encode(u)) for u in chunk))
+        )
+    await pipelined(
+        (partial(_import_room, store, room, counter) for room in plan.rooms),
+        window=ROOMS_IN_FLIGHT,
+    )
+    counter.finish()
+
+
+async def _import_room(store: JetStreamStore, writes: RoomWrites, counter: _Progress) -> None:
+    encode = msgspec.json.encode
+    written = await store.put_records(
+        naming.ROOM_KEYS_BUCKET, ((sealed_key_id(k), encode(k)) for k in writes.sealed_keys)
+    )
+    written += await store.put_records(
+        naming.MEMBERS_BUCKET, ((member_id(m), encode(m)) for m in writes.members)
+    )
+    if writes.write_room:
+        record = writes.room
+        written += await store.put_records(
+            naming.ROOMS_BUCKET, [(naming.check_room_id(record.room_id), encode(record))]
+        )
+    counter.add(written)
 
 
 # -- parity -------------------------------------------------------------------------------------
@@ -439,13 +471,14 @@ async def migrate(options: MigrationOptions, progress: Progress | None = None) -
             Provisioning(replicas=options.replicas, budget=options.provision_budget),
             assets=NEEDED_ASSETS,
         )
-        writes = KVBuckets.of(js, options.op_timeout)
-        reads = KVBuckets.of(js, SCAN_TIMEOUT / 5)
+        store = await JetStreamStore.open(nc, op_timeout=options.op_timeout, scan_limit=SCAN_LIMIT)
+        # Whole-bucket reads: each scan is bounded by 5 op timeouts, so this one is longer.
+        reads = await JetStreamStore.open(nc, op_timeout=SCAN_TIMEOUT / 5, scan_limit=SCAN_LIMIT)
         target = await export_kv(reads, progress=say)
         plan = plan_import(source, target, force=options.force)
         say(f"plan: {plan.writes} records to write")
-        await apply_plan(writes, plan, say)
-        repair = await (await JetStreamStore.open(nc, op_timeout=options.op_timeout)).repair_index()
+        await apply_plan(store, plan, say)
+        repair = await store.repair_index()
         say(f"index: {repair.added} entries added, {repair.removed} removed")
         after = await export_kv(reads, progress=say)
     finally:

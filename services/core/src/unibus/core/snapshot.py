@@ -3,8 +3,9 @@
 A ``Snapshot`` holds every user (with status), every room (with its real epochs), the
 statements of every room's current members, and every committed sealed key across
 epochs. Both backends export one: the legacy SQLite file (``export_sqlite``) and the KV
-buckets (``export_kv``, reading the stream leader). Two snapshots are equal exactly when
-their ``content_hash`` is: records are normalized (sorted, canonical keys) first.
+buckets (``export_kv``, through the ``JetStreamStore``'s leader reads). Two snapshots are
+equal exactly when their ``content_hash`` is: records are normalized (sorted, canonical
+keys) first.
 
 Keys of an uncommitted epoch (a losing rekey attempt) and statements of removed members
 are not state: neither export includes them.
@@ -15,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import msgspec
-from nats.js.client import JetStreamContext
 
 from unibus.core import naming
-from unibus.core.kvstore import _Bucket
+from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import (
     MemberRecord,
     RoomRecord,
@@ -32,8 +30,6 @@ from unibus.core.models import (
     decode,
 )
 from unibus.core.sqlitestore import SQLiteStore
-
-DEFAULT_SCAN_LIMIT: Final = 2_000_000
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,49 +106,31 @@ async def export_sqlite(path: Path) -> Snapshot:
 
 
 # -- KV -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KVBuckets:
-    """The buckets a migration reads and writes, spoken to through leader reads."""
-
-    users: _Bucket
-    rooms: _Bucket
-    members: _Bucket
-    keys: _Bucket
-
-    @classmethod
-    def of(cls, js: JetStreamContext, op_timeout: float) -> KVBuckets:
-        return cls(
-            users=_Bucket(js, naming.USERS_BUCKET, op_timeout),
-            rooms=_Bucket(js, naming.ROOMS_BUCKET, op_timeout),
-            members=_Bucket(js, naming.MEMBERS_BUCKET, op_timeout),
-            keys=_Bucket(js, naming.ROOM_KEYS_BUCKET, op_timeout),
-        )
-
-
 async def export_kv(
-    buckets: KVBuckets,
-    *,
-    scan_limit: int = DEFAULT_SCAN_LIMIT,
-    progress: Callable[[str], None] | None = None,
+    store: JetStreamStore, *, progress: Callable[[str], None] | None = None
 ) -> Snapshot:
-    """Read every record of the target; committed state only (like ``export_sqlite``)."""
-    users = [decode(UserRecord, d) for _, d, _ in await buckets.users.scan(limit=scan_limit)]
-    rooms = [decode(RoomRecord, d) for _, d, _ in await buckets.rooms.scan(limit=scan_limit)]
+    """Read every record of the target; committed state only (like ``export_sqlite``).
+
+    Each bucket is read whole, so ``store`` needs a scan limit above its largest bucket;
+    a bucket over it fails the export rather than shortening it.
+    """
+    users = [decode(UserRecord, d) for _, d in await store.read_records(naming.USERS_BUCKET)]
+    rooms = [decode(RoomRecord, d) for _, d in await store.read_records(naming.ROOMS_BUCKET)]
     by_id = {room.room_id: room for room in rooms}
     members = [
         record
         for record in (
-            decode(MemberRecord, d) for _, d, _ in await buckets.members.scan(limit=scan_limit)
+            decode(MemberRecord, d) for _, d in await store.read_records(naming.MEMBERS_BUCKET)
         )
         if record.room_id in by_id and record.member in by_id[record.room_id].members
     ]
     committed = {(r.room_id, ref.epoch, ref.key_id) for r in rooms for ref in r.epochs}
-    raw_keys = await buckets.keys.scan(limit=scan_limit)
+    raw_keys = await store.read_records(naming.ROOM_KEYS_BUCKET)
     if progress is not None:
         progress(f"target: read {len(users)} users, {len(rooms)} rooms, {len(raw_keys)} keys")
     keys = [
         record
-        for record in (decode(SealedKeyRecord, d) for _, d, _ in raw_keys)
+        for record in (decode(SealedKeyRecord, d) for _, d in raw_keys)
         if (record.room_id, record.epoch, record.key_id) in committed
     ]
     return Snapshot.of(users, rooms, members, keys)
