@@ -259,3 +259,28 @@ async def test_repair_index_rebuilds_many_entries(jetstream: tuple[JetStreamStor
     assert all([await store.rooms_of(m) == [room.room_id] for m in [owner, *members]])
     assert all([await store.rooms_of(m) == [] for m in stale])
     assert await store.repair_index() == IndexRepair(added=0, removed=0)
+
+
+async def test_repair_index_keeps_the_entries_of_a_room_committed_while_it_reads(
+    jetstream: tuple[JetStreamStore, NATS], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = jetstream
+    owner = _key()
+    late = _room(owner, _key(), _key())
+    reads = 0
+    expected_index = store._expected_index
+
+    async def room_created_between_the_reads() -> dict[str, tuple[str, str]]:
+        # The first read of the rooms sees no room; then a room is committed with its
+        # index entries (as the API does), before the index is read.
+        nonlocal reads
+        reads += 1
+        found = await expected_index()
+        if reads == 1:
+            await store.create_room(late, members=(), sealed_keys=())
+        return found
+
+    monkeypatch.setattr(store, "_expected_index", room_created_between_the_reads)
+
+    assert await store.repair_index() == IndexRepair(added=0, removed=0)
+    assert all([await store.rooms_of(m) == [late.room_id] for m in late.members])

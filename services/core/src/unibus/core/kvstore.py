@@ -435,13 +435,16 @@ class JetStreamStore:
         return sorted(found, key=lambda r: r.epoch)
 
     async def repair_index(self) -> IndexRepair:
-        expected = {
-            naming.room_index_key(member, room.room_id): (room.room_id, member)
-            for room in await self.list_rooms()
-            for member in room.members
-        }
+        # The room records are read before and after the index: a room committed or
+        # changed while the index was read would otherwise make its fresh entries look
+        # stale (deleted under a live member) or a just-removed member's entry look
+        # missing (added back). Only what both reads agree on is changed.
+        before = await self._expected_index()
         present = {key for key, _, _ in await self._index.scan(limit=self._scan_limit)}
-        missing, stale = sorted(expected.keys() - present), sorted(present - expected.keys())
+        after = await self._expected_index()
+        expected = {key: where for key, where in after.items() if key in before}
+        missing = sorted(expected.keys() - present)
+        stale = sorted(present - before.keys() - after.keys())
         # Pipelined: index entries are derived from room records and are nobody's commit
         # point, each key is written once, and the puts and deletes touch disjoint keys,
         # so no order among them matters. A failure fails the repair; what landed is
@@ -452,6 +455,13 @@ class JetStreamStore:
         )
         removed = await self._index.delete_many(stale)
         return IndexRepair(added=added, removed=removed)
+
+    async def _expected_index(self) -> dict[str, tuple[str, str]]:
+        return {
+            naming.room_index_key(member, room.room_id): (room.room_id, member)
+            for room in await self.list_rooms()
+            for member in room.members
+        }
 
     # -- anti-replay ---------------------------------------------------------------------------
     async def claim_nonce(self, caller: str, nonce: str) -> None:
