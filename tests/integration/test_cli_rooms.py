@@ -87,6 +87,9 @@ async def test_rooms_messages_and_blobs_work_from_the_command_line(
     code, _, err = await run_cli("send", room_id, "--dir", root)
     assert code == 1
     assert "give the message TEXT or --file FILE" in err
+    code, _, err = await run_cli("send", room_id, "--file", str(source), "--dir", root)
+    assert code == 1
+    assert "unibus blob put" in err
     code, _, err = await run_cli(
         "blob", "get", room_id, "A" * 20, "--out", str(tmp_path / "x"), "--dir", root
     )

@@ -17,6 +17,7 @@ from unibus.cli._common import (
     print_json_line,
     progress,
 )
+from unibus.client.envelope import MAX_PLAINTEXT_BYTES
 from unibus.client.sdk import BlobRef, Client
 from unibus.core.errors import ConfigError
 from unibus.core.nkeys import canonical_user_key, read_seed_file
@@ -173,6 +174,11 @@ async def _send(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.file is None):
         raise ConfigError("give the message TEXT or --file FILE (one of them)")
     data = args.text.encode() if args.text is not None else args.file.read_bytes()
+    if len(data) > MAX_PLAINTEXT_BYTES:
+        raise ConfigError(
+            f"a message holds at most {MAX_PLAINTEXT_BYTES} bytes, this one has {len(data)}: "
+            "send a large file as a blob (`unibus blob put ROOM FILE`)"
+        )
     async with await open_client(args) as client:
         room = await client.room(args.room_id)
         seq = await room.publish(data)
