@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -105,6 +106,20 @@ async def _delivered(
         return marker in inbox.received
 
     await eventually(probe, until=bool, timeout=timeout, interval=0.2, what=f"{marker!r} received")
+
+
+def _view_fresh(metrics_port: int) -> bool | None:
+    """The callout's ``unibus_authcallout_view_fresh`` gauge (None: no answer)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("unibus_authcallout_view_fresh "):
+            return float(line.split()[1]) == 1.0
+    return None
 
 
 def _counter() -> tuple[list[int], Callable[[], Awaitable[None]]]:
@@ -262,6 +277,58 @@ async def test_a_client_keeps_working_when_its_node_stops(make_world: WorldFacto
     # JetStream answers into bob's own inbox prefix ("consumer not found": none was made).
     answer = await eventually(ask, until=bool, what="request answered")
     assert b"consumer not found" in answer
+
+
+async def test_a_client_rides_out_refusals_while_the_cluster_has_no_quorum(
+    make_world: WorldFactory,
+) -> None:
+    world = await make_world()
+    alice = await world.admitted(world.alice)
+    # A window long enough for this test's outage; the default is shorter.
+    bob = await eventually(
+        lambda: world.connect(world.bob, connect_budget=10.0, reauth_denial_window=120.0),
+        until=lambda c: c.is_connected,
+        what="bob admitted",
+    )
+    subject = naming.room_subject(world.shared_room)
+    inbox = Inbox()
+    await bob.subscribe(subject, inbox)
+    await _delivered(alice, subject, inbox, b"before the outage")
+    nodes = world.stack.spec.node_names
+    url = bob.nc.connected_url
+    assert url is not None
+    ports = [p.client for p in world.stack.spec.ports]
+    home = nodes[ports.index(url.port or 0)]
+    survivor = next(n for n in nodes if n != home)
+    stopped = [n for n in nodes if n != survivor]
+
+    # Bob's node and one more go: the survivor's callout can no longer prove its view
+    # against a quorum; once its view is stale it refuses bob (fails closed), again and
+    # again, as it would refuse anyone during an election.
+    for node in stopped:
+        world.stack.stop_node(node)
+    metrics = world.stack.spec.ports[nodes.index(survivor)].callout_metrics
+    await eventually(
+        lambda: asyncio.to_thread(_view_fresh, metrics),
+        until=lambda fresh: fresh is False,
+        timeout=30,
+        what="the survivor's callout view stale",
+    )
+    await bob.nc.force_reconnect()
+    await eventually(
+        lambda: asyncio.sleep(0, bob.denials),
+        until=lambda n: n >= 3,
+        timeout=60,
+        what="three refusals in a row (as many as a first connect tolerates)",
+    )
+    assert not bob.is_closed
+    for node in stopped:
+        world.stack.start_node(node)
+
+    await bob.wait_connected(timeout=90)
+    await _delivered(alice, subject, inbox, b"after the outage", timeout=90)
+    assert bob.denials == 0
+    assert not bob.is_closed
 
 
 # -- refused before any socket opens -------------------------------------------------------------

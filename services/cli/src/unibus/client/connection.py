@@ -15,7 +15,11 @@ re-subscribes everything its callers subscribed, bumps ``generation`` and awaits
 
 A bus that refuses the identity ``max_denials`` times in a row (revoked or unknown key)
 ends the connection with ``AccessDenied``: ``wait_connected``, ``publish`` and ``request``
-raise it instead of hanging. Seeds and payloads are never logged.
+raise it instead of hanging. A refusal does not say why: a callout that cannot read a
+quorum of its store refuses too (it fails closed) while a node's election runs. So an
+identity the bus accepted before gives up only once refusals have also lasted
+``reauth_denial_window`` seconds; a first connect gives up after ``max_denials`` alone.
+Seeds and payloads are never logged.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ DEFAULT_REAUTH_BUDGET: Final = 300.0
 """How long a re-authorization tries before the connection gives up for good."""
 DEFAULT_CALLBACK_TIMEOUT: Final = 30.0
 """Bound on each ``on_reauthorized`` callback."""
+DEFAULT_REAUTH_DENIAL_WINDOW: Final = 10.0
+"""How long refusals of a once-accepted identity must last before it gives up (an
+election of the store, during which callouts fail closed, takes seconds)."""
 _BACKOFF_BASE: Final = 0.25
 _BACKOFF_CAP: Final = 5.0
 _CLOSE_TIMEOUT: Final = 2.0
@@ -194,6 +201,7 @@ class BusConnection:
         connect_budget: float,
         reauth_budget: float,
         callback_timeout: float,
+        reauth_denial_window: float = DEFAULT_REAUTH_DENIAL_WINDOW,
     ) -> None:
         if identity.prefix is not Prefix.USER:
             raise ConfigError("a bus identity must be a user key pair (U…)")
@@ -209,6 +217,8 @@ class BusConnection:
         self._name = name
         self._connect_timeout = connect_timeout
         self._max_denials = max_denials
+        self._reauth_denial_window = reauth_denial_window
+        self._denied_since: float | None = None
         self._connect_budget = connect_budget
         self._reauth_budget = reauth_budget
         self._callback_timeout = callback_timeout
@@ -240,6 +250,7 @@ class BusConnection:
         connect_budget: float = DEFAULT_CONNECT_BUDGET,
         reauth_budget: float = DEFAULT_REAUTH_BUDGET,
         callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+        reauth_denial_window: float = DEFAULT_REAUTH_DENIAL_WINDOW,
     ) -> BusConnection:
         """Connect as ``identity`` to any of ``urls``.
 
@@ -258,6 +269,7 @@ class BusConnection:
             connect_budget=connect_budget,
             reauth_budget=reauth_budget,
             callback_timeout=callback_timeout,
+            reauth_denial_window=reauth_denial_window,
         )
         session = await self._establish(self._connect_budget, pause_first=False)
         await self._install(session)
@@ -285,6 +297,11 @@ class BusConnection:
     def reconnects(self) -> int:
         """Reconnects nats-py did by itself (kicks, lost nodes) on any generation."""
         return self._reconnects
+
+    @property
+    def denials(self) -> int:
+        """Refusals of the identity in a row, so far (0 once connected again)."""
+        return self._denials
 
     @property
     def is_connected(self) -> bool:
@@ -470,7 +487,7 @@ class BusConnection:
         async def reconnected_cb() -> None:
             if session is self._session:
                 self._reconnects += 1
-                self._denials = 0
+                self._reset_denials()
                 _log.info("bus connection re-established", user=self.user_key)
             self._notify()
 
@@ -534,18 +551,35 @@ class BusConnection:
         await self._discard(session)
         return _Outcome.DENIED if denied else _Outcome.FAILED
 
-    async def _establish(self, budget: float, *, pause_first: bool) -> _Session:
+    def _note_denial(self) -> None:
+        self._denials += 1
+        if self._denied_since is None:
+            self._denied_since = time.monotonic()
+
+    def _reset_denials(self) -> None:
+        self._denials = 0
+        self._denied_since = None
+
+    def _denied_for_good(self, window: float) -> bool:
+        if self._denials < self._max_denials or self._denied_since is None:
+            return False
+        return time.monotonic() - self._denied_since >= window
+
+    async def _establish(
+        self, budget: float, *, pause_first: bool, denial_window: float = 0.0
+    ) -> _Session:
         """A brand-new, connected underlying connection, within ``budget`` seconds.
 
         Raises:
-            AccessDenied: ``max_denials`` refusals in a row (counting those that led here).
+            AccessDenied: ``max_denials`` refusals in a row (counting those that led here),
+                the first of them at least ``denial_window`` seconds ago.
             BusUnavailable: the budget ran out, or ``close()`` was called.
         """
         deadline = time.monotonic() + budget
         attempts = 0
         problem = "no attempt made"
         while True:
-            if self._denials >= self._max_denials:
+            if self._denied_for_good(denial_window):
                 raise _access_denied(self.user_key, self._denials)
             if self._closed:
                 raise BusUnavailable("this bus connection was closed")
@@ -565,10 +599,10 @@ class BusConnection:
                 raise
             attempts += 1
             if outcome is _Outcome.CONNECTED:
-                self._denials = 0
+                self._reset_denials()
                 return session
             if outcome is _Outcome.DENIED:
-                self._denials += 1
+                self._note_denial()
                 problem = "the bus refused the identity"
                 _log.warning(
                     "the bus refused the identity",
@@ -627,10 +661,14 @@ class BusConnection:
             await self._discard(session)
             self._notify()
             if denied:
-                self._denials += 1
+                self._note_denial()
             _log.info("bus connection ended; re-authorizing", user=self.user_key, reason=reason)
             try:
-                fresh = await self._establish(self._reauth_budget, pause_first=denied)
+                fresh = await self._establish(
+                    self._reauth_budget,
+                    pause_first=denied,
+                    denial_window=self._reauth_denial_window,
+                )
             except UnibusError as exc:
                 self._fail(exc)
                 return
