@@ -20,9 +20,20 @@ Handler = Callable[[argparse.Namespace], int]
 def _verb_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `unibus --help` stays fast and one broken
     # verb cannot stop the others from being listed.
-    from unibus.cli import certs, clientcheck, keys, migrate, rooms, stack, users
+    from unibus.cli import (
+        certs,
+        clientcheck,
+        compose,
+        deploy,
+        keys,
+        migrate,
+        provision,
+        rooms,
+        stack,
+        users,
+    )
 
-    return [stack, users, rooms, clientcheck, certs, keys, migrate]
+    return [stack, users, rooms, clientcheck, certs, keys, migrate, compose, provision, deploy]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,498 @@
+"""Material and rendered configuration for the containerized stack (compose, per-host deploy).
+
+One directory holds everything a containerized cluster needs, generated on the machine
+that runs ``unibus compose init`` (or ``unibus deploy render``), never inside a server:
+
+* identities (nkey seeds, mode 0600), the route secret, the certificates (two CAs, per
+  node a route and a server certificate whose SANs are the container host name, the
+  given addresses, ``localhost`` and ``127.0.0.1``);
+* each node's nats-server config, rendered from the project's one template with the
+  paths the containers see (the posture validator runs here, before any server starts);
+* one env file per service and node, holding only file paths and addresses: secrets
+  reach a container only as mounted files, never as variables or arguments;
+* ``stack.json`` with the published loopback ports, so ``unibus user ... --dir`` and
+  ``unibus clientcheck --dir`` work from the host against the containers.
+
+A one-shot ``stage`` step of the compose stack copies this material into per-role
+volumes (:func:`stage_material`): the nats nodes get their configs and certificates,
+the callout its seeds, the API its certificate and two seeds; each role sees only what
+it needs, owned by the user it runs as. The nats image is a scratch image with no shell,
+so the copy runs in the unibus image.
+
+>>> spec = ComposeSpec()
+>>> [n.name for n in spec.nodes()]
+['n1', 'n2', 'n3']
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from unibus.core.certs import CertLayout, NodeSpec, init_certs
+from unibus.core.errors import ConfigError
+from unibus.core.files import make_private_dirs, write_private
+from unibus.core.natsconf import (
+    AuthIdentities,
+    ClientTLS,
+    ClusterConfig,
+    NatsToggles,
+    NodeConfig,
+    RouteTLS,
+    render_node_config,
+    write_node_config,
+)
+from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
+from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, write_stack_info
+
+__all__ = [
+    "API_PORT",
+    "CLIENT_PORT",
+    "CONTAINER_ROOT",
+    "DEFAULT_COMPOSE_DIR",
+    "NODE_NAMES",
+    "ROLE_FILES",
+    "ROUTE_PORT",
+    "SERVICE_UID",
+    "ComposeSpec",
+    "NodeAddresses",
+    "auth_identities",
+    "compose_env",
+    "ensure_material",
+    "node_config",
+    "render_compose_dir",
+    "render_configs",
+    "role_files",
+    "service_env",
+    "stage_material",
+]
+
+DEFAULT_COMPOSE_DIR: Final = Path(".unibus-compose")
+CONTAINER_ROOT: Final = Path("/etc/unibus")
+"""Where every container mounts its role's material (read-only)."""
+STORE_DIR: Final = Path("/data/jetstream")
+CLIENT_PORT: Final = 4222
+ROUTE_PORT: Final = 6222
+API_PORT: Final = 8470
+CALLOUT_METRICS: Final = "127.0.0.1:9471"
+API_METRICS: Final = "127.0.0.1:9470"
+SERVICE_UID: Final = 10001
+"""The unprivileged user of the unibus image (``images/unibus/Dockerfile``)."""
+NODE_NAMES: Final = ("n1", "n2", "n3")
+CLUSTER_NAME: Final = "unibus"
+_SEEDS: Final = ("issuer", "xkey", "callout", "internal", "system", "admin")
+ADMIN_PUB: Final = "admin.pub"
+
+
+def _node_files(node: str) -> tuple[str, ...]:
+    return (
+        f"certs/nodes/{node}/route.pem",
+        f"certs/nodes/{node}/route-key.pem",
+        f"certs/nodes/{node}/server.pem",
+        f"certs/nodes/{node}/server-key.pem",
+    )
+
+
+def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
+    """Paths (relative to the material directory) a role's volume receives."""
+    if role == "nats":
+        files = ["certs/route-ca.pem"]
+        for node in nodes:
+            files += [f"nodes/{node}/nats-server.conf", *_node_files(node)]
+        return tuple(files)
+    if role == "callout":
+        return (
+            "certs/client-ca.pem",
+            *(f"identities/{name}.seed" for name in ("callout", "issuer", "xkey")),
+            *(f"identities/{name}.seed" for name in ("internal", "system")),
+        )
+    if role == "api":
+        files = [
+            "certs/client-ca.pem",
+            "identities/internal.seed",
+            "identities/system.seed",
+            f"identities/{ADMIN_PUB}",
+        ]
+        for node in nodes:
+            files += [f"certs/nodes/{node}/server.pem", f"certs/nodes/{node}/server-key.pem"]
+        return tuple(files)
+    raise ConfigError(f"unknown role {role!r}: one of nats, callout, api")
+
+
+ROLE_FILES: Final = ("nats", "callout", "api")
+"""The roles, each staged into its own volume (the CA keys and the admin seed never are)."""
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    """One node of a containerized cluster and the addresses its certificates carry.
+
+    ``route_host`` is what peers dial for routes and what the node advertises
+    (``cluster.advertise``): the container name on one machine, the private address
+    across VPS.
+    """
+
+    name: str
+    route_host: str
+    ips: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+
+    def cert_spec(self) -> NodeSpec:
+        # NodeSpec puts the node name, localhost and 127.0.0.1 in every certificate.
+        return NodeSpec(name=self.name, ips=self.ips or ("127.0.0.1",), dns_names=self.dns_names)
+
+
+def _split_sans(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ips: list[str] = []
+    names: list[str] = []
+    for value in values:
+        try:
+            ips.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            names.append(value.lower())
+    return tuple(dict.fromkeys(ips)), tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class ComposeSpec:
+    """The single-machine compose stack: three nodes on one Docker network.
+
+    Client and API ports are published on ``publish_host`` (loopback by default); routes
+    stay on the Docker network.
+    """
+
+    publish_host: str = "127.0.0.1"
+    nats_ports: tuple[int, ...] = (4222, 4223, 4224)
+    api_ports: tuple[int, ...] = (8470, 8471, 8472)
+    extra_sans: tuple[str, ...] = ()
+    node_names: tuple[str, ...] = field(default=NODE_NAMES)
+
+    def __post_init__(self) -> None:
+        count = len(self.node_names)
+        if len(self.nats_ports) != count or len(self.api_ports) != count:
+            raise ConfigError(f"give {count} NATS ports and {count} API ports")
+        ports = [*self.nats_ports, *self.api_ports]
+        if any(not 1 <= p <= 65535 for p in ports) or len(set(ports)) != len(ports):
+            raise ConfigError("published ports must be distinct integers in 1..65535")
+        try:
+            ipaddress.ip_address(self.publish_host)
+        except ValueError:
+            raise ConfigError(
+                f"--publish-host {self.publish_host!r} must be an IP address "
+                "(127.0.0.1 keeps the stack on this machine)",
+                setting="--publish-host",
+            ) from None
+
+    @property
+    def client_host(self) -> str:
+        """The address the host's clients dial (loopback when published on a wildcard)."""
+        return (
+            "127.0.0.1"
+            if ipaddress.ip_address(self.publish_host).is_unspecified
+            else (self.publish_host)
+        )
+
+    def nodes(self) -> tuple[NodeAddresses, ...]:
+        ips, names = _split_sans(self.extra_sans)
+        if not ipaddress.ip_address(self.publish_host).is_unspecified:
+            ips = tuple(dict.fromkeys((self.publish_host, *ips)))
+        return tuple(
+            NodeAddresses(name=name, route_host=name, ips=ips, dns_names=names)
+            for name in self.node_names
+        )
+
+
+# -- material -------------------------------------------------------------------------------
+
+
+def ensure_material(
+    layout: StackLayout, nodes: Sequence[NodeAddresses], *, force: bool = False
+) -> list[str]:
+    """Create what is missing (identities, route secret, certificates); keep what exists.
+
+    With ``force`` everything is created anew (new CAs: clients must re-pin).
+    Returns what was created.
+    """
+    created: list[str] = []
+    layout.ensure()
+    if force:
+        for name in _SEEDS:
+            layout.identity(name).unlink(missing_ok=True)
+        layout.route_secret.unlink(missing_ok=True)
+    for name in _SEEDS:
+        path = layout.identity(name)
+        if path.exists():
+            continue
+        if name == "issuer":
+            write_seed_file(path, KeyPair.generate(Prefix.ACCOUNT).seed)
+        elif name == "xkey":
+            write_seed_file(path, CurveKeyPair.generate().seed)
+        else:
+            write_seed_file(path, KeyPair.generate(Prefix.USER).seed)
+        created.append(f"identity {name}")
+    if not layout.route_secret.exists():
+        write_private(layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
+        created.append("route secret")
+    admin = read_seed_file(layout.identity("admin")).public_key
+    pub = layout.identities / ADMIN_PUB
+    if not pub.exists() or pub.read_text().strip() != admin:
+        pub.write_text(admin + "\n")
+        created.append("admin public key")
+    certs = layout.certs
+    names = [node.name for node in nodes]
+    missing = [p for p in certs.files(names) if not p.exists()]
+    if force or missing:
+        # Keep a client CA that exists (clients pin it) unless everything is renewed.
+        keep_ca = not force and certs.client_ca_cert.exists() and certs.client_ca_key.exists()
+        init_certs(
+            certs.root,
+            [node.cert_spec() for node in nodes],
+            client_ca_cert=certs.client_ca_cert if keep_ca else None,
+            client_ca_key=certs.client_ca_key if keep_ca else None,
+            force=True,
+        )
+        created.append("certificates")
+    return created
+
+
+def auth_identities(layout: StackLayout) -> AuthIdentities:
+    def public(name: str) -> str:
+        return read_seed_file(layout.identity(name)).public_key
+
+    return AuthIdentities(
+        issuer=public("issuer"),
+        xkey=read_curve_seed_file(layout.identity("xkey")).public_key,
+        callout_user=public("callout"),
+        internal_user=public("internal"),
+        system_user=public("system"),
+    )
+
+
+def node_config(
+    node: NodeAddresses,
+    nodes: Sequence[NodeAddresses],
+    *,
+    auth: AuthIdentities,
+    route_secret_file: Path,
+) -> NodeConfig:
+    """One node's config with the paths its container sees.
+
+    ``route_secret_file`` is the host path: the secret is read at render time and only
+    the rendered config (mounted read-only) carries it.
+    """
+    certs = CertLayout.at(CONTAINER_ROOT / "certs")
+    return NodeConfig(
+        server_name=node.name,
+        listen_host="0.0.0.0",  # noqa: S104 - inside the container; publishing decides exposure
+        listen_port=CLIENT_PORT,
+        store_dir=STORE_DIR,
+        client_tls=ClientTLS(
+            cert_file=certs.server_cert(node.name), key_file=certs.server_key(node.name)
+        ),
+        auth=auth,
+        cluster=ClusterConfig(
+            name=CLUSTER_NAME,
+            listen_host="0.0.0.0",  # noqa: S104 - the route port is published to peers only
+            listen_port=ROUTE_PORT,
+            advertise=f"{node.route_host}:{ROUTE_PORT}",
+            routes=tuple(f"{peer.route_host}:{ROUTE_PORT}" for peer in nodes),
+            secret_file=route_secret_file,
+            tls=RouteTLS(
+                cert_file=certs.route_cert(node.name),
+                key_file=certs.route_key(node.name),
+                ca_file=certs.route_ca_cert,
+            ),
+        ),
+    )
+
+
+def _container_path(relative: str) -> str:
+    return str(CONTAINER_ROOT / relative)
+
+
+def service_env(
+    service: str, node: str, nats_hosts: Mapping[str, str], *, cluster_size: int
+) -> dict[str, str]:
+    """A service's environment: file paths and addresses only, never a secret value.
+
+    ``nats_hosts`` maps node name to the host a service dials for it; the service's own
+    node comes first (it is tried first).
+    """
+    own_first = [node, *(n for n in nats_hosts if n != node)]
+    common = {
+        "UNIBUS_NATS_URLS": ",".join(f"tls://{nats_hosts[n]}:{CLIENT_PORT}" for n in own_first),
+        "UNIBUS_CA_FILE": _container_path("certs/client-ca.pem"),
+        "UNIBUS_INTERNAL_SEED_FILE": _container_path("identities/internal.seed"),
+        "UNIBUS_SYSTEM_SEED_FILE": _container_path("identities/system.seed"),
+        "UNIBUS_NODE_NAME": node,
+    }
+    if service == "authcallout":
+        return {
+            **common,
+            "UNIBUS_CALLOUT_SEED_FILE": _container_path("identities/callout.seed"),
+            "UNIBUS_ISSUER_SEED_FILE": _container_path("identities/issuer.seed"),
+            "UNIBUS_XKEY_SEED_FILE": _container_path("identities/xkey.seed"),
+            "UNIBUS_AUTHCALLOUT_METRICS_ADDR": CALLOUT_METRICS,
+        }
+    if service == "controlplane":
+        return {
+            **common,
+            "UNIBUS_CLUSTER_SIZE": str(cluster_size),
+            "UNIBUS_API_ADDR": f"0.0.0.0:{API_PORT}",
+            "UNIBUS_API_METRICS_ADDR": API_METRICS,
+            "UNIBUS_API_TLS_CERT": _container_path(f"certs/nodes/{node}/server.pem"),
+            "UNIBUS_API_TLS_KEY": _container_path(f"certs/nodes/{node}/server-key.pem"),
+        }
+    raise ConfigError(f"unknown service {service!r}")
+
+
+def _env_text(env: Mapping[str, str]) -> str:
+    header = "# Generated by unibus: file paths and addresses only (secrets are mounted files).\n"
+    return header + "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+def render_configs(
+    layout: StackLayout,
+    nodes: Sequence[NodeAddresses],
+    toggles: NatsToggles,
+    nats_hosts: Mapping[str, str],
+) -> None:
+    """Render every node's nats config and every service's env file into ``layout``."""
+    auth = auth_identities(layout)
+    for node in nodes:
+        text = render_node_config(
+            node_config(node, nodes, auth=auth, route_secret_file=layout.route_secret), toggles
+        )
+        write_node_config(layout.node_config(node.name), text)
+        for service in ("authcallout", "controlplane"):
+            env = service_env(service, node.name, nats_hosts, cluster_size=len(nodes))
+            path = layout.root / "env" / f"{service}-{node.name}.env"
+            path.parent.mkdir(mode=0o755, exist_ok=True)
+            path.write_text(_env_text(env))
+
+
+def compose_env(layout: StackLayout, spec: ComposeSpec) -> dict[str, str]:
+    """The variables ``compose.yaml`` reads (``docker compose --env-file DIR/compose.env``)."""
+    env = {
+        "UNIBUS_COMPOSE_DIR": str(layout.root),
+        "UNIBUS_PUBLISH_HOST": spec.publish_host,
+    }
+    for index, name in enumerate(spec.node_names):
+        env[f"UNIBUS_{name.upper()}_NATS_PORT"] = str(spec.nats_ports[index])
+        env[f"UNIBUS_{name.upper()}_API_PORT"] = str(spec.api_ports[index])
+    return env
+
+
+def compose_stack_info(layout: StackLayout, spec: ComposeSpec) -> StackInfo:
+    host = spec.client_host
+    if ":" in host:
+        host = f"[{host}]"
+    return StackInfo(
+        nats_urls=[f"tls://{host}:{port}" for port in spec.nats_ports],
+        api_urls=[f"https://{host}:{port}" for port in spec.api_ports],
+        ca_file=str(layout.certs.client_ca_cert),
+        admin_seed_file=str(layout.identity("admin")),
+        admin_key=read_seed_file(layout.identity("admin")).public_key,
+        internal_id_file=str(layout.identity("internal")),
+        sys_id_file=str(layout.identity("system")),
+        replicas=min(3, len(spec.node_names)),
+        nodes=[
+            NodeInfo(
+                name=name,
+                client_url=f"tls://{host}:{port}",
+                route_url=f"nats-route://{name}:{ROUTE_PORT}",
+                monitor_port=8222,
+            )
+            for name, port in zip(spec.node_names, spec.nats_ports, strict=True)
+        ],
+    )
+
+
+def render_compose_dir(
+    root: Path,
+    spec: ComposeSpec,
+    *,
+    toggles: NatsToggles,
+    force: bool = False,
+) -> tuple[StackLayout, list[str]]:
+    """``unibus compose init``: material if missing, then configs, env files, stack.json.
+
+    Rendering is repeated on every call (cheap), so toggles and ports take effect;
+    material is kept unless ``force``.
+    """
+    layout = StackLayout.at(root)
+    nodes = spec.nodes()
+    created = ensure_material(layout, nodes, force=force)
+    render_configs(layout, nodes, toggles, {n.name: n.name for n in nodes})
+    env = compose_env(layout, spec)
+    (layout.root / "compose.env").write_text(
+        "# Generated by `unibus compose init`: docker compose --env-file this-file ...\n"
+        + "".join(f"{key}={value}\n" for key, value in env.items())
+    )
+    write_stack_info(layout, compose_stack_info(layout, spec))
+    return layout, created
+
+
+# -- staging into volumes (runs inside the stage container) --------------------------------------
+
+
+def _copy(source: Path, target: Path, *, owner: tuple[int, int] | None) -> None:
+    data = source.read_bytes()
+    make_private_dirs(target.parent)
+    private = source.stat().st_mode & 0o077 == 0
+    write_private(target, data, mode=0o600 if private else 0o644, overwrite=True)
+    if owner is not None:
+        os.chown(target, *owner)
+
+
+def _clear(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def stage_material(
+    source: Path,
+    target: Path,
+    *,
+    nodes: Sequence[str],
+    owners: Mapping[str, tuple[int, int] | None],
+) -> dict[str, int]:
+    """Copy each role's files from ``source`` into ``target/<role>``, replacing what is there.
+
+    Secret files stay 0600, directories 0700, everything owned by the role's user (the
+    nats image runs as root; the unibus services as :data:`SERVICE_UID`).
+
+    Raises:
+        ConfigError: ``source`` lacks a file (``unibus compose init`` has not run).
+    """
+    wanted = {role: role_files(role, nodes) for role in ROLE_FILES}
+    missing = sorted({f for files in wanted.values() for f in files if not (source / f).is_file()})
+    if missing:
+        raise ConfigError(
+            f"{source} lacks {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}: run "
+            "`uv run unibus compose init` (or ./scripts/up) on the host first"
+        )
+    counts: dict[str, int] = {}
+    for role, files in wanted.items():
+        volume = target / role
+        volume.mkdir(parents=True, exist_ok=True)
+        _clear(volume)
+        owner = owners.get(role)
+        for relative in files:
+            _copy(source / relative, volume / relative, owner=owner)
+        if owner is not None:
+            for directory in [volume, *(p for p in volume.rglob("*") if p.is_dir())]:
+                os.chown(directory, *owner)
+                directory.chmod(0o700)
+        counts[role] = len(files)
+    return counts

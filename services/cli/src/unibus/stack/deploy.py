@@ -1,0 +1,481 @@
+"""Per-host compose files for a cluster of three VPS, from one topology file (SPEC §9).
+
+``render`` writes, under one output directory:
+
+* ``_material/`` — everything, kept on the operator's machine: both CA keys, every
+  identity (the first admin's seed too), the route secret, and ``stack.json`` pointing at
+  the hosts' public addresses (``unibus user list --dir OUT/_material``);
+* ``<host>/`` — what that host receives and nothing more: ``compose.yaml`` (its nats
+  node, its authcallout and controlplane, the stage and provision one-shots, restart
+  policies), ``env/`` (paths and addresses only) and ``material/`` (its node's config and
+  certificates, the CA certificates, the service identities; never a CA key or the
+  admin seed).
+
+Routes run between the private addresses with mutual TLS; clients and the API use the
+public address. Each node's certificates carry its name, public and private IP,
+hostname, ``localhost`` and ``127.0.0.1``.
+
+``plan`` lists the commands that ship a rendered directory to its host and start it;
+``unibus deploy apply`` prints them, and runs them only with ``--yes``.
+
+>>> topology = Topology.parse(EXAMPLE_TOPOLOGY)
+>>> [host.name for host in topology.hosts]
+['n1', 'n2', 'n3']
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+import shutil
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from unibus.core.certs import NodeSpec
+from unibus.core.errors import CertificateError, ConfigError
+from unibus.core.natsconf import NatsToggles
+from unibus.stack.compose import (
+    API_PORT,
+    CLIENT_PORT,
+    ROUTE_PORT,
+    NodeAddresses,
+    auth_identities,
+    ensure_material,
+    render_configs,
+    role_files,
+)
+from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, write_stack_info
+
+__all__ = [
+    "EXAMPLE_TOPOLOGY",
+    "Host",
+    "Step",
+    "Topology",
+    "plan",
+    "render",
+]
+
+CLUSTER_SIZE: Final = 3
+MATERIAL_DIR: Final = "_material"
+DEFAULT_IMAGE: Final = "unibus/unibus:local"
+NATS_IMAGE: Final = "nats:2.15.1"
+EXAMPLE_TOPOLOGY: Final = """
+[cluster]
+ssh_user = "root"
+remote_dir = "/opt/unibus"
+
+[[hosts]]
+name = "n1"
+public_ip = "203.0.113.10"
+private_ip = "10.0.0.10"
+hostname = "n1.example.org"
+
+[[hosts]]
+name = "n2"
+public_ip = "203.0.113.11"
+private_ip = "10.0.0.11"
+hostname = "n2.example.org"
+
+[[hosts]]
+name = "n3"
+public_ip = "203.0.113.12"
+private_ip = "10.0.0.12"
+hostname = "n3.example.org"
+"""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    public_ip: str
+    private_ip: str
+    hostname: str
+
+    def addresses(self) -> NodeAddresses:
+        return NodeAddresses(
+            name=self.name,
+            route_host=self.private_ip,
+            ips=(self.public_ip, self.private_ip),
+            dns_names=(self.hostname,),
+        )
+
+
+@dataclass(frozen=True)
+class Topology:
+    hosts: tuple[Host, ...]
+    ssh_user: str = "root"
+    remote_dir: str = "/opt/unibus"
+    image: str = DEFAULT_IMAGE
+
+    @classmethod
+    def load(cls, path: Path) -> Topology:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the topology {path}: {exc.strerror}; start from "
+                "deploy/topology.example.toml"
+            ) from None
+        return cls.parse(text, source=str(path))
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "topology") -> Topology:
+        """Parse and validate; every problem names the host and the field to fix."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+        cluster = data.get("cluster", {})
+        raw_hosts = data.get("hosts", [])
+        if not isinstance(raw_hosts, list) or len(raw_hosts) != CLUSTER_SIZE:
+            raise ConfigError(
+                f"{source} must list exactly {CLUSTER_SIZE} [[hosts]] (one per VPS), "
+                f"found {len(raw_hosts) if isinstance(raw_hosts, list) else 0}"
+            )
+        hosts = tuple(_host(entry, index, source) for index, entry in enumerate(raw_hosts))
+        for field in ("name", "public_ip", "private_ip", "hostname"):
+            values = [getattr(host, field) for host in hosts]
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{source}: every host needs its own {field}")
+        remote_dir = _string(cluster, "remote_dir", "/opt/unibus", source)
+        if not remote_dir.startswith("/") or any(c in remote_dir for c in " '\"$`\\;&|"):
+            raise ConfigError(f"{source}: cluster.remote_dir must be a plain absolute path")
+        ssh_user = _string(cluster, "ssh_user", "root", source)
+        if not ssh_user.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{source}: cluster.ssh_user must be a plain user name")
+        return cls(
+            hosts=hosts,
+            ssh_user=ssh_user,
+            remote_dir=remote_dir,
+            image=_string(cluster, "image", DEFAULT_IMAGE, source),
+        )
+
+
+def _string(table: Mapping[str, Any], key: str, default: str | None, where: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _host(entry: Any, index: int, source: str) -> Host:
+    where = f"{source}: hosts[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table with name, public_ip, private_ip, hostname")
+    host = Host(
+        name=_string(entry, "name", None, where),
+        public_ip=_string(entry, "public_ip", None, where),
+        private_ip=_string(entry, "private_ip", None, where),
+        hostname=_string(entry, "hostname", None, where),
+    )
+    for field in ("public_ip", "private_ip"):
+        try:
+            ipaddress.ip_address(getattr(host, field))
+        except ValueError:
+            raise ConfigError(f"{where}: {field} {getattr(host, field)!r} is not an IP") from None
+    try:
+        NodeSpec(name=host.name, ips=(host.public_ip,), dns_names=(host.hostname,))
+    except CertificateError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return host
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def _yaml(value: Any, indent: int = 0) -> list[str]:
+    """A small YAML emitter: mappings and lists in block style, scalars as JSON."""
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(item, Mapping | list) and item:
+                lines.append(f"{pad}{key}:")
+                lines += _yaml(item, indent + 1)
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+    else:
+        for item in value:
+            if isinstance(item, Mapping | list) and item:
+                nested = _yaml(item, indent + 1)
+                lines.append(f"{pad}- {nested[0].strip()}")
+                lines += nested[1:]
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    return lines
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return json.dumps(value)
+
+
+def _healthcheck(code: str) -> dict[str, Any]:
+    return {
+        "test": ["CMD", "python", "-c", code],
+        "interval": "10s",
+        "timeout": "5s",
+        "start_period": "120s",
+        "retries": 3,
+    }
+
+
+_CALLOUT_HEALTH: Final = (
+    "import sys, urllib.request as u; "
+    "t = u.urlopen('http://127.0.0.1:9471/metrics', timeout=3).read().decode(); "
+    "sys.exit(0 if 'unibus_authcallout_view_fresh 1.0' in t else 1)"
+)
+_API_HEALTH: Final = (
+    "import ssl, urllib.request as u; "
+    "c = ssl.create_default_context(cafile='/etc/unibus/certs/client-ca.pem'); "
+    "u.urlopen('https://localhost:8470/healthz', timeout=3, context=c)"
+)
+
+
+def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
+    """The compose document of one host (its node, services and one-shots)."""
+    node = host.name
+    peers = [h for h in topology.hosts if h.name != node]
+    urls = [f"--nats-url=tls://{node}:{CLIENT_PORT}"]
+    urls += [f"--nats-url=tls://{h.private_ip}:{CLIENT_PORT}" for h in peers]
+    unibus_image = topology.image
+    service = {
+        "image": unibus_image,
+        "restart": "unless-stopped",
+        "depends_on": {"provision": {"condition": "service_completed_successfully"}},
+    }
+    return {
+        "services": {
+            "stage": {
+                "image": unibus_image,
+                "user": "0:0",
+                "network_mode": "none",
+                "restart": "no",
+                "command": [
+                    "unibus",
+                    "compose",
+                    "stage",
+                    "--source=/source",
+                    "--target=/stage",
+                    f"--node={node}",
+                ],
+                "volumes": [
+                    "./material:/source:ro",
+                    "material-nats:/stage/nats",
+                    "material-callout:/stage/callout",
+                    "material-api:/stage/api",
+                ],
+            },
+            node: {
+                "image": NATS_IMAGE,
+                "restart": "unless-stopped",
+                "stop_grace_period": "30s",
+                "command": ["--config", f"/etc/unibus/nodes/{node}/nats-server.conf"],
+                "ports": [
+                    f"{host.public_ip}:{CLIENT_PORT}:{CLIENT_PORT}",
+                    f"{host.private_ip}:{CLIENT_PORT}:{CLIENT_PORT}",
+                    f"{host.private_ip}:{ROUTE_PORT}:{ROUTE_PORT}",
+                ],
+                "volumes": ["material-nats:/etc/unibus:ro", "nats-data:/data"],
+                "depends_on": {"stage": {"condition": "service_completed_successfully"}},
+            },
+            "provision": {
+                "image": unibus_image,
+                # Retried: the peers may come up minutes after this host.
+                "restart": "on-failure",
+                "command": [
+                    "unibus",
+                    "provision",
+                    *urls,
+                    "--ca=/etc/unibus/certs/client-ca.pem",
+                    "--identity=/etc/unibus/identities/internal.seed",
+                    "--first-admin-file=/etc/unibus/identities/admin.pub",
+                    f"--replicas={CLUSTER_SIZE}",
+                    "--budget=600",
+                ],
+                "volumes": ["material-api:/etc/unibus:ro"],
+                "depends_on": {
+                    "stage": {"condition": "service_completed_successfully"},
+                    node: {"condition": "service_started"},
+                },
+            },
+            "authcallout": {
+                **service,
+                "command": ["python", "-m", "unibus.authcallout"],
+                "env_file": [f"env/authcallout-{node}.env"],
+                "volumes": ["material-callout:/etc/unibus:ro"],
+                "healthcheck": _healthcheck(_CALLOUT_HEALTH),
+            },
+            "controlplane": {
+                **service,
+                "command": ["python", "-m", "unibus.controlplane"],
+                "env_file": [f"env/controlplane-{node}.env"],
+                "ports": [f"{host.public_ip}:{API_PORT}:{API_PORT}"],
+                "volumes": ["material-api:/etc/unibus:ro"],
+                "healthcheck": _healthcheck(_API_HEALTH),
+            },
+        },
+        "volumes": {
+            "material-nats": {},
+            "material-callout": {},
+            "material-api": {},
+            "nats-data": {},
+        },
+    }
+
+
+def _copy_into(source: StackLayout, target: Path, relative: str) -> None:
+    origin = source.root / relative
+    destination = target / relative
+    destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(origin, destination)
+
+
+def render(
+    topology: Topology, out: Path, *, toggles: NatsToggles, force: bool = False
+) -> list[Path]:
+    """Write ``out/_material`` and one directory per host; returns the host directories."""
+    out = out.expanduser().absolute()
+    layout = StackLayout.at(out / MATERIAL_DIR)
+    nodes = [host.addresses() for host in topology.hosts]
+    ensure_material(layout, nodes, force=force)
+    auth_identities(layout)  # fails early on a damaged identity
+    written: list[Path] = []
+    for host in topology.hosts:
+        nats_hosts = {h.name: h.name if h is host else h.private_ip for h in topology.hosts}
+        render_configs(layout, nodes, toggles, nats_hosts)
+        host_dir = out / host.name
+        material = host_dir / "material"
+        if material.exists():
+            shutil.rmtree(material)
+        files = {f for role in ("nats", "callout", "api") for f in role_files(role, [host.name])}
+        for relative in sorted(files):
+            _copy_into(layout, material, relative)
+        env_dir = host_dir / "env"
+        env_dir.mkdir(parents=True, exist_ok=True)
+        for service in ("authcallout", "controlplane"):
+            name = f"{service}-{host.name}.env"
+            shutil.copy2(layout.root / "env" / name, env_dir / name)
+        text = "\n".join(
+            [
+                f"# unibus on {host.name} ({host.hostname}), generated by `unibus deploy "
+                "render`: do not edit, re-render.",
+                *_yaml(host_compose(host, topology)),
+            ]
+        )
+        (host_dir / "compose.yaml").write_text(text + "\n")
+        written.append(host_dir)
+    # The operator's copy renders every node's env with its own node first; nothing on the
+    # hosts depends on what is left in _material/env.
+    write_stack_info(layout, _stack_info(layout, topology))
+    return written
+
+
+def _stack_info(layout: StackLayout, topology: Topology) -> StackInfo:
+    def host_ip(host: Host) -> str:
+        ip = ipaddress.ip_address(host.public_ip)
+        return f"[{ip}]" if ip.version == 6 else str(ip)
+
+    from unibus.core.nkeys import read_seed_file
+
+    return StackInfo(
+        nats_urls=[f"tls://{host_ip(h)}:{CLIENT_PORT}" for h in topology.hosts],
+        api_urls=[f"https://{host_ip(h)}:{API_PORT}" for h in topology.hosts],
+        ca_file=str(layout.certs.client_ca_cert),
+        admin_seed_file=str(layout.identity("admin")),
+        admin_key=read_seed_file(layout.identity("admin")).public_key,
+        internal_id_file=str(layout.identity("internal")),
+        sys_id_file=str(layout.identity("system")),
+        replicas=CLUSTER_SIZE,
+        nodes=[
+            NodeInfo(
+                name=h.name,
+                client_url=f"tls://{host_ip(h)}:{CLIENT_PORT}",
+                route_url=f"nats-route://{h.private_ip}:{ROUTE_PORT}",
+                monitor_port=8222,
+            )
+            for h in topology.hosts
+        ],
+    )
+
+
+# -- shipping -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a deploy; ``pipe_to`` receives its standard output."""
+
+    host: str
+    what: str
+    argv: tuple[str, ...]
+    pipe_to: tuple[str, ...] = ()
+
+    def shell(self) -> str:
+        text = shlex.join(self.argv)
+        return f"{text} | {shlex.join(self.pipe_to)}" if self.pipe_to else text
+
+
+def plan(topology: Topology, out: Path, *, ship_images: bool = True) -> list[Step]:
+    """The commands that copy each host's directory and start its stack, host by host."""
+    out = out.expanduser().absolute()
+    steps: list[Step] = []
+    remote = topology.remote_dir
+    for host in topology.hosts:
+        destination = f"{topology.ssh_user}@{host.public_ip}"
+        host_dir = out / host.name
+        if not (host_dir / "compose.yaml").is_file():
+            raise ConfigError(
+                f"{host_dir}/compose.yaml is missing: run `unibus deploy render "
+                f"--topology FILE --out {out}` first"
+            )
+        steps.append(
+            Step(host.name, "create the directory", ("ssh", destination, f"mkdir -p {remote}"))
+        )
+        steps.append(
+            Step(
+                host.name,
+                "copy compose.yaml, env/ and material/ (modes kept)",
+                (
+                    "scp",
+                    "-rp",
+                    str(host_dir / "compose.yaml"),
+                    str(host_dir / "env"),
+                    str(host_dir / "material"),
+                    f"{destination}:{remote}/",
+                ),
+            )
+        )
+        if ship_images:
+            steps.append(
+                Step(
+                    host.name,
+                    "load the images",
+                    ("docker", "save", NATS_IMAGE, topology.image),
+                    ("ssh", destination, "docker load"),
+                )
+            )
+        steps.append(
+            Step(
+                host.name,
+                "start (restart policies keep it up)",
+                (
+                    "ssh",
+                    destination,
+                    f"docker compose --project-directory {remote} -f {remote}/compose.yaml "
+                    "-p unibus up -d",
+                ),
+            )
+        )
+    return steps
+
+
+def format_plan(steps: Sequence[Step]) -> list[str]:
+    return [f"[{step.host}] {step.what}:\n    {step.shell()}" for step in steps]
