@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from unibus.core.certs import CertLayout, NodeSpec, init_certs
+from unibus.core.certs import CertLayout, NodeSpec
 from unibus.core.errors import ConfigError
 from unibus.core.files import make_private_dirs, write_private
 from unibus.core.natsconf import (
@@ -48,9 +47,8 @@ from unibus.core.natsconf import (
     render_node_config,
     write_node_config,
 )
-from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
-from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
-from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, write_stack_info
+from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, stack_info, write_stack_info
+from unibus.stack.material import ADMIN_PUB, auth_identities, ensure_material
 
 __all__ = [
     "API_PORT",
@@ -63,9 +61,7 @@ __all__ = [
     "SERVICE_UID",
     "ComposeSpec",
     "NodeAddresses",
-    "auth_identities",
     "compose_env",
-    "ensure_material",
     "node_config",
     "render_compose_dir",
     "render_configs",
@@ -87,8 +83,6 @@ SERVICE_UID: Final = 10001
 """The unprivileged user of the unibus image (``images/unibus/Dockerfile``)."""
 NODE_NAMES: Final = ("n1", "n2", "n3")
 CLUSTER_NAME: Final = "unibus"
-_SEEDS: Final = ("issuer", "xkey", "callout", "internal", "system", "admin")
-ADMIN_PUB: Final = "admin.pub"
 
 
 def _node_files(node: str) -> tuple[str, ...]:
@@ -212,69 +206,6 @@ class ComposeSpec:
 # -- material -------------------------------------------------------------------------------
 
 
-def ensure_material(
-    layout: StackLayout, nodes: Sequence[NodeAddresses], *, force: bool = False
-) -> list[str]:
-    """Create what is missing (identities, route secret, certificates); keep what exists.
-
-    With ``force`` everything is created anew (new CAs: clients must re-pin).
-    Returns what was created.
-    """
-    created: list[str] = []
-    layout.ensure()
-    if force:
-        for name in _SEEDS:
-            layout.identity(name).unlink(missing_ok=True)
-        layout.route_secret.unlink(missing_ok=True)
-    for name in _SEEDS:
-        path = layout.identity(name)
-        if path.exists():
-            continue
-        if name == "issuer":
-            write_seed_file(path, KeyPair.generate(Prefix.ACCOUNT).seed)
-        elif name == "xkey":
-            write_seed_file(path, CurveKeyPair.generate().seed)
-        else:
-            write_seed_file(path, KeyPair.generate(Prefix.USER).seed)
-        created.append(f"identity {name}")
-    if not layout.route_secret.exists():
-        write_private(layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
-        created.append("route secret")
-    admin = read_seed_file(layout.identity("admin")).public_key
-    pub = layout.identities / ADMIN_PUB
-    if not pub.exists() or pub.read_text().strip() != admin:
-        pub.write_text(admin + "\n")
-        created.append("admin public key")
-    certs = layout.certs
-    names = [node.name for node in nodes]
-    missing = [p for p in certs.files(names) if not p.exists()]
-    if force or missing:
-        # Keep a client CA that exists (clients pin it) unless everything is renewed.
-        keep_ca = not force and certs.client_ca_cert.exists() and certs.client_ca_key.exists()
-        init_certs(
-            certs.root,
-            [node.cert_spec() for node in nodes],
-            client_ca_cert=certs.client_ca_cert if keep_ca else None,
-            client_ca_key=certs.client_ca_key if keep_ca else None,
-            force=True,
-        )
-        created.append("certificates")
-    return created
-
-
-def auth_identities(layout: StackLayout) -> AuthIdentities:
-    def public(name: str) -> str:
-        return read_seed_file(layout.identity(name)).public_key
-
-    return AuthIdentities(
-        issuer=public("issuer"),
-        xkey=read_curve_seed_file(layout.identity("xkey")).public_key,
-        callout_user=public("callout"),
-        internal_user=public("internal"),
-        system_user=public("system"),
-    )
-
-
 def node_config(
     node: NodeAddresses,
     nodes: Sequence[NodeAddresses],
@@ -394,25 +325,17 @@ def compose_stack_info(layout: StackLayout, spec: ComposeSpec) -> StackInfo:
     host = spec.client_host
     if ":" in host:
         host = f"[{host}]"
-    return StackInfo(
-        nats_urls=[f"tls://{host}:{port}" for port in spec.nats_ports],
-        api_urls=[f"https://{host}:{port}" for port in spec.api_ports],
-        ca_file=str(layout.certs.client_ca_cert),
-        admin_seed_file=str(layout.identity("admin")),
-        admin_key=read_seed_file(layout.identity("admin")).public_key,
-        internal_id_file=str(layout.identity("internal")),
-        sys_id_file=str(layout.identity("system")),
-        replicas=min(3, len(spec.node_names)),
-        nodes=[
-            NodeInfo(
-                name=name,
-                client_url=f"tls://{host}:{port}",
-                route_url=f"nats-route://{name}:{ROUTE_PORT}",
-                monitor_port=8222,
-            )
-            for name, port in zip(spec.node_names, spec.nats_ports, strict=True)
-        ],
-    )
+    nodes = [
+        NodeInfo(
+            name=name,
+            client_url=f"tls://{host}:{port}",
+            route_url=f"nats-route://{name}:{ROUTE_PORT}",
+            monitor_port=8222,
+        )
+        for name, port in zip(spec.node_names, spec.nats_ports, strict=True)
+    ]
+    api_urls = [f"https://{host}:{port}" for port in spec.api_ports]
+    return stack_info(layout, nodes, api_urls, replicas=min(3, len(spec.node_names)))
 
 
 def render_compose_dir(
@@ -429,7 +352,7 @@ def render_compose_dir(
     """
     layout = StackLayout.at(root)
     nodes = spec.nodes()
-    created = ensure_material(layout, nodes, force=force)
+    created = ensure_material(layout, [node.cert_spec() for node in nodes], force=force)
     render_configs(layout, nodes, toggles, {n.name: n.name for n in nodes})
     env = compose_env(layout, spec)
     (layout.root / "compose.env").write_text(

@@ -43,12 +43,11 @@ from unibus.stack.compose import (
     CLIENT_PORT,
     ROUTE_PORT,
     NodeAddresses,
-    auth_identities,
-    ensure_material,
     render_configs,
     role_files,
 )
-from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, write_stack_info
+from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, stack_info, write_stack_info
+from unibus.stack.material import auth_identities, ensure_material
 
 __all__ = [
     "EXAMPLE_TOPOLOGY",
@@ -345,7 +344,7 @@ def render(
     out = out.expanduser().absolute()
     layout = StackLayout.at(out / MATERIAL_DIR)
     nodes = [host.addresses() for host in topology.hosts]
-    ensure_material(layout, nodes, force=force)
+    ensure_material(layout, [node.cert_spec() for node in nodes], force=force)
     auth_identities(layout)  # fails early on a damaged identity
     written: list[Path] = []
     for host in topology.hosts:
@@ -383,27 +382,17 @@ def _stack_info(layout: StackLayout, topology: Topology) -> StackInfo:
         ip = ipaddress.ip_address(host.public_ip)
         return f"[{ip}]" if ip.version == 6 else str(ip)
 
-    from unibus.core.nkeys import read_seed_file
-
-    return StackInfo(
-        nats_urls=[f"tls://{host_ip(h)}:{CLIENT_PORT}" for h in topology.hosts],
-        api_urls=[f"https://{host_ip(h)}:{API_PORT}" for h in topology.hosts],
-        ca_file=str(layout.certs.client_ca_cert),
-        admin_seed_file=str(layout.identity("admin")),
-        admin_key=read_seed_file(layout.identity("admin")).public_key,
-        internal_id_file=str(layout.identity("internal")),
-        sys_id_file=str(layout.identity("system")),
-        replicas=CLUSTER_SIZE,
-        nodes=[
-            NodeInfo(
-                name=h.name,
-                client_url=f"tls://{host_ip(h)}:{CLIENT_PORT}",
-                route_url=f"nats-route://{h.private_ip}:{ROUTE_PORT}",
-                monitor_port=8222,
-            )
-            for h in topology.hosts
-        ],
-    )
+    nodes = [
+        NodeInfo(
+            name=h.name,
+            client_url=f"tls://{host_ip(h)}:{CLIENT_PORT}",
+            route_url=f"nats-route://{h.private_ip}:{ROUTE_PORT}",
+            monitor_port=8222,
+        )
+        for h in topology.hosts
+    ]
+    api_urls = [f"https://{host_ip(h)}:{API_PORT}" for h in topology.hosts]
+    return stack_info(layout, nodes, api_urls, replicas=CLUSTER_SIZE)
 
 
 # -- shipping -----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -24,10 +23,9 @@ from pathlib import Path
 from typing import Final
 
 from unibus.core.bootstrap import ensure_first_admin
-from unibus.core.certs import NodeSpec, init_certs
+from unibus.core.certs import NodeSpec
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StackError
-from unibus.core.files import write_private
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
 from unibus.core.natsconf import (
@@ -40,15 +38,21 @@ from unibus.core.natsconf import (
     render_node_config,
     write_node_config,
 )
-from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+from unibus.core.nkeys import read_seed_file
 from unibus.core.provisioning import Provisioning, ProvisionReport, provision
 from unibus.core.retry import retry_until
-from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
-from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, StackSpec, write_stack_info
+from unibus.stack.layout import (
+    NodeInfo,
+    StackInfo,
+    StackLayout,
+    StackSpec,
+    stack_info,
+    write_stack_info,
+)
+from unibus.stack.material import auth_identities, ensure_material
 
 STOP_TIMEOUT: Final = 10.0
 SERVICES: Final = ("authcallout", "controlplane")
-_USER_IDENTITIES: Final = ("callout", "internal", "system", "admin")
 _log = get_logger("unibus.stack")
 
 
@@ -159,35 +163,13 @@ class LocalStack:
     # -- material -----------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create what is missing (identities, route secret, certificates); keep what exists."""
-        self.layout.ensure()
-        if not self.layout.identity("issuer").exists():
-            write_seed_file(self.layout.identity("issuer"), KeyPair.generate(Prefix.ACCOUNT).seed)
-        if not self.layout.identity("xkey").exists():
-            write_seed_file(self.layout.identity("xkey"), CurveKeyPair.generate().seed)
-        for name in _USER_IDENTITIES:
-            if not self.layout.identity(name).exists():
-                write_seed_file(self.layout.identity(name), KeyPair.generate(Prefix.USER).seed)
-        if not self.layout.route_secret.exists():
-            write_private(self.layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
-        certs = self.layout.certs
-        if not certs.client_ca_cert.exists():
-            init_certs(
-                certs.root,
-                [NodeSpec(name=name, ips=(self.spec.bind,)) for name in self.spec.node_names],
-            )
+        ensure_material(
+            self.layout,
+            [NodeSpec(name=name, ips=(self.spec.bind,)) for name in self.spec.node_names],
+        )
 
     def auth_identities(self) -> AuthIdentities:
-        def public(name: str) -> str:
-            return read_seed_file(self.layout.identity(name)).public_key
-
-        xkey = read_curve_seed_file(self.layout.identity("xkey"))
-        return AuthIdentities(
-            issuer=public("issuer"),
-            xkey=xkey.public_key,
-            callout_user=public("callout"),
-            internal_user=public("internal"),
-            system_user=public("system"),
-        )
+        return auth_identities(self.layout)
 
     def node_config(self, index: int) -> NodeConfig:
         name = self.spec.node_names[index]
@@ -425,26 +407,17 @@ class LocalStack:
         return report
 
     def info(self) -> StackInfo:
-        certs = self.layout.certs
-        return StackInfo(
-            nats_urls=[self.client_url(n) for n in self.spec.node_names],
-            api_urls=[self.api_url(n) for n in self.spec.node_names],
-            ca_file=str(certs.client_ca_cert),
-            admin_seed_file=str(self.layout.identity("admin")),
-            admin_key=read_seed_file(self.layout.identity("admin")).public_key,
-            internal_id_file=str(self.layout.identity("internal")),
-            sys_id_file=str(self.layout.identity("system")),
-            replicas=min(3, self.spec.size),
-            nodes=[
-                NodeInfo(
-                    name=name,
-                    client_url=self.client_url(name),
-                    route_url=f"nats-route://{self.spec.bind}:{ports.route}",
-                    monitor_port=ports.monitor,
-                )
-                for name, ports in zip(self.spec.node_names, self.spec.ports, strict=True)
-            ],
-        )
+        nodes = [
+            NodeInfo(
+                name=name,
+                client_url=self.client_url(name),
+                route_url=f"nats-route://{self.spec.bind}:{ports.route}",
+                monitor_port=ports.monitor,
+            )
+            for name, ports in zip(self.spec.node_names, self.spec.ports, strict=True)
+        ]
+        api_urls = [self.api_url(n) for n in self.spec.node_names]
+        return stack_info(self.layout, nodes, api_urls, replicas=min(3, self.spec.size))
 
     async def up(self, *, progress: Callable[[str], None] | None = None) -> StackInfo:
         """Start, wait, provision, write ``stack.json``; stops what it started on failure."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -17,6 +18,7 @@ import msgspec
 
 from unibus.core.certs import CertLayout
 from unibus.core.errors import ConfigError, StackError
+from unibus.core.nkeys import read_seed_file
 
 DEFAULT_DIR: Final = Path(".unibus")
 DEFAULT_BASE_PORT: Final = 4222
@@ -184,6 +186,23 @@ class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
     sys_id_file: str
     replicas: int
     nodes: list[NodeInfo]
+
+
+def stack_info(
+    layout: StackLayout, nodes: Sequence[NodeInfo], api_urls: Sequence[str], *, replicas: int
+) -> StackInfo:
+    """``stack.json`` for a stack whose identities live in ``layout``: nodes in order."""
+    return StackInfo(
+        nats_urls=[node.client_url for node in nodes],
+        api_urls=list(api_urls),
+        ca_file=str(layout.certs.client_ca_cert),
+        admin_seed_file=str(layout.identity("admin")),
+        admin_key=read_seed_file(layout.identity("admin")).public_key,
+        internal_id_file=str(layout.identity("internal")),
+        sys_id_file=str(layout.identity("system")),
+        replicas=replicas,
+        nodes=list(nodes),
+    )
 
 
 def write_stack_info(layout: StackLayout, info: StackInfo) -> None:

@@ -1,0 +1,90 @@
+"""A stack's material: identities, the route secret and certificates, made once and kept.
+
+Shared by every way a stack is laid out — local processes (``unibus up``), one machine's
+compose stack and the per-host deploy — so all three hold the same identities, checked
+the same way, and a node's config names the same accounts whatever runs it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Final
+
+from unibus.core.certs import NodeSpec, init_certs
+from unibus.core.files import write_private
+from unibus.core.natsconf import AuthIdentities
+from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
+from unibus.stack.layout import StackLayout
+
+__all__ = ["ADMIN_PUB", "SEEDS", "auth_identities", "ensure_material"]
+
+SEEDS: Final = ("issuer", "xkey", "callout", "internal", "system", "admin")
+"""The stack's identities: the callout's account issuer and xkey, then four users."""
+ADMIN_PUB: Final = "admin.pub"
+"""The first admin's public key, beside the seeds: what provisioning may read without
+the admin's seed."""
+
+
+def ensure_material(
+    layout: StackLayout, nodes: Sequence[NodeSpec], *, force: bool = False
+) -> list[str]:
+    """Create what is missing (identities, route secret, certificates); keep what exists.
+
+    With ``force`` everything is created anew (new CAs: clients must re-pin).
+    Returns what was created.
+    """
+    created: list[str] = []
+    layout.ensure()
+    if force:
+        for name in SEEDS:
+            layout.identity(name).unlink(missing_ok=True)
+        layout.route_secret.unlink(missing_ok=True)
+    for name in SEEDS:
+        path = layout.identity(name)
+        if path.exists():
+            continue
+        if name == "issuer":
+            write_seed_file(path, KeyPair.generate(Prefix.ACCOUNT).seed)
+        elif name == "xkey":
+            write_seed_file(path, CurveKeyPair.generate().seed)
+        else:
+            write_seed_file(path, KeyPair.generate(Prefix.USER).seed)
+        created.append(f"identity {name}")
+    if not layout.route_secret.exists():
+        write_private(layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
+        created.append("route secret")
+    admin = read_seed_file(layout.identity("admin")).public_key
+    pub = layout.identities / ADMIN_PUB
+    if not pub.exists() or pub.read_text().strip() != admin:
+        pub.write_text(admin + "\n")
+        created.append("admin public key")
+    certs = layout.certs
+    names = [node.name for node in nodes]
+    missing = [p for p in certs.files(names) if not p.exists()]
+    if force or missing:
+        # Keep a client CA that exists (clients pin it) unless everything is renewed.
+        keep_ca = not force and certs.client_ca_cert.exists() and certs.client_ca_key.exists()
+        init_certs(
+            certs.root,
+            list(nodes),
+            client_ca_cert=certs.client_ca_cert if keep_ca else None,
+            client_ca_key=certs.client_ca_key if keep_ca else None,
+            force=True,
+        )
+        created.append("certificates")
+    return created
+
+
+def auth_identities(layout: StackLayout) -> AuthIdentities:
+    def public(name: str) -> str:
+        return read_seed_file(layout.identity(name)).public_key
+
+    return AuthIdentities(
+        issuer=public("issuer"),
+        xkey=read_curve_seed_file(layout.identity("xkey")).public_key,
+        callout_user=public("callout"),
+        internal_user=public("internal"),
+        system_user=public("system"),
+    )
