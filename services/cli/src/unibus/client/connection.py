@@ -125,6 +125,8 @@ class _Session:
         self.problem: str = "no answer"
         self.permission_errors = 0
         """``-ERR 'Permissions Violation …'`` lines this client received."""
+        self.probes = 0
+        """Permission probes in flight: a refusal they provoke is expected, not a warning."""
 
 
 class Subscription:
@@ -422,17 +424,21 @@ class BusConnection:
         if session is None:  # pragma: no cover - _usable() raised first
             return False
         before = session.permission_errors
+        session.probes += 1
         try:
-            probe = await nc.subscribe(subject)
-        except nats.errors.Error:
-            return False
-        try:
-            await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # a float works
-        except (nats.errors.Error, TimeoutError):
-            return False
+            try:
+                probe = await nc.subscribe(subject)
+            except nats.errors.Error:
+                return False
+            try:
+                await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # a float works
+            except (nats.errors.Error, TimeoutError):
+                return False
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await probe.unsubscribe()
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await probe.unsubscribe()
+            session.probes -= 1
         return session is self._session and session.permission_errors == before
 
     def jetstream(self, *, timeout: float = 5.0) -> JetStreamContext:
@@ -475,7 +481,13 @@ class BusConnection:
             session.problem = _reason(exc)
             if _PERMISSIONS in str(exc).lower():
                 session.permission_errors += 1
-                _log.warning("the bus refused an operation", error="permissions violation")
+                # Expected around a membership change (a probe, or a moment on a connection
+                # that a lagging callout authorized before its own kick lands): info, not a
+                # warning; a lasting refusal surfaces to the caller as RoomError.
+                if session.probes:
+                    _log.debug("a permission probe was refused")
+                else:
+                    _log.info("the bus refused an operation", error="permissions violation")
             else:
                 _log.debug("bus connection error", error=_reason(exc))
 
