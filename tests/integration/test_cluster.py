@@ -139,10 +139,18 @@ async def test_sigkill_of_stream_leader_loses_no_acknowledged_write(
     for i in range(50):
         await publish_until_acked(f"after-{i}")
 
-    info = await js.stream_info(naming.MESSAGES_STREAM)
+    # The killed node may also have led the JetStream meta group: API calls then wait for
+    # that election too, so they get a longer timeout and the consumer is retried.
+    reader = nc.jetstream(timeout=10.0)
+    info = await reader.stream_info(naming.MESSAGES_STREAM)
     assert info.cluster is not None
     assert info.cluster.leader != leader
-    sub = await js.pull_subscribe(subject, durable=None, stream=naming.MESSAGES_STREAM)
+    sub = await eventually(
+        lambda: reader.pull_subscribe(subject, durable=None, stream=naming.MESSAGES_STREAM),
+        until=lambda _: True,
+        timeout=60.0,
+        what="a consumer on the stream after the kill",
+    )
     stored: set[str] = set()
     async with bounded(60):
         while len(stored) < len(acked):
