@@ -391,7 +391,6 @@ class Room:
         self, opener: Opener, *, since: datetime.datetime | None, slot: int, idle: float
     ) -> AsyncIterator[Message]:
         consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
-        js = self._bus.jetstream()
         config = api.ConsumerConfig(
             name=consumer,
             filter_subject=naming.room_subject(self.room_id),
@@ -400,9 +399,8 @@ class Room:
             opt_start_time=since.astimezone(datetime.UTC) if since else None,
             inactive_threshold=60.0,
         )
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
-        info = await js.add_consumer(naming.MESSAGES_STREAM, config)
+        info = await self._fresh_consumer(consumer, config)
+        js = self._bus.jetstream()
         pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
 
         def fetch() -> asyncio.Future[list[Msg]]:
@@ -445,6 +443,22 @@ class Room:
                 await pull.unsubscribe()
             with contextlib.suppress(Exception):
                 await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+
+    async def _fresh_consumer(self, name: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
+        """This user's history consumer, made anew (a leftover from a replay that ended
+        uncleanly is replaced). Retried a few times: during a node's failover the
+        JetStream API may time out or answer 503 while its leaders are elected."""
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            js = self._bus.jetstream()
+            try:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(naming.MESSAGES_STREAM, name)
+                return await js.add_consumer(naming.MESSAGES_STREAM, config)
+            except _RETRIABLE:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                await asyncio.sleep(_RETRY_PAUSE * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _live(opened: Opened, msg: Msg) -> Message:
