@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+import nats.errors
 from nats.js.kv import KeyValue
 
 from unibus.authcallout.kicks import connection_name, is_affected, parse_connection_name
@@ -205,3 +206,70 @@ async def test_until_fresh_gives_up_after_its_grace_so_the_request_is_denied() -
 
     assert not await view.until_fresh(0.05)
     assert view.lookup(ALICE).reason is Reason.STORE_UNAVAILABLE
+
+
+class _Tails:
+    """Stands in for JetStream: the streams' last sequence numbers, and who asked when."""
+
+    def __init__(self, users: int, rooms: int, *, fail: bool = False) -> None:
+        self.last = {f"KV_{naming.USERS_BUCKET}": users, f"KV_{naming.ROOMS_BUCKET}": rooms}
+        self.fail = fail
+        self.reads: list[float] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def stream_info(self, name: str) -> Any:
+        self.reads.append(time.monotonic())
+        await self.release.wait()
+        if self.fail:
+            raise nats.errors.TimeoutError
+        state = type("State", (), {"last_seq": self.last[name]})()
+        return type("Info", (), {"state": state})()
+
+
+def _view_on(tails: _Tails) -> DirectoryView:
+    view = DirectoryView(cast(Any, tails), max_staleness=2.0)
+    view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
+    return view
+
+
+async def test_a_decision_waits_until_the_view_applied_what_the_streams_held_on_arrival() -> None:
+    tails = _Tails(users=5, rooms=9)
+    view = _view_on(tails)
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+
+    waiting = asyncio.create_task(view.until_current(time.monotonic(), 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "decided before the view caught up with the rooms stream"
+    # Alice is removed at revision 9, which another callout may already have acted on.
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 9))
+
+    assert await asyncio.wait_for(waiting, 1.0)
+    assert view.lookup(ALICE).rooms == ()
+
+
+async def test_a_view_that_does_not_catch_up_in_time_or_cannot_read_the_tails_denies() -> None:
+    view = _view_on(_Tails(users=5, rooms=9))
+    assert not await view.until_current(time.monotonic(), 0.05)
+
+    unreadable = _view_on(_Tails(users=0, rooms=0, fail=True))
+    assert not await unreadable.until_current(time.monotonic(), 1.0)
+
+
+async def test_requests_share_a_tail_read_only_if_it_started_after_they_arrived() -> None:
+    tails = _Tails(users=0, rooms=0)
+    view = _view_on(tails)
+    tails.release.clear()
+    early = time.monotonic()
+    first = asyncio.create_task(view.until_current(early, 5.0))
+    second = asyncio.create_task(view.until_current(early, 5.0))
+    await asyncio.sleep(0.02)
+    late = asyncio.create_task(view.until_current(time.monotonic(), 5.0))
+    await asyncio.sleep(0.02)
+    tails.release.set()
+
+    assert list(await asyncio.gather(first, second, late)) == [True, True, True]
+    # One read (two streams) for the two early requests, one more for the late one.
+    assert len(tails.reads) == 4
+    assert min(tails.reads[2:]) > max(tails.reads[:2])

@@ -140,15 +140,19 @@ class CalloutService:
         _log.info("auth decision", reason=reason.value)
 
     async def _handle(self, msg: Msg) -> Reason:
-        now = time.time()
+        arrived, now = time.monotonic(), time.time()
         try:
             request = open_request(msg.data, msg.headers, self._keys.xkey, now=now)
         except Dropped as dropped:
             return dropped.reason
-        if self._view is not None and not self._view.is_fresh:
-            await self._view.until_fresh(self._settings.stale_grace)
+        current = False
+        if self._view is not None:
+            if not self._view.is_fresh:
+                await self._view.until_fresh(self._settings.stale_grace)
+            if self._view.is_fresh:
+                current = await self._view.until_current(arrived, self._settings.catch_up)
         try:
-            response, reason = self._decide(request, time.time()), Reason.ALLOWED
+            response, reason = self._decide(request, time.time(), current), Reason.ALLOWED
         except Denial as denial:
             reason = denial.reason
             response = deny_response(self._keys.issuer, request, self._keys.xkey, reason, now=now)
@@ -158,9 +162,11 @@ class CalloutService:
             _log.warning("could not answer an auth request", error=type(exc).__name__)
         return reason
 
-    def _decide(self, request: AuthRequest, now: float) -> bytes:
+    def _decide(self, request: AuthRequest, now: float, current: bool) -> bytes:
         if self._view is None:
             raise Denial(Reason.STORE_UNAVAILABLE, "view not started")
+        if not current:
+            raise Denial(Reason.STORE_UNAVAILABLE, "view not shown fresh and current")
         key = verify_client(request)
         lookup = self._view.lookup(key)
         if lookup.reason is not Reason.ALLOWED:

@@ -36,6 +36,9 @@ class Settings:
     heartbeat: float = 0.5
     stale_grace: float = 1.0
     """How long a request waits for a stale view to be re-proven before it is denied."""
+    catch_up: float = 0.5
+    """How long a request waits for the view to apply what the streams held when it
+    arrived (a read of their tails, then the watches) before it is denied."""
     concurrency: int = 256
     log_json: bool = True
 
@@ -77,6 +80,9 @@ class Settings:
             ),
             stale_grace=env.number(
                 "UNIBUS_AUTHCALLOUT_STALE_GRACE", default=1.0, minimum=0.0, maximum=1.5
+            ),
+            catch_up=env.number(
+                "UNIBUS_AUTHCALLOUT_CATCH_UP", default=0.5, minimum=0.05, maximum=1.5
             ),
             concurrency=env.integer("UNIBUS_AUTHCALLOUT_CONCURRENCY", default=256, minimum=1),
             log_json=env.boolean("UNIBUS_LOG_JSON", default=True),

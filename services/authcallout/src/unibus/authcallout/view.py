@@ -10,6 +10,12 @@ watch has delivered it: the view then holds every change committed before the ba
 Decisions are made only while the last confirmation is younger than ``max_staleness``;
 otherwise the view answers ``store_unavailable`` and the callout denies (fail closed).
 
+Freshness alone leaves a window: a change another callout has already acted on (kicked a
+client for) may not have reached this view's watch yet, and the reconnecting client would
+be admitted once more with what it just lost. So before deciding, the view also catches
+up with the streams' last sequence numbers as read *after* the request arrived
+(:meth:`DirectoryView.until_current`; concurrent requests share one read).
+
 Every decision carries a *stamp*, the stream revisions the view had applied. A change at
 revision r therefore affects exactly the connections stamped below r (see kicks).
 """
@@ -113,6 +119,8 @@ class DirectoryView:
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded: dict[str, asyncio.Event] = {b: asyncio.Event() for b in _BUCKETS}
         self._confirmation = asyncio.Event()
+        self._tail_read: asyncio.Task[dict[str, int]] | None = None
+        self._tail_read_started = float("-inf")
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,6 +169,54 @@ class DirectoryView:
             except TimeoutError:
                 return self.is_fresh
         return True
+
+    async def until_current(self, arrived: float, timeout: float) -> bool:
+        """Wait until the view holds everything the streams held at ``arrived`` (monotonic).
+
+        Reads each stream's last sequence number with a read that started at or after
+        ``arrived`` (shared by every request waiting for one), then waits for the watches to
+        apply up to it. False when that cannot be shown within ``timeout``: the caller
+        denies (fail closed).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                tails = await self._tails_after(arrived)
+                waits = [self._applied(bucket, seq) for bucket, seq in tails.items()]
+                await asyncio.gather(*waits)
+        except (TimeoutError, nats.errors.Error) as exc:
+            _log.info("view not shown current", error=type(exc).__name__)
+            return False
+        return True
+
+    async def _tails_after(self, arrived: float) -> dict[str, int]:
+        for _ in range(3):  # bounded: a read in flight, then one started after ``arrived``
+            task = self._tail_read
+            if task is not None and self._tail_read_started >= arrived:
+                return await asyncio.shield(task)
+            if task is None or task.done():
+                self._tail_read_started = time.monotonic()
+                self._tail_read = asyncio.create_task(self._read_tails())
+                continue
+            # A read started before this request arrived: it may miss what came since.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        raise TimeoutError("no read of the streams' tails started in time")
+
+    async def _read_tails(self) -> dict[str, int]:
+        infos = await asyncio.gather(*(self._js.stream_info(f"KV_{bucket}") for bucket in _BUCKETS))
+        return {bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)}
+
+    async def _applied(self, bucket: str, revision: int) -> None:
+        if self._state.applied[bucket] >= revision:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (bucket, revision, future)
+        self._waiters.append(waiter)
+        try:
+            await future
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def lookup(self, user_key: str) -> Lookup:
         if not self.is_fresh:

@@ -59,7 +59,7 @@ DEFAULT_REAUTH_BUDGET: Final = 300.0
 """How long a re-authorization tries before the connection gives up for good."""
 DEFAULT_CALLBACK_TIMEOUT: Final = 30.0
 """Bound on each ``on_reauthorized`` callback."""
-DEFAULT_REAUTH_DENIAL_WINDOW: Final = 10.0
+DEFAULT_REAUTH_DENIAL_WINDOW: Final = 30.0
 """How long refusals of a once-accepted identity must last before it gives up (an
 election of the store, during which callouts fail closed, takes seconds)."""
 _BACKOFF_BASE: Final = 0.25
