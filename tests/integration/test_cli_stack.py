@@ -9,7 +9,8 @@ import stat
 import sys
 from pathlib import Path
 
-from tests.integration.harness import eventually, free_port_block, run_cli
+from tests.integration.harness import StackFactory, eventually, free_port_block, run_cli
+from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.provisioning import ASSETS
 from unibus.stack.layout import StackLayout, read_stack_info
 
@@ -86,3 +87,38 @@ async def test_status_of_a_missing_stack_says_how_to_start_one(tmp_path: Path) -
     assert code == 1
     assert "unibus up" in err
     assert "Traceback" not in err
+
+
+async def test_provision_creates_every_asset_and_the_first_admin_once(
+    stacks: StackFactory, tmp_path: Path
+) -> None:
+    stack = await stacks.start(nodes=3, provision=False)
+    target = [
+        *(f"--nats-url={stack.client_url(n)}" for n in stack.spec.node_names),
+        f"--ca={stack.layout.certs.client_ca_cert}",
+        f"--identity={stack.layout.identity('internal')}",
+    ]
+    admin = KeyPair.generate(Prefix.USER).public_key
+    admin_file = tmp_path / "admin.pub"
+    admin_file.write_text(admin + "\n")
+
+    code, out, err = await run_cli(
+        "provision", *target, f"--first-admin-file={admin_file}", "--json"
+    )
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["replicas"] == 3
+    assert sorted(first["created"]) == sorted(a.name for a in ASSETS)
+    assert first["first_admin_written"] is True
+
+    code, out, err = await run_cli("provision", *target, f"--first-admin={admin}", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["created"] == []
+    assert again["first_admin_written"] is False
+
+    # A seed where a public key belongs is refused (a throwaway one, never used anywhere).
+    throwaway_seed = KeyPair.generate(Prefix.USER).seed
+    code, _, err = await run_cli("provision", *target, f"--first-admin={throwaway_seed}")
+    assert code == 1
+    assert "never a seed" in err

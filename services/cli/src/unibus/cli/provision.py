@@ -23,12 +23,11 @@ from unibus.cli._common import (
     progress,
     resolve_target,
 )
-from unibus.core.bootstrap import ensure_first_admin
+from unibus.core.bootstrap import provision_cluster
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import ConfigError, NkeyError
-from unibus.core.kvstore import JetStreamStore
 from unibus.core.nkeys import canonical_user_key
-from unibus.core.provisioning import HA_REPLICAS, Provisioning, check_replicas, provision
+from unibus.core.provisioning import HA_REPLICAS, Provisioning, check_replicas
 from unibus.core.retry import DEFAULT_BUDGET, retry_until
 
 _EPILOG = """\
@@ -120,11 +119,7 @@ async def _run(
         js = nc.jetstream(timeout=2.0)
         await retry_until("JetStream meta leader", js.account_info, budget=left())
         plan = Provisioning(replicas=replicas, budget=left())
-        report = await provision(nc.jetstream(timeout=plan.attempt_timeout), plan, progress=say)
-        wrote = False
-        if admin is not None:
-            store = await retry_until("open the store", lambda: JetStreamStore.open(nc))
-            wrote = await retry_until("first admin", lambda: ensure_first_admin(store, admin))
+        report, wrote = await provision_cluster(nc, plan, admin, progress=say)
     finally:
         await nc.close()
     if as_json:

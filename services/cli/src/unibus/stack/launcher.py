@@ -22,11 +22,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
-from unibus.core.bootstrap import ensure_first_admin
+from unibus.core.bootstrap import provision_cluster
 from unibus.core.certs import NodeSpec
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StackError
-from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
 from unibus.core.natsconf import (
     AuthIdentities,
@@ -39,7 +38,7 @@ from unibus.core.natsconf import (
     write_node_config,
 )
 from unibus.core.nkeys import read_seed_file
-from unibus.core.provisioning import Provisioning, ProvisionReport, provision
+from unibus.core.provisioning import Provisioning, ProvisionReport
 from unibus.core.retry import retry_until
 from unibus.stack.layout import (
     NodeInfo,
@@ -394,14 +393,10 @@ class LocalStack:
     ) -> ProvisionReport:
         """Create every asset (R3 with three nodes) and the first admin, if missing."""
         plan = Provisioning(replicas=replicas or min(3, self.spec.size))
+        admin = read_seed_file(self.layout.identity("admin")).public_key
         nc = await connect(self.target(), name="unibus-provision")
         try:
-            report = await provision(
-                nc.jetstream(timeout=plan.attempt_timeout), plan, progress=progress
-            )
-            store = await JetStreamStore.open(nc)
-            admin = read_seed_file(self.layout.identity("admin")).public_key
-            await retry_until("first admin", lambda: ensure_first_admin(store, admin))
+            report, _ = await provision_cluster(nc, plan, admin, progress=progress)
         finally:
             await nc.close()
         return report

@@ -9,12 +9,17 @@ crash before the user was written is completed by a replica configured with that
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
+
+from nats.aio.client import Client as NATS
 
 from unibus.core.errors import ConflictError, NotFoundError
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
 from unibus.core.models import Role, Status, UserRecord
+from unibus.core.provisioning import Provisioning, ProvisionReport, provision
+from unibus.core.retry import retry_until
 
 FIRST_ADMIN_CLAIM: Final = "_first-admin"
 _log = get_logger("unibus.bootstrap")
@@ -49,3 +54,23 @@ async def ensure_first_admin(store: JetStreamStore, key: str, *, handle: str = "
             _log.warning("the bootstrap admin key exists as a non-admin; its role is not changed")
         return False
     return True
+
+
+async def provision_cluster(
+    nc: NATS,
+    plan: Provisioning,
+    first_admin: str | None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ProvisionReport, bool]:
+    """Every asset at ``plan``'s replicas, then ``first_admin`` if given (create-only).
+
+    What ``unibus up`` and ``unibus provision`` (the compose stack's one-shot step) both
+    do. Returns the provisioning report and whether this call wrote the first admin.
+    """
+    report = await provision(nc.jetstream(timeout=plan.attempt_timeout), plan, progress=progress)
+    if first_admin is None:
+        return report, False
+    store = await retry_until("open the store", lambda: JetStreamStore.open(nc))
+    wrote = await retry_until("first admin", lambda: ensure_first_admin(store, first_admin))
+    return report, wrote
