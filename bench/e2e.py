@@ -56,7 +56,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from unibus.client.sdk import Client
 
 SCRIPT: Final = Path(__file__).resolve()
 RESULTS: Final = SCRIPT.parent / "results"
@@ -109,12 +112,24 @@ def _payloads(size: int, marker: bytes, count: int) -> list[bytes]:
     return [marker + os.urandom(size - len(marker)) for _ in range(count)]
 
 
+async def _sdk_client(spec: Child, name: str) -> Client:
+    """The SDK client a child measures with, as the user in ``spec``."""
+    from unibus.client.sdk import Client
+    from unibus.core.nkeys import read_seed_file
+
+    return await Client.open(
+        identity=read_seed_file(Path(spec.identity_file)),
+        nats_urls=spec.nats_urls,
+        api_urls=spec.api_urls,
+        ca_file=Path(spec.ca_file),
+        name=name,
+    )
+
+
 async def _child_pub(spec: Child) -> dict[str, Any]:
     from nats.aio.client import Client as NATS
 
-    from unibus.client.sdk import Client
     from unibus.core.connect import NatsTarget, connect
-    from unibus.core.nkeys import read_seed_file
 
     nc: NATS | None = None
     client: Client | None = None
@@ -139,13 +154,7 @@ async def _child_pub(spec: Child) -> dict[str, Any]:
             )
 
     else:
-        client = await Client.open(
-            identity=read_seed_file(Path(spec.identity_file)),
-            nats_urls=spec.nats_urls,
-            api_urls=spec.api_urls,
-            ca_file=Path(spec.ca_file),
-            name="bench-pub-e2e",
-        )
+        client = await _sdk_client(spec, "bench-pub-e2e")
         room = await client.room(spec.room_id)
 
         async def send(batch: Sequence[bytes]) -> None:
@@ -184,9 +193,7 @@ async def _child_pub(spec: Child) -> dict[str, Any]:
 async def _child_sub(spec: Child) -> dict[str, Any]:
     from nats.aio.msg import Msg
 
-    from unibus.client.sdk import Client
     from unibus.core.connect import NatsTarget, connect
-    from unibus.core.nkeys import read_seed_file
 
     done = asyncio.Event()
     got = 0
@@ -219,13 +226,7 @@ async def _child_sub(spec: Child) -> dict[str, Any]:
         await nc.flush()
         closer = nc.close
     else:
-        client = await Client.open(
-            identity=read_seed_file(Path(spec.identity_file)),
-            nats_urls=spec.nats_urls,
-            api_urls=spec.api_urls,
-            ca_file=Path(spec.ca_file),
-            name="bench-sub-e2e",
-        )
+        client = await _sdk_client(spec, "bench-sub-e2e")
         room = await client.room(spec.room_id)
 
         async def consume() -> None:
@@ -266,9 +267,7 @@ async def _child_replay(spec: Child) -> dict[str, Any]:
     import nats.errors
     from nats.js import api
 
-    from unibus.client.sdk import Client
     from unibus.core.connect import NatsTarget, connect
-    from unibus.core.nkeys import read_seed_file
 
     got = 0
     undeliverable = 0
@@ -306,13 +305,7 @@ async def _child_replay(spec: Child) -> dict[str, Any]:
         finally:
             await nc.close()
     else:
-        client = await Client.open(
-            identity=read_seed_file(Path(spec.identity_file)),
-            nats_urls=spec.nats_urls,
-            api_urls=spec.api_urls,
-            ca_file=Path(spec.ca_file),
-            name="bench-replay-e2e",
-        )
+        client = await _sdk_client(spec, "bench-replay-e2e")
         try:
             room = await client.room(spec.room_id)
             cpu = _cpu()

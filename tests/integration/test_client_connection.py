@@ -261,10 +261,7 @@ async def test_a_client_keeps_working_when_its_node_stops(make_world: WorldFacto
 
     url = bob.nc.connected_url
     assert url is not None
-    ports = [p.client for p in world.stack.spec.ports]
-    assert url.port is not None
-    node = world.stack.spec.node_names[ports.index(url.port)]
-    world.stack.stop_node(node)
+    world.stack.stop_node(world.stack.node_of(bob.nc))
 
     await _delivered(alice, subject, inbox, b"after the node stopped")
     await bob.wait_connected(timeout=10)
@@ -297,10 +294,7 @@ async def test_a_client_rides_out_refusals_while_the_cluster_has_no_quorum(
     await bob.subscribe(subject, inbox)
     await _delivered(alice, subject, inbox, b"before the outage")
     nodes = world.stack.spec.node_names
-    url = bob.nc.connected_url
-    assert url is not None
-    ports = [p.client for p in world.stack.spec.ports]
-    home = nodes[ports.index(url.port or 0)]
+    home = world.stack.node_of(bob.nc)
     survivor = next(n for n in nodes if n != home)
     stopped = [n for n in nodes if n != survivor]
 

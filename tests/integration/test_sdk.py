@@ -92,11 +92,7 @@ class Deployment:
 
     def node_of(self, client: Client) -> str:
         """The node ``client``'s bus connection is connected to."""
-        url = client.bus.nc.connected_url
-        assert url is not None
-        assert url.port is not None
-        ports = [p.client for p in self.stack.spec.ports]
-        return self.stack.spec.node_names[ports.index(url.port)]
+        return self.stack.node_of(client.bus.nc)
 
 
 @pytest_asyncio.fixture

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
+from nats.aio.client import Client as NATS
+
 from unibus.core.bootstrap import provision_cluster
 from unibus.core.certs import NodeSpec
 from unibus.core.connect import NatsTarget, connect
@@ -342,6 +344,14 @@ class LocalStack:
                 await asyncio.sleep(0.1)
 
     # -- readiness and provisioning -------------------------------------------------------------
+    def node_of(self, nc: NATS) -> str:
+        """The node a client connection is connected to (by its client port)."""
+        url = nc.connected_url
+        ports = [p.client for p in self.spec.ports]
+        if url is None or url.port not in ports:
+            raise StackError("the connection is not connected to a node of this stack")
+        return self.spec.node_names[ports.index(url.port)]
+
     def client_url(self, name: str) -> str:
         ports = self.spec.ports[self.spec.node_names.index(name)]
         return f"tls://{self.spec.bind}:{ports.client}"
