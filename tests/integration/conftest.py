@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.integration.deployment import deployment  # noqa: F401 - a fixture, shared
 from tests.integration.harness import StackFactory
 
 

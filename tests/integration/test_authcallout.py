@@ -18,7 +18,7 @@ from nats.js import api
 from tests.integration.harness import StackFactory, create_room, eventually, user_record
 from unibus.authcallout.kicks import Kicker
 from unibus.core import naming
-from unibus.core.connect import tls_context
+from unibus.core.connect import tls_context, tls_options
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair, Prefix
@@ -57,7 +57,7 @@ class World:
 
         await client.nc.connect(
             servers=[self.stack.client_url(node)],
-            tls=tls_context(self.stack.layout.certs.client_ca_cert),
+            **tls_options(self.stack.layout.certs.client_ca_cert),  # type: ignore[arg-type]
             nkeys_seed_str=who.seed,
             inbox_prefix=naming.inbox_prefix(who.public_key),
             connect_timeout=5,
@@ -159,12 +159,11 @@ async def _raw_connect(stack: LocalStack, connect: dict[str, object]) -> str:
     """Speak the NATS protocol by hand: INFO, CONNECT, PING; returns the server's verdict."""
     host, port = stack.spec.bind, stack.spec.ports[0].client
     context = tls_context(stack.layout.certs.client_ca_cert)
-    reader, writer = await asyncio.open_connection(host, port)
+    # TLS first: the servers accept nothing in clear (handshake_first).
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
     try:
         async with asyncio.timeout(10):
-            # The server speaks INFO in clear, then the client upgrades to TLS.
             info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
-            await writer.start_tls(context, server_hostname=host)
             body = {**connect, "verbose": False, "pedantic": False, "protocol": 1}
             if body.get("sig") == "NONCE":
                 body["sig"] = info["nonce"]

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from unibus.core import naming
 from unibus.core.errors import ConfigError, PostureError
 from unibus.core.natsconf import (
     ROUTE_USER,
@@ -368,6 +369,8 @@ def test_three_node_config_contains_every_required_setting(
     assert conf["tls"] == {
         "cert_file": str(pki.client.cert_file),
         "key_file": str(pki.client.key_file),
+        # a client that waited for INFO could be told by a relay not to upgrade
+        "handshake_first": True,
     }
     assert conf["log_file"] == str(tmp_path / "n2" / "nats.log")
     assert conf["pid_file"] == str(tmp_path / "n2" / "nats.pid")
@@ -391,11 +394,12 @@ def test_three_node_config_contains_every_required_setting(
         "routes": [f"nats-route://{ROUTE_USER}:{SECRET}@127.0.0.1:{p}" for p in (6221, 6222, 6223)],
     }
 
-    assert conf["accounts"] == {
-        "AUTH": {"users": [{"nkey": auth.callout_user}]},
-        "UNIBUS": {"jetstream": "enabled", "users": [{"nkey": auth.internal_user}]},
-        "SYS": {"users": [{"nkey": auth.system_user}]},
-    }
+    accounts = conf["accounts"]
+    assert set(accounts) == {"AUTH", "UNIBUS", "MEMBERS", "SYS"}
+    assert accounts["AUTH"] == {"users": [{"nkey": auth.callout_user}]}
+    assert accounts["SYS"] == {"users": [{"nkey": auth.system_user}]}
+    assert accounts["UNIBUS"]["jetstream"] == "enabled"
+    assert accounts["UNIBUS"]["users"] == [{"nkey": auth.internal_user}]
     assert conf["system_account"] == "SYS"
     assert conf["authorization"] == {
         "timeout": 3.0,
@@ -414,7 +418,9 @@ def test_every_config_user_bypasses_the_callout(cluster: list[NodeConfig]) -> No
     """A config user missing from auth_users would still be sent to the callout (notes §1.2)."""
     conf = _parse(render_node_config(cluster[0], QUIET))
     config_users = {
-        user["nkey"] for account in conf["accounts"].values() for user in account["users"]
+        user["nkey"]
+        for account in conf["accounts"].values()
+        for user in account.get("users", [])
     }
     assert set(conf["authorization"]["auth_callout"]["auth_users"]) == config_users
     assert len(config_users) == 3
@@ -423,8 +429,26 @@ def test_every_config_user_bypasses_the_callout(cluster: list[NodeConfig]) -> No
 def test_internal_user_has_no_permission_limits(cluster: list[NodeConfig]) -> None:
     conf = _parse(render_node_config(cluster[0], QUIET))
     for account in conf["accounts"].values():
-        for user in account["users"]:
+        for user in account.get("users", []):
             assert set(user) == {"nkey"}
+
+
+def test_members_live_in_an_account_without_jetstream_that_imports_only_the_member_services(
+    cluster: list[NodeConfig],
+) -> None:
+    """A reply subject a member names is rewritten by an import, so it cannot reach a stream."""
+    accounts = _parse(render_node_config(cluster[0], QUIET))["accounts"]
+    members = accounts["MEMBERS"]
+    assert set(members) == {"imports"}  # no jetstream, no static users
+    imported = [entry["service"]["subject"] for entry in members["imports"]]
+    assert all(entry["service"]["account"] == "UNIBUS" for entry in members["imports"])
+    assert imported == [service.subject for service in naming.MEMBER_SERVICES]
+    exports = accounts["UNIBUS"]["exports"]
+    assert [entry["service"] for entry in exports] == imported
+    assert all(entry["accounts"] == ["MEMBERS"] for entry in exports)
+    assert not any(subject.startswith(("$KV.", "$O.", "$JS.API.STREAM")) for subject in imported)
+    for entry, service in zip(members["imports"], naming.MEMBER_SERVICES, strict=True):
+        assert entry.get("share", False) is service.jetstream_api
 
 
 def test_nodes_differ_only_in_their_own_names_addresses_and_paths(
@@ -442,7 +466,8 @@ def test_rendered_config_has_no_unfilled_placeholder(cluster: list[NodeConfig]) 
     text = render_node_config(cluster[0], NatsToggles(debug=True))
     assert "{{" not in text
     assert "}}" not in text
-    assert "$" not in text  # nothing the nats parser could take for a variable
+    # nothing the nats parser could take for a variable: a $ only inside quotes
+    assert "$" not in re.sub(r'"[^"]*"', "", text)
 
 
 # -- route secret -------------------------------------------------------------------------

@@ -678,7 +678,7 @@ def permissions(client: KeyPair) -> Permissions:
     return permissions_for(client.public_key, [ROOM])
 
 
-def test_an_allow_response_carries_a_user_jwt_for_the_bus_account(
+def test_an_allow_response_carries_a_user_jwt_for_the_member_account(
     server: Server,
     callout: CurveKeyPair,
     issuer: KeyPair,
@@ -701,7 +701,7 @@ def test_an_allow_response_carries_a_user_jwt_for_the_bus_account(
     jwt.check_times(user, now=NOW + 3599)
     assert user["iss"] == issuer.public_key
     assert user["sub"] == request_.user_nkey
-    assert user["aud"] == "UNIBUS" == naming.BUS_ACCOUNT
+    assert user["aud"] == "MEMBERS" == naming.MEMBER_ACCOUNT
     assert user["name"] == client.public_key
     assert (user["iat"], user["exp"]) == (NOW, NOW + 3600)
     assert "issuer_account" not in user

@@ -377,7 +377,7 @@ def user_jwt(
         raise ValueError("a connection name must begin with the user's key")
     claims = {
         "sub": request.user_nkey,
-        "aud": naming.BUS_ACCOUNT,
+        "aud": naming.MEMBER_ACCOUNT,
         "name": name,
         "exp": int(now + ttl),
         "nats": {

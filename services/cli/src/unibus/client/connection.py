@@ -41,7 +41,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.client import JetStreamContext
 
 from unibus.core import naming
-from unibus.core.connect import NatsTarget, tls_context
+from unibus.core.connect import NatsTarget, tls_options
 from unibus.core.errors import ConfigError, UnibusError
 from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair, Prefix
@@ -215,7 +215,7 @@ class BusConnection:
         target.check_secure()
         self._urls = list(target.urls)
         self._identity = identity
-        self._tls = tls_context(ca_file) if ca_file is not None else None
+        self._tls = tls_options(ca_file) if ca_file is not None else {}
         self._name = name
         self._connect_timeout = connect_timeout
         self._max_denials = max_denials
@@ -519,7 +519,6 @@ class BusConnection:
         await session.nc.connect(
             servers=self._urls,
             name=self._name,
-            tls=self._tls,
             nkeys_seed_str=self._identity.seed,
             inbox_prefix=naming.inbox_prefix(self.user_key),
             connect_timeout=self._connect_timeout,  # type: ignore[arg-type]  # a float works
@@ -530,6 +529,7 @@ class BusConnection:
             disconnected_cb=callbacks["disconnected_cb"],
             reconnected_cb=callbacks["reconnected_cb"],
             closed_cb=callbacks["closed_cb"],
+            **self._tls,  # type: ignore[arg-type]  # tls and tls_handshake_first
         )
 
     async def _attempt(self, session: _Session, budget: float) -> _Outcome:

@@ -1,7 +1,10 @@
 """Connecting to the bus: URLs, the pinned CA and an nkey identity read from a 0600 file.
 
 A connection that would carry identities or the allowlist across a network in clear is
-refused before any socket opens: a non-loopback URL needs a pinned CA.
+refused before any socket opens: a non-loopback URL needs a pinned CA. With a CA, TLS is
+the first thing on the socket (``tls_options``): nats-py otherwise upgrades only when the
+server's first INFO asks for it, so a relay that answers with ``tls_required: false``
+would receive the nkey signature in clear and log in with it elsewhere.
 """
 
 from __future__ import annotations
@@ -77,6 +80,15 @@ def tls_context(ca_file: Path) -> ssl.SSLContext:
     return context
 
 
+def tls_options(ca_file: Path) -> dict[str, object]:
+    """nats-py options for a TLS connection that sends nothing before the handshake.
+
+    The servers' client listeners require the same (``handshake_first``), so a client
+    that waited for INFO would be refused rather than fall back to clear text.
+    """
+    return {"tls": tls_context(ca_file), "tls_handshake_first": True}
+
+
 async def _quiet_error(exc: Exception) -> None:
     # nats-py reports every reconnect hiccup here; they are expected during failover.
     _log.debug("nats connection error", error=type(exc).__name__)
@@ -110,7 +122,7 @@ async def connect(
         "dont_randomize": not randomize,
     }
     if target.ca_file is not None:
-        options["tls"] = tls_context(target.ca_file)
+        options.update(tls_options(target.ca_file))
     if target.identity_file is not None:
         options["nkeys_seed_str"] = read_seed_file(target.identity_file).seed
     if inbox_prefix is not None:

@@ -13,19 +13,23 @@ import base64
 import hashlib
 import re
 import secrets
-from typing import Final
+from typing import Final, NamedTuple
 
 from unibus.core.errors import InvalidNameError
 
 # -- accounts (SPEC §3) -------------------------------------------------------------------
 BUS_ACCOUNT: Final = "UNIBUS"
-"""Users, KV buckets, the history stream and the object store all live here."""
+"""The KV buckets, the history stream and the object store; only trusted identities connect."""
+MEMBER_ACCOUNT: Final = "MEMBERS"
+"""Every callout-admitted user. It holds no JetStream asset: see ``MEMBER_SERVICES``."""
 CALLOUT_ACCOUNT: Final = "AUTH"
 """Only the callout service connects here; the server publishes auth requests into it."""
 SYSTEM_ACCOUNT: Final = "SYS"
 
 CALLOUT_SUBJECT: Final = "$SYS.REQ.USER.AUTH"
 CALLOUT_QUEUE: Final = "unibus-authcallout"
+
+_JS_API: Final = "$JS.API"
 
 # -- JetStream assets (SPEC §4) -------------------------------------------------------------
 USERS_BUCKET: Final = "UNIBUS_users"
@@ -65,6 +69,44 @@ ROOM_MESSAGES_FILTER: Final = f"{ROOM_SUBJECT_PREFIX}.*.msg"
 """What the history stream captures."""
 
 
+class MemberService(NamedTuple):
+    """One subject the bus account exports to the member account."""
+
+    subject: str
+    streamed: bool = False
+    """Answered by many messages (a pull request: a batch, then a status), not one."""
+    jetstream_api: bool = False
+    """Served by the JetStream API, which must learn that the request came through the
+    bus account's export (the import shares the request's origin)."""
+
+
+def _member_services() -> tuple[MemberService, ...]:
+    stream = MESSAGES_STREAM
+    return (
+        MemberService(ROOM_MESSAGES_FILTER),
+        MemberService(f"{_JS_API}.CONSUMER.CREATE.{stream}.>", jetstream_api=True),
+        MemberService(f"{_JS_API}.CONSUMER.DELETE.{stream}.*", jetstream_api=True),
+        MemberService(f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.*", streamed=True, jetstream_api=True),
+        MemberService(f"$JS.ACK.{stream}.>"),
+        MemberService(f"$JS.ACK.*.*.{stream}.>"),
+        # No member may publish it, but an account that imports it is not given the
+        # server's own "JetStream not enabled" responder, which would answer every
+        # member's JetStream request first, with a 503.
+        MemberService(f"{_JS_API}.INFO", jetstream_api=True),
+    )
+
+
+MEMBER_SERVICES: Final = _member_services()
+"""What the bus account exports to the member account, and nothing else.
+
+A member's publish with a reply subject of its choice reaches the bus account only
+through one of these service imports, and an import always rewrites the reply to a
+fresh ``_R_`` subject that routes the answer back into the member account. So no
+subject a member names as a reply can reach a stream: JetStream's answer (a publish ack,
+an API response) is delivered in the member account, which holds no stream, bucket or
+object store. Per-user permissions still pin each subject to the user's rooms and
+consumers; an import only makes a subject reachable at all.
+"""
 def new_room_id() -> str:
     """A fresh room id: lower-case alphanumeric, so it is safe as a subject token."""
     return "".join(secrets.choice(ROOM_ID_ALPHABET) for _ in range(ROOM_ID_LENGTH))
@@ -112,7 +154,6 @@ def inbox_prefix(user_key: str) -> str:
 # -- history consumers ------------------------------------------------------------------------
 HISTORY_SLOTS: Final = 2
 """Consumer names per user and room: one per concurrently reading device."""
-_JS_API: Final = "$JS.API"
 
 
 def history_consumer(room_id: str, user_key: str, slot: int) -> str:

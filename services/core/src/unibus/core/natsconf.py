@@ -41,7 +41,13 @@ from typing import Final
 
 from unibus.core.errors import ConfigError, PostureError
 from unibus.core.files import PrivateFileError, read_private, write_private
-from unibus.core.naming import BUS_ACCOUNT, CALLOUT_ACCOUNT, SYSTEM_ACCOUNT
+from unibus.core.naming import (
+    BUS_ACCOUNT,
+    CALLOUT_ACCOUNT,
+    MEMBER_ACCOUNT,
+    MEMBER_SERVICES,
+    SYSTEM_ACCOUNT,
+)
 from unibus.core.settings import parse_bool
 
 __all__ = [
@@ -338,6 +344,9 @@ def _client_tls_block(tls: ClientTLS | None) -> str:
             "tls {",
             f"  cert_file: {_quote_path(tls.cert_file, 'client_tls.cert_file')}",
             f"  key_file: {_quote_path(tls.key_file, 'client_tls.key_file')}",
+            "  # TLS before INFO: a client that waits for INFO to learn whether to upgrade can",
+            "  # be told not to by a relay, and would send its CONNECT (signature) in clear",
+            "  handshake_first: true",
             "}",
         ]
     )
@@ -418,6 +427,12 @@ def _auth_blocks(auth: AuthIdentities | None, timeout: float | None) -> str:
         "    jetstream: enabled",
         "    # the internal service identity: no permissions block means full rights",
         f"    users: [ {{ nkey: {_quote(internal, 'auth.internal_user')} }} ]",
+        *_member_exports(),
+        "  }",
+        f"  {MEMBER_ACCOUNT} {{",
+        "    # every callout-admitted user; no JetStream asset lives here, so no reply",
+        "    # subject a member names can reach one (naming.MEMBER_SERVICES)",
+        *_member_imports(),
         "  }",
         f"  {SYSTEM_ACCOUNT} {{",
         f"    users: [ {{ nkey: {_quote(system, 'auth.system_user')} }} ]",
@@ -445,6 +460,37 @@ def _auth_blocks(auth: AuthIdentities | None, timeout: float | None) -> str:
         "}",
     ]
     return "\n".join(lines)
+
+
+# A pull request's answer (a batch, then a status) may come as late as its expiry; the
+# response route back into the member account must outlive the longest the SDK asks for.
+_PULL_RESPONSE_THRESHOLD = '"2m"'
+
+
+def _member_exports() -> list[str]:
+    lines = ["    exports: ["]
+    for service in MEMBER_SERVICES:
+        answers = "stream" if service.streamed else "singleton"
+        threshold = f", response_threshold: {_PULL_RESPONSE_THRESHOLD}" if service.streamed else ""
+        lines.append(
+            f"      {{ service: {_quote(service.subject, 'export')}, accounts: [{MEMBER_ACCOUNT}],"
+            f" response_type: {answers}{threshold} }}"
+        )
+    return [*lines, "    ]"]
+
+
+def _member_imports() -> list[str]:
+    # share only where the JetStream API answers: it then serves the bus account, as the
+    # export's owner, not the member account. A shared room message would carry the
+    # member's connection details into the stream, as a header.
+    lines = ["    imports: ["]
+    for service in MEMBER_SERVICES:
+        share = ", share: true" if service.jetstream_api else ""
+        lines.append(
+            f"      {{ service: {{ account: {BUS_ACCOUNT},"
+            f" subject: {_quote(service.subject, 'import')} }}{share} }}"
+        )
+    return [*lines, "    ]"]
 
 
 # -- the template -------------------------------------------------------------------------
