@@ -8,6 +8,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest_asyncio
 
@@ -36,18 +37,25 @@ class Deployment:
     admin: ApiClient
     clients: list[Client] = field(default_factory=list)
 
-    async def member(self, handle: str) -> Client:
+    async def member(self, handle: str, *, heads_file: Path | None = None) -> Client:
         """A new user added by the admin, connected once the callout admits it."""
         pair = KeyPair.generate(Prefix.USER)
         await self.admin.add_user(pair.public_key, handle)
+        return await self.device(pair, heads_file=heads_file, name=f"unibus-test-{handle}")
+
+    async def device(
+        self, identity: KeyPair, *, heads_file: Path | None = None, name: str = "unibus-test"
+    ) -> Client:
+        """A fresh client of an existing user (``heads_file``: the device's room memory)."""
 
         async def attempt() -> Client:
             client = await Client.open(
-                identity=pair,
+                identity=identity,
                 nats_urls=[self.stack.client_url(n) for n in self.stack.spec.node_names],
                 api_urls=[self.stack.api_url(n) for n in self.stack.spec.node_names],
                 ca_file=self.stack.layout.certs.client_ca_cert,
-                name=f"unibus-test-{handle}",
+                name=name,
+                heads_file=heads_file,
             )
             self.clients.append(client)
             return client

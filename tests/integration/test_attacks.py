@@ -19,10 +19,13 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NATS
 
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, Listener
 from tests.integration.harness import bounded, run_cli
 from unibus.client.api import ApiError
 from unibus.client.connection import BusConnection, BusUnavailable
+from unibus.client.crypto import open_room_key
+from unibus.client.envelope import Sealer
+from unibus.client.room import RollbackError
 from unibus.core import naming
 from unibus.core.certs import CertificateAuthority
 from unibus.core.connect import NatsTarget, connect
@@ -244,3 +247,110 @@ async def test_the_cli_sends_no_connect_to_a_listener_that_offers_clear_text(
     assert status != 0, err
     assert relay.received
     assert not relay.sent_connect
+
+
+# -- 3. no rollback past a removal ----------------------------------------------------------------
+async def _save_room_record(deployment: Deployment, room_id: str) -> Callable[[], Awaitable[None]]:
+    """A KV writer keeps the room's record as it is now; the result puts it back."""
+    kv = (
+        await (await deployment.stacks.connect(deployment.stack))
+        .jetstream()
+        .key_value(naming.ROOMS_BUCKET)
+    )
+    saved = (await kv.get(room_id)).value
+    assert saved is not None
+
+    async def put_back() -> None:
+        await kv.put(room_id, saved)
+
+    return put_back
+
+
+async def _last_stored(deployment: Deployment, room_id: str) -> int | None:
+    internal = await deployment.stacks.connect(deployment.stack)
+    return await _last_seq(internal, naming.MESSAGES_STREAM, naming.room_subject(room_id))
+
+
+async def test_a_room_rolled_back_past_a_removal_gets_no_message_under_the_old_epoch(
+    deployment: Deployment,
+) -> None:
+    """The issue's scenario: Bob removes Mel, a KV writer puts the saved record back, and
+    Dave's fresh client is served the older (validly signed) chain. The room's history
+    shows the newer epoch, so Dave refuses to publish under the epoch Mel holds the key to."""
+    bob = await deployment.member("bob")
+    dave = await deployment.member("dave")
+    mel = await deployment.member("mel")
+    bob_room = await bob.create_room([dave.key, mel.key])
+    room_id = bob_room.room_id
+    put_back = await _save_room_record(deployment, room_id)
+
+    await bob_room.remove(mel.key)
+    assert bob_room.state.epoch == 2
+    await bob_room.publish(b"after mel left")
+    stored = await _last_stored(deployment, room_id)
+    await put_back()
+
+    fresh = await deployment.device(dave.identity)
+    stale = await fresh.room(room_id)  # a device that never saw the room trusts it on first use
+    assert stale.state.epoch == 1
+    assert mel.key in stale.members
+    with pytest.raises(RollbackError, match="epoch 2"):
+        await stale.publish(b"for the room, not for mel")
+    assert await _last_stored(deployment, room_id) == stored
+
+
+async def test_a_device_that_saw_the_newer_chain_refuses_the_older_one_in_a_fresh_client(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    bob = await deployment.member("bob")
+    device = tmp_path / "dave-device.rooms.json"
+    dave = await deployment.member("dave", heads_file=device)
+    mel = await deployment.member("mel")
+    bob_room = await bob.create_room([dave.key, mel.key])
+    room_id = bob_room.room_id
+    await dave.room(room_id)
+    put_back = await _save_room_record(deployment, room_id)
+    await bob_room.remove(mel.key)
+    assert (await dave.room(room_id)).state.epoch == 2  # this device verified epoch 2
+    await put_back()
+
+    fresh = await deployment.device(dave.identity, heads_file=device)
+    with pytest.raises(RollbackError, match="rollback"):
+        await fresh.room(room_id)
+
+
+async def test_members_on_the_newer_chain_see_a_message_sent_under_the_stale_head_flagged(
+    deployment: Deployment,
+) -> None:
+    """What a client without these checks would send after a rollback reaches Bob marked."""
+    bob = await deployment.member("bob")
+    dave = await deployment.member("dave")
+    mel = await deployment.member("mel")
+    bob_room = await bob.create_room([dave.key, mel.key])
+    room_id = bob_room.room_id
+    old = bob_room.state
+    await bob_room.remove(mel.key)
+    listener = Listener(bob_room)
+    await listener.ready(bob_room)
+
+    old_key = next(
+        open_room_key(sealed.sealed, dave.identity)
+        for sealed in await dave.api.sealed_keys(room_id)
+        if sealed.member == dave.key and sealed.epoch == old.epoch
+    )
+    [(message_id, envelope)] = Sealer(dave.identity, room_id).seal_batch_with_ids(
+        [b"under the old head"], epoch=old.epoch, key_id=old.key_id, room_key=old_key
+    )
+    await (await dave.room(room_id)).wait_admitted()
+    await dave.bus.jetstream().publish(
+        naming.room_subject(room_id), envelope, headers={"Nats-Msg-Id": message_id}
+    )
+    await listener.receive(b"under the old head")
+    [flagged] = [m for m in listener.messages if m.data == b"under the old head"]
+    assert flagged.stale
+    assert flagged.epoch == 1
+    assert bob_room.stale_received == 1
+    assert not any(m.stale for m in listener.messages if m is not flagged)
+    await listener.stop()
+    replayed = [m async for m in (await bob.room(room_id)).history()]
+    assert [m.stale for m in replayed if m.data == b"under the old head"] == [True]

@@ -62,7 +62,9 @@ class Kicker:
         self._timeout = timeout
 
     async def connections(self) -> list[Connection]:
-        body = msgspec.json.encode({"acc": naming.MEMBER_ACCOUNT, "auth": True, "limit": _CONNZ_LIMIT})
+        body = msgspec.json.encode(
+            {"acc": naming.MEMBER_ACCOUNT, "auth": True, "limit": _CONNZ_LIMIT}
+        )
         replies = await server_ping(
             self._nc, "CONNZ", expected=self._expected, timeout=self._timeout, body=body
         )

@@ -18,7 +18,7 @@ from unibus.cli._common import (
     progress,
 )
 from unibus.client.envelope import MAX_PLAINTEXT_BYTES
-from unibus.client.sdk import BlobRef, Client
+from unibus.client.sdk import BlobRef, Client, heads_file_for
 from unibus.core.errors import ConfigError
 from unibus.core.nkeys import canonical_user_key, read_seed_file
 from unibus.stack.layout import DEFAULT_DIR, read_stack_info
@@ -47,6 +47,7 @@ async def open_client(args: argparse.Namespace) -> Client:
             nats_urls=args.nats_url,
             api_urls=args.api_url,
             ca_file=args.ca,
+            heads_file=heads_file_for(args.identity),
         )
     info = read_stack_info(args.dir or DEFAULT_DIR)
     identity = args.identity or Path(info.admin_seed_file)
@@ -55,6 +56,7 @@ async def open_client(args: argparse.Namespace) -> Client:
         nats_urls=info.nats_urls,
         api_urls=info.api_urls,
         ca_file=args.ca or Path(info.ca_file),
+        heads_file=heads_file_for(identity),
     )
 
 

@@ -594,6 +594,25 @@ class Opener:
             msg_id=msg_id(env),
         )
 
+    def attest(self, data: bytes) -> Envelope:
+        """Check shape, room and the sender's batch signature, nothing else.
+
+        What a message proves without its key: that ``sender`` signed it under ``epoch``.
+        A member of a newer chain than the one the server serves cannot have its epoch
+        denied this way (``unibus.client.heads``). Nothing is recorded as seen.
+
+        Raises:
+            EnvelopeError: ``malformed``, ``wrong_room`` or ``bad_signature``.
+        """
+        env = decode_envelope(data)
+        if env.room_id != self._room_id:
+            _fail("wrong_room", "the envelope belongs to another room")
+        ad = _associated_data(
+            self._room_id, env.epoch, env.key_id, env.sender, env.session, env.seq
+        )
+        self._authenticate(env, _leaf_hash(ad, env.nonce, env.ciphertext))
+        return env
+
     def _new_stream(self, stream_key: tuple[str, bytes]) -> _Stream:
         stream = self._streams[stream_key] = _Stream()
         while len(self._streams) > self._max_sessions:

@@ -21,11 +21,12 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from unibus.client.api import ApiClient
+from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import genesis, successor
 from unibus.client.connection import BusConnection
 from unibus.client.crypto import new_room_key, open_room_key, seal_room_key
 from unibus.client.envelope import EnvelopeError, Opened, Opener, Sealer
+from unibus.client.heads import HeadMemory
 from unibus.core import naming
 from unibus.core.errors import UnibusError
 from unibus.core.log import get_logger
@@ -58,6 +59,12 @@ class RoomError(UnibusError):
     """The room's chain, keys or membership do not allow what was asked."""
 
 
+class RollbackError(RoomError):
+    """The server presents an older chain than this device verified or than the room's
+    signed traffic shows: a rollback (or a server still lagging). Nothing is published
+    under the older epoch, whose key a removed member may hold."""
+
+
 class Message(msgspec.Struct, frozen=True):
     """One verified, decrypted room message (a Struct: built once per message received)."""
 
@@ -69,6 +76,10 @@ class Message(msgspec.Struct, frozen=True):
     time: datetime.datetime | None = None
     envelope: bytes = b""
     """The encrypted envelope as stored (what a server, or a removed member, can see)."""
+    stale: bool = False
+    """Sent under an older epoch than the room had already moved to, when it was received
+    (live) or than a message stored before it (history): a removed member may hold its
+    key. A sender on a rolled-back chain, or one that published as the room rekeyed."""
 
 
 @dataclass
@@ -86,8 +97,18 @@ class Undeliverable:
 
 
 class Room:
-    def __init__(self, room_id: str, identity: KeyPair, api: ApiClient, bus: BusConnection) -> None:
+    def __init__(
+        self,
+        room_id: str,
+        identity: KeyPair,
+        api: ApiClient,
+        bus: BusConnection,
+        *,
+        heads: HeadMemory | None = None,
+    ) -> None:
         self.room_id = naming.check_room_id(room_id)
+        self._heads = heads if heads is not None else HeadMemory()
+        self._probed_history = False
         self._identity = identity
         self._api = api
         self._bus = bus
@@ -100,6 +121,8 @@ class Room:
         self._admitted_on: tuple[int, int] | None = None
         self.undeliverable = Undeliverable()
         """Every refused message of every subscribe() and history() of this object."""
+        self.stale_received = 0
+        """Messages delivered with ``stale`` set (see ``Message.stale``)."""
 
     # -- trusted state ----------------------------------------------------------------------------
     @property
@@ -126,12 +149,16 @@ class Room:
                 f"the room's chain does not verify ({exc.reason}); not trusting it"
             ) from None
         if len(states) < len(self._states) or states[: len(self._states)] != self._states:
-            raise RoomError("the server presented an older or different history of this room")
+            raise RollbackError("the server presented an older or different history of this room")
+        problem = self._heads.check(self.room_id, states)
+        if problem is not None:
+            raise RollbackError(problem)
         # The server's summary must agree with the signed chain, or it is lying about members.
         latest = states[-1]
         if sorted(view.members) != list(latest.members) or view.epoch != latest.epoch:
             raise RoomError("the server's member list disagrees with the room's signed chain")
         self._states = states
+        self._heads.remember(self.room_id, states)
         members_at: dict[int, set[str]] = {}
         for verified in states:
             members_at.setdefault(verified.epoch, set()).update(verified.members)
@@ -230,7 +257,75 @@ class Room:
 
     async def _ensure_admitted(self) -> None:
         if self._admitted_on != self._bus.incarnation:
+            if self._admitted_on is not None:
+                # Re-authorized since: a change to one of this user's rooms is the usual
+                # cause (the callout kicks every member), so learn the new epoch before
+                # publishing under the old one. An API that is away is not a reason to fail
+                # here; the chain is judged again on the next refresh.
+                with contextlib.suppress(ApiError):
+                    await self.refresh()
             await self.wait_admitted()
+
+    async def _ensure_current(self) -> None:
+        """Refuse to publish under an epoch older than one this device knows exists."""
+        if not self._probed_history:
+            await self._probe_newest_message()
+        newest = self._heads.newest_epoch(self.room_id)
+        if newest > self.state.epoch:
+            await self.refresh()
+            if newest > self.state.epoch:
+                raise RollbackError(
+                    f"signed messages of room {self.room_id} show epoch {newest}, but the "
+                    f"server serves its chain only up to epoch {self.state.epoch}: a rollback, "
+                    "or a server still catching up; not publishing under the older epoch "
+                    "(retry later; if it persists, the room's record was tampered with)"
+                )
+
+    async def _probe_newest_message(self) -> None:
+        """Learn the epoch of the newest stored message (once per Room object).
+
+        A fresh device knows no head; the room's history may still show that the chain it
+        is served is old. Best effort: a server that hides the history can hide it anyway,
+        and a probe that fails is tried again at the next publish.
+        """
+        slot = naming.HISTORY_SLOTS - 1  # history() reads from slot 0 by default
+        consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
+        config = api.ConsumerConfig(
+            name=consumer,
+            filter_subject=naming.room_subject(self.room_id),
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.LAST,
+            inactive_threshold=10.0,
+        )
+        js = self._bus.jetstream()
+        try:
+            info = await self._fresh_consumer(consumer, config)
+            if info.num_pending:
+                pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
+                try:
+                    for msg in await pull.fetch(1, timeout=2.0):
+                        self._note_epoch(Opener(self.room_id), msg.data)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pull.unsubscribe()
+        except (*_RETRIABLE, nats.errors.Error, TimeoutError) as exc:
+            _log.debug("history probe failed", error=type(exc).__name__)
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+        self._probed_history = True
+
+    def _note_epoch(self, opener: Opener, data: bytes) -> None:
+        """Remember the epoch of a message signed by someone this chain made a member."""
+        try:
+            env = opener.attest(data)
+        except EnvelopeError:
+            return
+        if env.epoch > self.state.epoch and any(
+            env.sender in members for members in self._members_at.values()
+        ):
+            self._heads.saw_epoch(self.room_id, env.epoch)
 
     # -- messages ---------------------------------------------------------------------------------
     async def publish(self, data: bytes) -> int:
@@ -247,9 +342,10 @@ class Room:
             RoomError: no key for the current epoch, or the bus refuses the room.
             nats.errors.TimeoutError: a message was not acknowledged after every attempt.
         """
+        await self._ensure_admitted()
+        await self._ensure_current()
         state = self.state
         key = self._require_key(state.epoch, state.key_id)
-        await self._ensure_admitted()
         async with self._publish_lock:
             sealed = self._sealer.seal_batch_with_ids(
                 list(messages), epoch=state.epoch, key_id=state.key_id, room_key=key
@@ -318,9 +414,35 @@ class Room:
                 return opener.open(data, room_key=self._key, is_member=self.is_member)
             except EnvelopeError as exc:
                 reason = exc.reason
+            if reason in _REFETCH:
+                # Still newer than the chain served: if a member signed it, the room has
+                # moved on without the server saying so.
+                self._note_epoch(opener, data)
         if reason not in quiet:
             self.undeliverable.add(reason)
         return None
+
+    def _live(self, opened: Opened, msg: Msg) -> Message:
+        stale = opened.epoch < self.state.epoch
+        if stale:
+            self._count_stale(opened)
+        return Message(
+            opened.plaintext,
+            opened.sender,
+            opened.epoch,
+            opened.msg_id,
+            envelope=msg.data,
+            stale=stale,
+        )
+
+    def _count_stale(self, opened: Opened) -> None:
+        self.stale_received += 1
+        _log.warning(
+            "a member sent under an older epoch than the room's",
+            sender=opened.sender,
+            epoch=opened.epoch,
+            room_epoch=self.state.epoch,
+        )
 
     def open_envelope(self, data: bytes) -> Message:
         """Check and decrypt one envelope with what this member knows now (no refetch).
@@ -361,12 +483,12 @@ class Room:
                     msg = queue.get_nowait()
                     opened = await self._open(opener, msg.data, quiet=_OVERLAP)
                     if opened is not None:
-                        yield _live(opened, msg)
+                        yield self._live(opened, msg)
             while True:
                 msg = queue.get_nowait() if queue.qsize() else await queue.get()
                 opened = await self._open(opener, msg.data)
                 if opened is not None:
-                    yield _live(opened, msg)
+                    yield self._live(opened, msg)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -411,6 +533,7 @@ class Room:
         # opened one after the other). Nothing pending, at the consumer's creation or after
         # the last message read, ends the replay; without a count (None), a fetch idling out.
         ahead = fetch() if info.num_pending != 0 else None
+        newest = 0
         try:
             while ahead is not None:
                 try:
@@ -427,6 +550,11 @@ class Room:
                     meta = msg.metadata
                     opened = await self._open(opener, msg.data)
                     if opened is not None:
+                        # in stream order: an epoch below one stored earlier is stale
+                        stale = opened.epoch < newest
+                        newest = max(newest, opened.epoch)
+                        if stale:
+                            self._count_stale(opened)
                         yield Message(
                             opened.plaintext,
                             opened.sender,
@@ -435,6 +563,7 @@ class Room:
                             stream_seq=meta.sequence.stream,
                             time=meta.timestamp,
                             envelope=msg.data,
+                            stale=stale,
                         )
         finally:
             if ahead is not None:
@@ -461,10 +590,6 @@ class Room:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _live(opened: Opened, msg: Msg) -> Message:
-    return Message(opened.plaintext, opened.sender, opened.epoch, opened.msg_id, envelope=msg.data)
-
-
 def _discard(future: asyncio.Future[list[Msg]]) -> None:
     """Drop a fetch nobody will read: cancel it, or retrieve its error (never reported)."""
     if not future.done():
@@ -474,7 +599,12 @@ def _discard(future: asyncio.Future[list[Msg]]) -> None:
 
 
 async def create_room(
-    identity: KeyPair, api: ApiClient, bus: BusConnection, members: Iterable[str] = ()
+    identity: KeyPair,
+    api: ApiClient,
+    bus: BusConnection,
+    members: Iterable[str] = (),
+    *,
+    heads: HeadMemory | None = None,
 ) -> Room:
     """A new room with a fresh epoch-1 key sealed to the creator and the given members."""
     room_id = await api.new_room_id()
@@ -487,6 +617,6 @@ async def create_room(
         sealed_by_member={member: seal_room_key(key, member) for member in everyone},
     )
     await api.create_room(body)
-    room = Room(room_id, identity, api, bus)
+    room = Room(room_id, identity, api, bus, heads=heads)
     await room.refresh()
     return room

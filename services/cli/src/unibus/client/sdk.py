@@ -29,11 +29,17 @@ from unibus.client.blobs import (
     sealed_size,
 )
 from unibus.client.connection import BusConnection
+from unibus.client.heads import HeadMemory
 from unibus.client.room import Room, create_room
 from unibus.core.nkeys import KeyPair, read_seed_file
 from unibus.stack.layout import read_stack_info
 
-__all__ = ["BlobError", "BlobRef", "Client"]
+__all__ = ["BlobError", "BlobRef", "Client", "heads_file_for"]
+
+
+def heads_file_for(identity_file: Path) -> Path:
+    """Where a device keeps its room memory: beside the identity it belongs to."""
+    return identity_file.with_name(f"{identity_file.name}.rooms.json")
 
 
 class Client:
@@ -46,8 +52,11 @@ class Client:
         nats_urls: Sequence[str] = (),
         api_urls: Sequence[str] = (),
         ca_file: Path | None = None,
+        heads: HeadMemory | None = None,
     ) -> None:
         self.identity = identity
+        self.heads = heads if heads is not None else HeadMemory()
+        """What this device verified of each room's chain (``unibus.client.heads``)."""
         self.api = api
         self.bus = bus
         self.nats_urls = tuple(nats_urls)
@@ -64,10 +73,26 @@ class Client:
         api_urls: Sequence[str],
         ca_file: Path | None,
         name: str = "unibus-client",
+        heads_file: Path | None = None,
     ) -> Client:
+        """Connect as ``identity``.
+
+        ``heads_file`` keeps what this device verified of each room's chain across
+        processes, so a server cannot roll a room back on it (``unibus.client.heads``);
+        without it the memory lasts as long as this object.
+        """
+        heads = HeadMemory(heads_file)
         bus = await BusConnection.connect(nats_urls, identity, ca_file=ca_file, name=name)
         api = ApiClient(api_urls, identity, ca_file=ca_file)
-        return cls(identity, api, bus, nats_urls=nats_urls, api_urls=api_urls, ca_file=ca_file)
+        return cls(
+            identity,
+            api,
+            bus,
+            nats_urls=nats_urls,
+            api_urls=api_urls,
+            ca_file=ca_file,
+            heads=heads,
+        )
 
     @classmethod
     async def from_stack(cls, stack_dir: Path, identity_file: Path) -> Client:
@@ -78,6 +103,7 @@ class Client:
             nats_urls=info.nats_urls,
             api_urls=info.api_urls,
             ca_file=Path(info.ca_file),
+            heads_file=heads_file_for(identity_file),
         )
 
     async def close(self) -> None:
@@ -95,14 +121,14 @@ class Client:
         return self.identity.public_key
 
     async def create_room(self, members: Iterable[str] = ()) -> Room:
-        room = await create_room(self.identity, self.api, self.bus, members)
+        room = await create_room(self.identity, self.api, self.bus, members, heads=self.heads)
         self._rooms[room.room_id] = room
         return room
 
     async def room(self, room_id: str) -> Room:
         room = self._rooms.get(room_id)
         if room is None:
-            room = Room(room_id, self.identity, self.api, self.bus)
+            room = Room(room_id, self.identity, self.api, self.bus, heads=self.heads)
             self._rooms[room_id] = room
         await room.refresh()
         return room

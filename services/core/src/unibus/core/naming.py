@@ -107,6 +107,8 @@ an API response) is delivered in the member account, which holds no stream, buck
 object store. Per-user permissions still pin each subject to the user's rooms and
 consumers; an import only makes a subject reachable at all.
 """
+
+
 def new_room_id() -> str:
     """A fresh room id: lower-case alphanumeric, so it is safe as a subject token."""
     return "".join(secrets.choice(ROOM_ID_ALPHABET) for _ in range(ROOM_ID_LENGTH))
