@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx
+import msgspec
 import nats.js.errors
 import pytest
 import pytest_asyncio
@@ -20,11 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NATS
 
 from tests.integration.deployment import Deployment, Listener
-from tests.integration.harness import bounded, run_cli
+from tests.integration.harness import bounded, eventually, run_cli
 from unibus.client.api import ApiError
 from unibus.client.connection import BusConnection, BusUnavailable
 from unibus.client.crypto import open_room_key
-from unibus.client.envelope import Sealer
+from unibus.client.envelope import Sealer, decode_envelope
 from unibus.client.room import RollbackError
 from unibus.core import naming
 from unibus.core.certs import CertificateAuthority
@@ -354,3 +358,85 @@ async def test_members_on_the_newer_chain_see_a_message_sent_under_the_stale_hea
     await listener.stop()
     replayed = [m async for m in (await bob.room(room_id)).history()]
     assert [m.stale for m in replayed if m.data == b"under the old head"] == [True]
+
+
+# -- 4. exhaustion ---------------------------------------------------------------------------------
+def _vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+async def test_a_chunked_body_to_a_route_without_one_is_refused_without_being_buffered(
+    deployment: Deployment,
+) -> None:
+    """48 MiB, chunked (no length declared), to POST /v1/room-ids: read only to the bound."""
+    pid = deployment.stack.service_pid("controlplane", "n1")
+    assert pid is not None
+    chunk = b"x" * (1024 * 1024)
+    total = 48
+    digest = hashlib.sha256(chunk * total).hexdigest()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(total):
+            yield chunk
+
+    before = await asyncio.to_thread(_vm_hwm_kib, pid)
+    request = deployment.admin.signed(
+        "POST", f"{deployment.stack.api_url('n1')}/v1/room-ids", content=body(), digest=digest
+    )
+    context = ssl.create_default_context(cafile=str(deployment.stack.layout.certs.client_ca_cert))
+    async with httpx.AsyncClient(verify=context, timeout=60) as http:
+        try:
+            response = await http.send(request)
+        except httpx.TransportError:
+            response = None  # the server stopped reading: also a refusal
+    if response is not None:
+        assert response.status_code == 413
+        assert response.json()["error"] == "too_large"
+    growth = (await asyncio.to_thread(_vm_hwm_kib, pid)) - before
+    assert growth < 8 * 1024, f"controlplane grew by {growth} KiB"
+
+
+async def test_junk_and_unknown_epoch_traffic_costs_a_receiver_at_most_one_refetch(
+    deployment: Deployment,
+) -> None:
+    """One refetch is two signed API calls per receiver: junk costs none, a new epoch one."""
+    alice = await deployment.member("alice")
+    bob = await deployment.member("bob")
+    mallory = await deployment.member("mallory")
+    alice_room = await alice.create_room([bob.key, mallory.key])
+    bob_room = await bob.room(alice_room.room_id)
+    listener = Listener(bob_room)
+    await listener.ready(alice_room)
+    internal = await deployment.stacks.connect(deployment.stack)
+    nonces = naming.kv_stream(naming.NONCES_BUCKET)
+
+    async def bob_calls() -> int:
+        return len(await _subjects(internal, nonces, f"$KV.{naming.NONCES_BUCKET}.{bob.key}.>"))
+
+    before = await bob_calls()
+    subject = naming.room_subject(alice_room.room_id)
+    js = mallory.bus.jetstream()
+    await (await mallory.room(alice_room.room_id)).wait_admitted()
+    genuine = Sealer(mallory.identity, alice_room.room_id).seal_batch_with_ids(
+        [b"junk %d" % i for i in range(20)], epoch=7, key_id="kkkkkkkkkkkk", room_key=bytes(32)
+    )
+    for index, (message_id, envelope) in enumerate(genuine):
+        # signed by mallory under an epoch nobody has: one refetch for all of them
+        await js.publish(subject, envelope, headers={"Nats-Msg-Id": message_id})
+        # the same with its epoch changed: the signature fails, no refetch at all
+        forged = msgspec.msgpack.encode(
+            msgspec.structs.replace(decode_envelope(envelope), epoch=8 + index)
+        )
+        await js.publish(subject, forged, headers={"Nats-Msg-Id": f"forged-{message_id}"})
+
+    async def counted() -> int:
+        return bob_room.undeliverable.total
+
+    await eventually(counted, until=lambda n: n >= 40, what="40 messages refused")
+    assert bob_room.undeliverable.counts.get("bad_signature") == 20
+    assert await bob_calls() - before <= 2
+    await listener.stop()

@@ -46,6 +46,9 @@ _LIVE_QUEUE: Final = 10_000
 _RETRY_PAUSE: Final = 0.25
 _OVERLAP: Final = frozenset({"replay"})
 _REFETCH: Final = frozenset({"unknown_epoch", "not_member"})
+_REFETCH_INTERVAL: Final = 1.0
+"""At most one refetch of the chain per room and this many seconds, for unknown traffic."""
+_REFETCH_MEMORY: Final = 1024
 _RETRIABLE: Final = (
     nats.errors.TimeoutError,
     nats.errors.ConnectionClosedError,
@@ -121,6 +124,8 @@ class Room:
         self._admitted_on: tuple[int, int] | None = None
         self.undeliverable = Undeliverable()
         """Every refused message of every subscribe() and history() of this object."""
+        self._refetched: set[tuple[int, str, str]] = set()
+        self._last_refetch = -_REFETCH_INTERVAL
         self.stale_received = 0
         """Messages delivered with ``stale`` set (see ``Message.stale``)."""
 
@@ -406,10 +411,11 @@ class Room:
         except EnvelopeError as exc:
             reason = exc.reason
         if reason in _REFETCH:
-            # A newer epoch or member than this object knows: refetch the chain and keys
-            # once, then judge again.
-            with contextlib.suppress(UnibusError):
-                await self.refresh()
+            try:
+                refetched = await self._refetch_for(opener, data)
+            except EnvelopeError as exc:
+                refetched, reason = False, exc.reason  # junk: what is wrong with it, first
+        if reason in _REFETCH and refetched:
             try:
                 return opener.open(data, room_key=self._key, is_member=self.is_member)
             except EnvelopeError as exc:
@@ -421,6 +427,37 @@ class Room:
         if reason not in quiet:
             self.undeliverable.add(reason)
         return None
+
+    async def _refetch_for(self, opener: Opener, data: bytes) -> bool:
+        """Refetch the chain and keys for a message from a newer epoch or member, if worth it.
+
+        Each refetch costs two signed API calls (and two replicated writes), for every
+        receiver: so only for a message whose sender really signed it, once per new epoch
+        and key id (or new sender), and at most once per ``_REFETCH_INTERVAL``. Returns
+        whether the chain was refetched.
+
+        Raises:
+            EnvelopeError: the sender did not sign it (junk costs nobody an API call).
+        """
+        env = opener.attest(data)
+        marker = (
+            env.epoch,
+            env.key_id,
+            "" if self.is_member(env.sender, env.epoch) else env.sender,
+        )
+        if marker in self._refetched:
+            return False
+        if len(self._refetched) >= _REFETCH_MEMORY:
+            self._refetched.clear()
+        self._refetched.add(marker)
+        loop = asyncio.get_running_loop()
+        wait = self._last_refetch + _REFETCH_INTERVAL - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_refetch = loop.time()
+        with contextlib.suppress(UnibusError):
+            await self.refresh()
+        return True
 
     def _live(self, opened: Opened, msg: Msg) -> Message:
         stale = opened.epoch < self.state.epoch

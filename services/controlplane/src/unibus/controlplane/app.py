@@ -77,21 +77,37 @@ def _error(error: ApiError) -> Response:
     return _json(ErrorView(error=error.code, message=error.message), error.status)
 
 
-async def _body(request: Request, caller: Caller, body_type: type[T]) -> T:
+_DRAIN_AT_LEAST = 1024 * 1024
+"""Bytes of a refused body read and dropped so that the client can still read the 413."""
+_NO_BODY_LIMIT = 64
+"""What a route without a body still accepts: empty, ``{}`` or a little whitespace."""
+
+
+async def _read_bounded(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refused with 413 as soon as it is declared or has grown past ``limit``.
+
+    A chunked body declares no length, so the count is kept while reading: nothing beyond
+    ``limit`` (plus one chunk) is ever held, whatever the client sends.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_JSON_BODY):
-        raise too_large(f"a JSON body is at most {MAX_JSON_BODY} bytes")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large(f"{what} is at most {limit} bytes")
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_JSON_BODY:
-            raise too_large(f"a JSON body is at most {MAX_JSON_BODY} bytes")
+        if len(data) > limit:
+            raise await _refuse_too_large(request, limit, what)
+    return bytes(data)
+
+
+async def _body(request: Request, caller: Caller, body_type: type[T]) -> T:
+    data = await _read_bounded(request, MAX_JSON_BODY, "a JSON body")
     try:
-        check_body(caller.request, bytes(data))
+        check_body(caller.request, data)
     except RequestSignatureError as exc:
         raise unauthorized(str(exc), code=f"signature_{exc.reason}") from None
     try:
-        return msgspec.json.decode(bytes(data), type=body_type)
+        return msgspec.json.decode(data, type=body_type)
     except msgspec.ValidationError as exc:
         raise bad_request(f"invalid body: {exc}") from None
     except msgspec.DecodeError:
@@ -100,7 +116,7 @@ async def _body(request: Request, caller: Caller, body_type: type[T]) -> T:
 
 async def _no_body(request: Request, caller: Caller) -> None:
     """Routes without a body accept an empty one (or ``{}``), still bound by the digest."""
-    data = await request.body() if int(request.headers.get("content-length") or 0) <= 64 else b"?"
+    data = await _read_bounded(request, _NO_BODY_LIMIT, "the body of this route")
     try:
         check_body(caller.request, data)
     except RequestSignatureError as exc:
@@ -245,16 +261,17 @@ def _blob_name(room_id: str, blob_id: str) -> str:
     return f"{room_id}.{blob_id}"
 
 
-async def _refuse_too_large(request: Request, limit: int) -> ApiError:
+async def _refuse_too_large(request: Request, limit: int, what: str = "a blob") -> ApiError:
     # A client still sending would see a reset instead of our answer: read (and drop) a
     # bounded amount of what it is sending first, then answer 413.
     drained = 0
+    bound = max(2 * limit, _DRAIN_AT_LEAST)
     with contextlib.suppress(Exception):
         async for chunk in request.stream():
             drained += len(chunk)
-            if drained > 2 * limit:
+            if drained > bound:
                 break
-    return too_large(f"a blob is at most {limit} bytes")
+    return too_large(f"{what} is at most {limit} bytes")
 
 
 async def upload_blob(request: Request, context: Context, caller: Caller) -> Response:
