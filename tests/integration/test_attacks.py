@@ -440,3 +440,23 @@ async def test_junk_and_unknown_epoch_traffic_costs_a_receiver_at_most_one_refet
     assert bob_room.undeliverable.counts.get("bad_signature") == 20
     assert await bob_calls() - before <= 2
     await listener.stop()
+
+
+async def test_healthz_shows_anyone_posture_but_no_topology_and_the_admin_everything(
+    deployment: Deployment,
+) -> None:
+    url = deployment.stack.api_url("n1")
+    context = ssl.create_default_context(cafile=str(deployment.stack.layout.certs.client_ca_cert))
+    async with httpx.AsyncClient(verify=context) as http:
+        public = (await http.get(f"{url}/healthz")).json()
+    assert public["posture"]["acl"] is True
+    assert {asset["replicas"] for asset in public["assets"]} == {3}
+    assert "leader" not in json.dumps(public)
+    assert "callout_connections" not in public["posture"]
+
+    full = await deployment.admin.call("GET", "/v1/health", expect=dict)
+    assert all(asset["leader"] for asset in full["assets"])
+    member = await deployment.member("member")
+    with pytest.raises(ApiError) as refused:
+        await member.api.call("GET", "/v1/health", expect=dict)
+    assert refused.value.status == 403

@@ -30,7 +30,7 @@ from unibus.controlplane.errors import (
     too_large,
     unauthorized,
 )
-from unibus.controlplane.health import health_report
+from unibus.controlplane.health import HealthCache, health_report, public_view
 from unibus.controlplane.metrics import ApiMetrics
 from unibus.controlplane.openapi import RouteDoc, openapi_document
 from unibus.controlplane.settings import Settings
@@ -318,10 +318,15 @@ async def download_blob(request: Request, context: Context, caller: Caller) -> R
 
 # -- unsigned -------------------------------------------------------------------------------------
 async def healthz(request: Request) -> Response:
-    context: Context = request.app.state.context
-    report, healthy = await health_report(
-        context.store, context.nc, context.sys_nc, context.settings
-    )
+    health: HealthCache = request.app.state.health
+    report, healthy = await health.get()
+    return _json(public_view(report), 200 if healthy else 503)
+
+
+async def full_health(request: Request, context: Context, caller: Caller) -> Response:
+    require_admin(caller)
+    health: HealthCache = request.app.state.health
+    report, healthy = await health.get()
     return _json(report, 200 if healthy else 503)
 
 
@@ -330,6 +335,9 @@ async def openapi(request: Request) -> Response:
 
 
 SIGNED_ROUTES: tuple[RouteDoc, ...] = (
+    RouteDoc(
+        "GET", "/v1/health", full_health, "The whole health report (admin)", None, dict[str, Any]
+    ),
     RouteDoc("POST", "/v1/users", add_user, "Add a user (admin)", NewUser, UserView, 201),
     RouteDoc("GET", "/v1/users", list_users, "List users (admin)", None, list[UserView]),
     RouteDoc("GET", "/v1/users/{key}", get_user, "Look up a user's key and handle", None, UserView),
@@ -460,9 +468,12 @@ def _route_name(scope: Any) -> str:
 def build_app(context: Context) -> Any:
     app = Starlette(routes=routes())
     app.state.context = context
+    app.state.health = HealthCache(
+        lambda: health_report(context.store, context.nc, context.sys_nc, context.settings)
+    )
 
     async def api_error(request: Request, exc: Exception) -> Response:
-        error = exc if isinstance(exc, ApiError) else ApiError(503, "internal_error", "failed")
+        error = exc if isinstance(exc, ApiError) else ApiError(500, "internal_error", "failed")
         if error.code == "replay":
             context.metrics.replays.inc()
         return _error(error)
@@ -472,9 +483,11 @@ def build_app(context: Context) -> Any:
         return _error(from_library(exc))
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # The caller gets a JSON error, never a traceback; the log keeps the details.
+        # The caller gets a JSON error, never a traceback; the log keeps the details. Not a
+        # 503: that says "not processed, send it again" (the SDK does), which is true only
+        # of a store proven unavailable, not of a failure nobody understands.
         _log.error("unhandled error", error=type(exc).__name__)
-        return _error(ApiError(503, "internal_error", "the server could not complete the request"))
+        return _error(ApiError(500, "internal_error", "the server could not complete the request"))
 
     async def not_found_handler(request: Request, exc: Exception) -> Response:
         return _error(not_found("no such route"))

@@ -2,11 +2,21 @@
 
 Posture comes from the server's own VARZ through the system identity, never from local
 settings, so a node that drifted shows as it is.
+
+One report costs a VARZ and a CONNZ to every server, a stream info per asset and a quorum
+barrier, so it is computed at most once per ``HEALTH_TTL`` and shared by every caller
+meanwhile (``HealthCache``): a flood of unauthenticated calls costs the cluster no more than
+one caller. Unauthenticated callers see ``public_view``: whether the node is usable, its
+posture and each asset's replication, not the cluster's topology (leaders, peers, routes,
+callout instances); administrators read the whole report at ``GET /v1/health``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -87,3 +97,63 @@ async def health_report(
         report["assets_error"] = type(exc).__name__
     report["store"] = "usable" if usable else "unavailable"
     return report, usable
+
+
+HEALTH_TTL: Final = 1.0
+"""Seconds one report is served for."""
+
+Report = tuple[dict[str, Any], bool]
+
+
+class HealthCache:
+    """The newest report, computed at most once per ``ttl``; concurrent callers share one."""
+
+    def __init__(
+        self, compute: Callable[[], Awaitable[Report]], *, ttl: float = HEALTH_TTL
+    ) -> None:
+        self._compute = compute
+        self._ttl = ttl
+        self._report: Report | None = None
+        self._at = 0.0
+        self._running: asyncio.Task[Report] | None = None
+
+    async def get(self) -> Report:
+        if self._report is not None and time.monotonic() - self._at < self._ttl:
+            return self._report
+        if self._running is None:
+            self._running = asyncio.create_task(self._refresh())
+        # shield: one caller that gives up must not cancel the report for the others
+        return await asyncio.shield(self._running)
+
+    async def _refresh(self) -> Report:
+        try:
+            report = await self._compute()
+            self._report, self._at = report, time.monotonic()
+            return report
+        finally:
+            self._running = None
+
+
+_PUBLIC_ASSET_FIELDS: Final = ("name", "replicas", "degraded", "missing")
+_PUBLIC_POSTURE_FIELDS: Final = ("server", "bus_auth", "acl", "tls")
+
+
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may read: usable or not, the posture, replication; no topology."""
+    view: dict[str, Any] = {
+        key: report[key] for key in ("node", "store", "degraded") if key in report
+    }
+    posture = report.get("posture")
+    if isinstance(posture, dict):
+        cluster = posture.get("cluster") or {}
+        view["posture"] = {key: posture.get(key) for key in _PUBLIC_POSTURE_FIELDS}
+        view["posture"]["cluster"] = {"route_tls": bool(cluster.get("route_tls"))}
+    else:
+        view["posture"] = None
+    assets = report.get("assets")
+    view["assets"] = (
+        None
+        if assets is None
+        else [{key: asset.get(key) for key in _PUBLIC_ASSET_FIELDS} for asset in assets]
+    )
+    return view
