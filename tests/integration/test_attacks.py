@@ -460,3 +460,35 @@ async def test_healthz_shows_anyone_posture_but_no_topology_and_the_admin_everyt
     with pytest.raises(ApiError) as refused:
         await member.api.call("GET", "/v1/health", expect=dict)
     assert refused.value.status == 403
+
+
+async def test_a_revocation_committed_while_every_callout_was_down_disconnects_on_their_start(
+    deployment: Deployment, identity_file: Path
+) -> None:
+    """A first load was not taken for a change: the user kept its connection until expiry."""
+    victim = read_seed_file(identity_file)
+    await deployment.admin.add_user(victim.public_key, "revoked-in-the-dark")
+    stack = deployment.stack
+    target = NatsTarget(
+        tuple(stack.client_url(n) for n in stack.spec.node_names),
+        ca_file=stack.layout.certs.client_ca_cert,
+        identity_file=identity_file,
+    )
+
+    async def admitted() -> NATS:
+        return await connect(target, name="unibus-test", allow_reconnect=False)
+
+    live = await eventually(admitted, until=lambda nc: nc.is_connected, what="admitted")
+    try:
+        for node in stack.spec.node_names:
+            stack.stop_service("authcallout", node)
+        await deployment.admin.revoke_user(victim.public_key)
+        for node in stack.spec.node_names:
+            stack.start_service("authcallout", node)
+        await eventually(
+            lambda: asyncio.sleep(0, live.is_closed), until=bool, what="the revoked user kicked"
+        )
+    finally:
+        await live.close()
+    with pytest.raises(Exception, match=r"(?i)authorization"):
+        await connect(target, name="unibus-test", allow_reconnect=False)

@@ -24,7 +24,7 @@ def test_defaults_are_the_documented_ones(env: dict[str, str]) -> None:
     settings = Settings.from_env(env)
 
     assert settings.nats_urls == ("tls://127.0.0.1:4222", "tls://127.0.0.1:4223")
-    assert settings.jwt_ttl == 3600
+    assert settings.jwt_ttl == 300  # minutes, not an hour: the backstop of a missed kick
     assert settings.max_rooms == 256
     assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9471)
 

@@ -11,7 +11,7 @@ from nats.js.kv import KeyValue
 
 from unibus.authcallout.kicks import connection_name, is_affected, parse_connection_name
 from unibus.authcallout.reasons import Reason
-from unibus.authcallout.view import Change, DirectoryView, Stamp
+from unibus.authcallout.view import Change, DirectoryView, Stamp, grant_digest
 from unibus.core import naming
 from unibus.core.kvstore import BARRIER_KEY
 from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord, encode
@@ -62,7 +62,32 @@ def test_lookup_admits_an_active_user_with_its_rooms_and_the_applied_stamp() -> 
 
     assert found.reason is Reason.ALLOWED
     assert found.rooms == (ROOM,)
-    assert found.stamp == Stamp(users=3, rooms=7)
+    assert found.stamp == Stamp(users=3, rooms=7, grant=grant_digest([ROOM]))
+
+
+def test_a_stamp_round_trips_with_and_without_its_grant() -> None:
+    for stamp in (Stamp(3, 7), Stamp(3, 7, grant_digest(["r"]))):
+        assert Stamp.parse(stamp.encode()) == stamp
+    assert Stamp.parse("3.7.not-a-digest") is None
+
+
+def test_a_connection_keeps_its_grant_only_while_the_state_gives_the_same() -> None:
+    """What a callout that starts judges every live connection by (the start-up sweep)."""
+    view = _view()
+    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+    granted = view.lookup(ALICE).stamp
+    assert view.still_grants(ALICE, granted)
+    assert not view.still_grants(BOB, granted)  # bob has no user record: unknown
+
+    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 8))
+    assert not view.still_grants(ALICE, granted)  # removed from the room meanwhile
+
+    view._apply(
+        naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE, Status.REVOKED), 9)
+    )
+    assert not view.still_grants(ALICE, view.lookup(ALICE).stamp)
+    assert not view.still_grants(ALICE, Stamp(3, 7))  # an old stamp: the record changed
 
 
 def test_lookup_denies_unknown_and_revoked_users() -> None:

@@ -9,6 +9,7 @@ reconnected with fresh permissions is left alone, whichever callout instance act
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,27 @@ class Kicker:
 
     async def kick(self, change: Change) -> int:
         """Kick every connection authorized before ``change``; returns how many."""
+        return await self._kick_where(lambda conn: is_affected(conn.name, change))
+
+    async def sweep(self, still_grants: Callable[[str, Stamp], bool]) -> int:
+        """Kick every connection the state no longer grants what it holds; returns how many.
+
+        For a callout that starts: changes committed while no callout ran were never seen
+        as changes, and their users would keep their connections until the JWT expires. A
+        connection whose name carries no stamp is kicked too: it was not authorized by
+        this service, so nothing vouches for it.
+        """
+
+        def forbidden(conn: Connection) -> bool:
+            parsed = parse_connection_name(conn.name)
+            return parsed is None or not still_grants(*parsed)
+
+        return await self._kick_where(forbidden)
+
+    async def _kick_where(self, condition: Callable[[Connection], bool]) -> int:
         kicked = 0
         for conn in await self.connections():
-            if not is_affected(conn.name, change):
+            if not condition(conn):
                 continue
             subject = f"$SYS.REQ.SERVER.{conn.server_id}.KICK"
             try:

@@ -37,6 +37,7 @@ from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair, read_seed_file
 from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
 
+_SWEEP_WAIT = 10.0
 _log = get_logger("unibus.authcallout")
 
 
@@ -88,6 +89,7 @@ class CalloutService:
         )
         await self._view.start()
         gauges = asyncio.create_task(self._update_gauges())
+        sweep = asyncio.create_task(self._sweep_on_start())
         try:
             sub = await callout_nc.subscribe(
                 naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
@@ -97,6 +99,7 @@ class CalloutService:
             await sub.unsubscribe()
         finally:
             gauges.cancel()
+            sweep.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
@@ -185,6 +188,34 @@ class CalloutService:
         return allow_response(self._keys.issuer, request, self._keys.xkey, token, now=now)
 
     # -- changes ----------------------------------------------------------------------------------
+    async def _sweep_on_start(self) -> None:
+        """Once the view is loaded and current, kick what it no longer grants.
+
+        A revocation or removal committed while every callout was down was never seen as a
+        change; without this its user would stay connected until the JWT expires. Retried
+        until it succeeds once: the cluster may still be forming.
+        """
+        view, kicker = self._view, self._kicker
+        if view is None or kicker is None:
+            return
+        pause = 0.5
+        while True:
+            started = time.monotonic()
+            if await view.until_loaded(_SWEEP_WAIT) and await view.until_current(
+                started, _SWEEP_WAIT
+            ):
+                try:
+                    kicked = await kicker.sweep(view.still_grants)
+                except Exception as exc:  # noqa: BLE001 - tried again below
+                    _log.info("start-up sweep failed; retrying", error=type(exc).__name__)
+                else:
+                    if kicked:
+                        self._metrics.kicks.inc(kicked)
+                    _log.info("start-up sweep done", kicked=kicked)
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
     async def _on_change(self, change: Change) -> None:
         task = asyncio.create_task(self._kick(change))
         self._tasks.add(task)

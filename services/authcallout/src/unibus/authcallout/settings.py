@@ -9,7 +9,7 @@ from pathlib import Path
 from unibus.core.errors import ConfigError
 from unibus.core.settings import EnvReader
 
-DEFAULT_JWT_TTL = 3600.0
+DEFAULT_JWT_TTL = 300.0
 DEFAULT_MAX_ROOMS = 256
 DEFAULT_METRICS_ADDR = "127.0.0.1:9471"
 

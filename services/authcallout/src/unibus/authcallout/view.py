@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,24 +44,43 @@ from unibus.core.models import RecordError, RoomRecord, UserRecord, decode
 
 _log = get_logger("unibus.authcallout.view")
 _BUCKETS: Final = (naming.USERS_BUCKET, naming.ROOMS_BUCKET)
+_GRANT_CHARS: Final = 12
+_GRANT_RE: Final = re.compile(f"[0-9a-f]{{{_GRANT_CHARS}}}")
+
+
+def grant_digest(rooms: Iterable[str]) -> str:
+    """A short digest of the rooms a decision granted: equal exactly when the set is."""
+    return hashlib.sha256(",".join(sorted(rooms)).encode("ascii")).hexdigest()[:_GRANT_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
 class Stamp:
-    """The stream revisions a decision was made at."""
+    """The stream revisions a decision was made at, and what it granted.
+
+    ``grant`` lets a callout that just started judge a connection it did not see being
+    authorized: a changed room set, whatever the revisions, means the connection holds
+    permissions the state no longer gives (``DirectoryView.still_grants``).
+    """
 
     users: int
     rooms: int
+    grant: str = ""
 
     def encode(self) -> str:
-        return f"{self.users}.{self.rooms}"
+        base = f"{self.users}.{self.rooms}"
+        return f"{base}.{self.grant}" if self.grant else base
 
     @classmethod
     def parse(cls, text: str) -> Stamp | None:
-        users, _, rooms = text.partition(".")
+        users, _, rest = text.partition(".")
+        rooms, _, grant = rest.partition(".")
         if not (users.isdigit() and rooms.isdigit()):
             return None
-        return cls(int(users), int(rooms))
+        if grant and not (
+            len(grant) == _GRANT_CHARS and all(c in "0123456789abcdef" for c in grant)
+        ):
+            return None
+        return cls(int(users), int(rooms), grant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +106,7 @@ class Lookup:
 @dataclass
 class _State:
     users: dict[str, UserRecord] = field(default_factory=dict)
+    user_revisions: dict[str, int] = field(default_factory=dict)
     rooms: dict[str, frozenset[str]] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_BUCKETS, 0))
 
@@ -228,7 +250,34 @@ class DirectoryView:
             return Lookup(Reason.UNKNOWN_KEY, stamp=stamp)
         if not user.is_active:
             return Lookup(Reason.REVOKED, user, stamp=stamp)
-        return Lookup(Reason.ALLOWED, user, state.rooms_of(user_key), stamp)
+        rooms = state.rooms_of(user_key)
+        granted = Stamp(stamp.users, stamp.rooms, grant_digest(rooms))
+        return Lookup(Reason.ALLOWED, user, rooms, granted)
+
+    def still_grants(self, user_key: str, stamp: Stamp) -> bool:
+        """Whether a connection authorized at ``stamp`` holds no more than the state gives.
+
+        False for a user now unknown or inactive, whose record changed since, or whose
+        rooms differ from the ones granted. A stamp without a grant (from an older
+        callout) is judged on the user record alone.
+        """
+        state = self._state
+        user = state.users.get(user_key)
+        if user is None or not user.is_active:
+            return False
+        if stamp.users < state.user_revisions.get(user_key, 0):
+            return False
+        return not stamp.grant or stamp.grant == grant_digest(state.rooms_of(user_key))
+
+    async def until_loaded(self, timeout: float) -> bool:
+        """Wait for the first full load of both buckets; False if it did not come in time."""
+        try:
+            async with asyncio.timeout(timeout):
+                for bucket in _BUCKETS:
+                    await self._loaded[bucket].wait()
+        except TimeoutError:
+            return False
+        return True
 
     # -- watching ---------------------------------------------------------------------------------
     async def _watch_forever(self, bucket: str) -> None:
@@ -299,8 +348,10 @@ class DirectoryView:
                 _log.warning("undecodable user record; treating as unknown", revision=revision)
         if after is None:
             users.pop(key, None)
+            self._state.user_revisions.pop(key, None)
         else:
             users[key] = after
+            self._state.user_revisions[key] = revision
         if before is None or before == after:
             return None
         revoked = before.is_active and (after is None or not after.is_active)
