@@ -17,6 +17,7 @@ import pytest_asyncio
 from tests.integration.harness import StackFactory, eventually
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import genesis, successor
+from unibus.controlplane.app import SIGNED_ROUTES
 from unibus.core.models import Role
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
 from unibus.core.signing import body_digest, sign_request
@@ -396,7 +397,8 @@ async def test_openapi_document_describes_every_route_and_error(api: Api) -> Non
     assert document["openapi"].startswith("3.")
     operations = [(p, m) for p, ops in document["paths"].items() for m in ops]
     assert ("/v1/rooms/{room_id}/rekey", "post") in operations
-    assert len(operations) == 16
+    assert ("/v1/health", "get") in operations
+    assert len(operations) == len(SIGNED_ROUTES) + 2  # with /healthz and /openapi.json
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             if path.startswith("/v1/"):
