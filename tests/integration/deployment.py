@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from unibus.core.kvstore import JetStreamStore
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
 from unibus.stack.launcher import LocalStack
 
-__all__ = ["PROBE", "Deployment", "Listener", "deployment"]
+__all__ = ["PROBE", "Deployment", "Listener", "deployed", "deployment"]
 
 PROBE = b"probe:"
 """Prefix of the messages that only prove a subscription is live (left out of assertions)."""
@@ -83,9 +84,12 @@ class Deployment:
         return self.stack.node_of(client.bus.nc)
 
 
-@pytest_asyncio.fixture
-async def deployment(stacks: StackFactory) -> AsyncIterator[Deployment]:
-    stack = await stacks.start(nodes=3, services=True)
+@asynccontextmanager
+async def deployed(
+    stacks: StackFactory, environ: dict[str, str] | None = None
+) -> AsyncIterator[Deployment]:
+    """A 3-node stack with its services (``environ``: their UNIBUS_ settings)."""
+    stack = await stacks.start(nodes=3, services=True, environ=environ)
     admin = ApiClient(
         [stack.api_url(n) for n in stack.spec.node_names],
         read_seed_file(stack.layout.identity("admin")),
@@ -98,6 +102,12 @@ async def deployment(stacks: StackFactory) -> AsyncIterator[Deployment]:
         for client in found.clients:
             await client.close()
         await admin.aclose()
+
+
+@pytest_asyncio.fixture
+async def deployment(stacks: StackFactory) -> AsyncIterator[Deployment]:
+    async with deployed(stacks) as found:
+        yield found
 
 
 class Listener:
@@ -150,5 +160,3 @@ class Listener:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-

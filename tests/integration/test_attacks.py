@@ -23,13 +23,14 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NATS
 
-from tests.integration.deployment import Deployment, Listener
-from tests.integration.harness import bounded, eventually, run_cli
+from tests.integration.deployment import Deployment, Listener, deployed
+from tests.integration.harness import StackFactory, bounded, eventually, run_cli
 from unibus.client.api import ApiError
+from unibus.client.changes import successor
 from unibus.client.connection import BusConnection, BusUnavailable
 from unibus.client.crypto import open_room_key
 from unibus.client.envelope import Sealer, decode_envelope
-from unibus.client.room import RollbackError
+from unibus.client.room import RollbackError, RoomError
 from unibus.core import naming
 from unibus.core.certs import CertificateAuthority
 from unibus.core.connect import NatsTarget, connect
@@ -492,3 +493,84 @@ async def test_a_revocation_committed_while_every_callout_was_down_disconnects_o
         await live.close()
     with pytest.raises(Exception, match=r"(?i)authorization"):
         await connect(target, name="unibus-test", allow_reconnect=False)
+
+
+# -- 4b. membership: nobody is held in a room or locked out of the bus ---------------------------
+async def test_a_member_leaves_and_holds_no_key_to_what_the_room_says_next(
+    deployment: Deployment,
+) -> None:
+    owner = await deployment.member("owner")
+    bob = await deployment.member("bob")
+    leaver = await deployment.member("leaver")
+    owner_room = await owner.create_room([bob.key, leaver.key])
+    room_id = owner_room.room_id
+    leaving = await leaver.room(room_id)
+    await leaving.leave()
+
+    bob_room = await bob.room(room_id)
+    assert leaver.key not in bob_room.members
+    listener = Listener(owner_room)
+    await listener.ready(bob_room)  # bob's first send after the leave rekeys the room
+    assert bob_room.state.epoch == 3
+    assert bob_room.state.actor == bob.key  # a plain member made the rekey
+    await bob_room.publish(b"after the leave")
+    await listener.receive(b"after the leave")
+    # The leaver has no key to any epoch from the leave on, and the API refuses it the room.
+    keys = await (await deployment.store()).sealed_keys(room_id, leaver.key)
+    assert keys
+    assert all(k.epoch == 1 for k in keys)
+    with pytest.raises(ApiError) as refused:
+        await leaver.api.sealed_keys(room_id)
+    assert refused.value.status == 403
+    await listener.stop()
+
+
+async def test_the_owner_cannot_leave_and_nobody_can_leave_on_behalf_of_another(
+    deployment: Deployment,
+) -> None:
+    owner = await deployment.member("owner")
+    bob = await deployment.member("bob")
+    carol = await deployment.member("carol")
+    room = await owner.create_room([bob.key, carol.key])
+    with pytest.raises(RoomError, match="owner cannot leave"):
+        await room.leave()
+    # Bob signs a "leave" that also takes carol along: refused by the chain rules.
+    bob_room = await bob.room(room.room_id)
+    view = await bob.api.get_room(room.room_id)
+    _, change = successor(
+        view.chain[-1], bob.identity, members={owner.key}, admins=set(), new_epoch=True
+    )
+    with pytest.raises(ApiError) as refused:
+        await bob.api.leave_room(room.room_id, change)
+    assert refused.value.status in (400, 403)
+    await bob_room.refresh()
+    assert set(bob_room.members) == {owner.key, bob.key, carol.key}
+
+
+async def test_the_api_and_the_callout_enforce_one_room_cap_and_nobody_is_locked_out(
+    stacks: StackFactory,
+) -> None:
+    """UNIBUS_MAX_ROOMS=2, read by both services from one place. Mallory fills the victim's
+    cap; the inviter is refused, not the victim; the victim leaves a junk room and is
+    invited again; past the cap (a KV writer's doing), the victim is still admitted."""
+    async with deployed(stacks, {"UNIBUS_MAX_ROOMS": "2"}) as deployment:
+        victim = await deployment.member("victim")
+        mallory = await deployment.member("mallory")
+        friend = await deployment.member("friend")
+        junk = [await mallory.create_room([victim.key]) for _ in range(2)]
+        with pytest.raises(ApiError) as capped:
+            await friend.create_room([victim.key])
+        assert (capped.value.status, capped.value.code) == (409, "room_cap")
+
+        await (await victim.room(junk[0].room_id)).leave()
+        welcome = await friend.create_room([victim.key])
+        assert welcome.room_id in await victim.rooms()
+
+        # A third room, written straight into the KV: the callout grants the oldest two.
+        other = await friend.create_room()
+        store = await deployment.store()
+        current = await store.get_room(other.room_id)
+        grown = tuple(sorted({*current.value.members, victim.key}))
+        await store.commit_room(current, msgspec.structs.replace(current.value, members=grown))
+        fresh = await deployment.device(victim.identity)
+        await (await fresh.room(welcome.room_id)).wait_admitted()

@@ -1086,3 +1086,98 @@ def test_sealed_key_with_no_states_is_refused() -> None:
         "not_allowed",
         lambda: sealed_check([], signer=OWNER, member=ALICE, epoch=1, key_id=KEY_ID),
     )
+
+
+# -- leaving ---------------------------------------------------------------------------------------
+def _left(s1: SignedState) -> SignedState:
+    """Alice leaves the genesis room: only herself removed, a new epoch."""
+    return step(s1, ALICE, members=members(OWNER, ADMIN), epoch=2, key_id=new_key_id())
+
+
+def test_a_member_may_leave_removing_only_itself_into_a_new_epoch() -> None:
+    s1 = genesis()
+    left = check_transition(s1, _left(s1))
+    assert left.actor == ALICE.public_key
+    assert ALICE.public_key not in left.members
+
+
+def test_an_admin_leaving_gives_up_its_admin_right_with_its_membership() -> None:
+    s1 = genesis()
+    kept = step(s1, ADMIN, members=members(OWNER, ALICE), epoch=2, key_id=new_key_id())
+    refused("malformed", lambda: check_transition(s1, kept))  # an admin must be a member
+    gone = step(s1, ADMIN, members=members(OWNER, ALICE), admins=(), epoch=2, key_id=new_key_id())
+    assert check_transition(s1, gone).admins == ()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"members": members(OWNER, ADMIN)},  # the same epoch: the leaver would keep the key
+        {"members": members(OWNER), "admins": (), "epoch": 2, "key_id": new_key_id()},
+        {"members": members(OWNER, ADMIN, BOB), "epoch": 2, "key_id": new_key_id()},
+    ],
+    ids=["same-epoch", "takes-another-along", "adds-someone"],
+)
+def test_a_leave_may_do_nothing_but_leave(change: dict[str, object]) -> None:
+    s1 = genesis()
+    with pytest.raises(ChainError):
+        check_transition(s1, step(s1, ALICE, **change))
+
+
+def test_the_owner_cannot_leave_its_room() -> None:
+    s1 = genesis()
+    s2 = step(s1, OWNER, members=members(ADMIN, ALICE), epoch=2, key_id=new_key_id())
+    refused("malformed", lambda: check_transition(s1, s2))
+
+
+def test_after_a_leave_any_member_may_rekey_and_hand_out_the_new_key() -> None:
+    key_id = new_key_id()
+    s1b = genesis(members=members(OWNER, ADMIN, ALICE, BOB))
+    s2b = step(s1b, ALICE, members=members(OWNER, ADMIN, BOB), epoch=2, key_id=new_key_id())
+    s3b = step(s2b, BOB, epoch=3, key_id=key_id)
+    states = verify_chain([s1b, s2b, s3b])
+    assert states[-1].actor == BOB.public_key  # Bob is neither owner nor admin
+    sealed = b"sealed for the owner"
+    check_sealed_key(
+        states,
+        room_id=ROOM,
+        epoch=3,
+        key_id=key_id,
+        member=OWNER.public_key,
+        sealed=sealed,
+        signer=BOB.public_key,
+        signature=sign_sealed_key(BOB, ROOM, 3, key_id, OWNER.public_key, sealed),
+    )
+
+
+def test_a_rekey_by_a_member_is_refused_unless_a_leave_came_just_before() -> None:
+    s1b = genesis(members=members(OWNER, ADMIN, ALICE, BOB))
+    s2b = step(s1b, ALICE, members=members(OWNER, ADMIN, BOB), epoch=2, key_id=new_key_id())
+    s3b = step(s2b, OWNER, epoch=3, key_id=new_key_id())
+    s4b = step(s3b, BOB, epoch=4, key_id=new_key_id())
+    refused("not_allowed", lambda: check_transition(s3b, s4b))
+    grows = step(s2b, BOB, members=members(OWNER, ADMIN, BOB, CAROL), epoch=3, key_id=new_key_id())
+    refused("not_allowed", lambda: check_transition(s2b, grows))
+
+
+def test_the_leaver_can_hand_out_no_key_to_the_epoch_its_leave_starts() -> None:
+    s1 = genesis()
+    s2 = _left(s1)
+    states = verify_chain([s1, s2])
+    left = states[-1]
+    sealed = b"a key alice would know"
+    refused(
+        "not_allowed",
+        lambda: check_sealed_key(
+            states,
+            room_id=ROOM,
+            epoch=left.epoch,
+            key_id=left.key_id,
+            member=OWNER.public_key,
+            sealed=sealed,
+            signer=ALICE.public_key,
+            signature=sign_sealed_key(
+                ALICE, ROOM, left.epoch, left.key_id, OWNER.public_key, sealed
+            ),
+        ),
+    )

@@ -43,6 +43,11 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
             registry=self.registry,
         )
+        self.room_cap_truncations = Counter(
+            "unibus_authcallout_room_cap_truncated",
+            "Admissions past the room cap: the user's oldest rooms granted, the newest not.",
+            registry=self.registry,
+        )
         for reason in Reason:
             self.decisions.labels(reason=reason.value)
 

@@ -28,7 +28,6 @@ class Reason(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     STORE_UNAVAILABLE = "store_unavailable"
     NO_CREDENTIALS = "no_credentials"
-    ROOM_CAP_EXCEEDED = "room_cap_exceeded"
     UNSUPPORTED_CLIENT = "unsupported_client"
     # No answer is possible (or useful): the server times out and denies.
     DROPPED_MALFORMED = "dropped_malformed"

@@ -86,6 +86,7 @@ class CalloutService:
             max_staleness=self._settings.max_staleness,
             heartbeat=self._settings.heartbeat,
             on_change=self._on_change,
+            max_rooms=self._settings.max_rooms,
         )
         await self._view.start()
         gauges = asyncio.create_task(self._update_gauges())
@@ -174,8 +175,15 @@ class CalloutService:
         lookup = self._view.lookup(key)
         if lookup.reason is not Reason.ALLOWED:
             raise Denial(lookup.reason, "not admitted")
-        if len(lookup.rooms) > self._settings.max_rooms:
-            raise Denial(Reason.ROOM_CAP_EXCEEDED, f"{len(lookup.rooms)} rooms")
+        if lookup.member_of > len(lookup.rooms):
+            # Never a refusal: that would let anyone lock a user out by inviting it to
+            # rooms. The newest rooms wait until the user leaves others.
+            self._metrics.room_cap_truncations.inc()
+            _log.warning(
+                "past the room cap: the oldest rooms granted",
+                rooms=lookup.member_of,
+                cap=self._settings.max_rooms,
+            )
         token = user_jwt(
             self._keys.issuer,
             request,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unibus.core.errors import ConfigError
+from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
 from unibus.core.settings import EnvReader
 
 DEFAULT_JWT_TTL = 300.0
-DEFAULT_MAX_ROOMS = 256
 DEFAULT_METRICS_ADDR = "127.0.0.1:9471"
 
 
@@ -70,9 +70,7 @@ class Settings:
             jwt_ttl=env.number(
                 "UNIBUS_JWT_TTL", default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
             ),
-            max_rooms=env.integer(
-                "UNIBUS_MAX_ROOMS", default=DEFAULT_MAX_ROOMS, minimum=1, maximum=1024
-            ),
+            max_rooms=read_max_rooms(env),
             metrics_host=host.strip("[]"),
             metrics_port=int(port),
             max_staleness=env.number(

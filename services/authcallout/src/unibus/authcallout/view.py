@@ -39,6 +39,7 @@ from nats.js.kv import KeyValue
 from unibus.authcallout.reasons import Reason
 from unibus.core import naming
 from unibus.core.kvstore import BARRIER_KEY
+from unibus.core.limits import DEFAULT_MAX_ROOMS
 from unibus.core.log import get_logger
 from unibus.core.models import RecordError, RoomRecord, UserRecord, decode
 
@@ -101,6 +102,8 @@ class Lookup:
     user: UserRecord | None = None
     rooms: tuple[str, ...] = ()
     stamp: Stamp = Stamp(0, 0)
+    member_of: int = 0
+    """Rooms the user is a member of; more than ``rooms`` when past the cap."""
 
 
 @dataclass
@@ -108,10 +111,24 @@ class _State:
     users: dict[str, UserRecord] = field(default_factory=dict)
     user_revisions: dict[str, int] = field(default_factory=dict)
     rooms: dict[str, frozenset[str]] = field(default_factory=dict)
+    joined: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(room, member) -> the revision it was first seen a member at (for the room cap)."""
     applied: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_BUCKETS, 0))
 
     def rooms_of(self, user: str) -> tuple[str, ...]:
         return tuple(sorted(room for room, members in self.rooms.items() if user in members))
+
+    def oldest_rooms_of(self, user: str, cap: int) -> tuple[str, ...]:
+        """The ``cap`` rooms ``user`` has been a member of longest (then by id), sorted.
+
+        Past the cap, newer rooms are left out rather than the user refused: whoever adds
+        a victim to rooms can then crowd out nothing the victim already had.
+        """
+        rooms = self.rooms_of(user)
+        if len(rooms) <= cap:
+            return rooms
+        oldest = sorted(rooms, key=lambda room: (self.joined.get((room, user), 0), room))
+        return tuple(sorted(oldest[:cap]))
 
 
 def _timestamp(created: object) -> float | None:
@@ -130,8 +147,10 @@ class DirectoryView:
         max_staleness: float = 2.0,
         heartbeat: float = 0.5,
         on_change: Callable[[Change], Awaitable[None]] | None = None,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
     ) -> None:
         self._js = js
+        self._max_rooms = max_rooms
         self._max_staleness = max_staleness
         self._heartbeat = heartbeat
         self._on_change = on_change
@@ -250,9 +269,9 @@ class DirectoryView:
             return Lookup(Reason.UNKNOWN_KEY, stamp=stamp)
         if not user.is_active:
             return Lookup(Reason.REVOKED, user, stamp=stamp)
-        rooms = state.rooms_of(user_key)
+        rooms = state.oldest_rooms_of(user_key, self._max_rooms)
         granted = Stamp(stamp.users, stamp.rooms, grant_digest(rooms))
-        return Lookup(Reason.ALLOWED, user, rooms, granted)
+        return Lookup(Reason.ALLOWED, user, rooms, granted, member_of=len(state.rooms_of(user_key)))
 
     def still_grants(self, user_key: str, stamp: Stamp) -> bool:
         """Whether a connection authorized at ``stamp`` holds no more than the state gives.
@@ -267,7 +286,8 @@ class DirectoryView:
             return False
         if stamp.users < state.user_revisions.get(user_key, 0):
             return False
-        return not stamp.grant or stamp.grant == grant_digest(state.rooms_of(user_key))
+        granted = state.oldest_rooms_of(user_key, self._max_rooms)
+        return not stamp.grant or stamp.grant == grant_digest(granted)
 
     async def until_loaded(self, timeout: float) -> bool:
         """Wait for the first full load of both buckets; False if it did not come in time."""
@@ -370,6 +390,11 @@ class DirectoryView:
             rooms[room_id] = after
         else:
             rooms.pop(room_id, None)
+        joined = self._state.joined
+        for member in after - before:
+            joined[(room_id, member)] = revision
+        for member in before - after:
+            joined.pop((room_id, member), None)
         touched = before ^ after
         if not touched:
             return None

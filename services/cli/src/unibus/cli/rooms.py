@@ -61,7 +61,7 @@ async def open_client(args: argparse.Namespace) -> Client:
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
-    room = verbs.add_parser("room", help="create, invite, remove, list rooms")
+    room = verbs.add_parser("room", help="create, invite, remove, leave, list rooms")
     room_verbs = room.add_subparsers(dest="room_verb", metavar="VERB", required=True)
 
     create = room_verbs.add_parser("create", help="create a room (you are its owner)")
@@ -83,6 +83,13 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     remove.add_argument("member", metavar="U…")
     add_client_args(remove)
     remove.set_defaults(handler=_sync(_remove))
+
+    leave = room_verbs.add_parser(
+        "leave", help="leave a room (not its owner); the others' next send rekeys it"
+    )
+    leave.add_argument("room_id")
+    add_client_args(leave)
+    leave.set_defaults(handler=_sync(_leave))
 
     listing = room_verbs.add_parser("list", help="your rooms")
     add_client_args(listing)
@@ -159,6 +166,14 @@ async def _remove(args: argparse.Namespace) -> int:
     print(
         f"removed; new epoch {room.state.epoch} with a fresh key for {len(room.members)} member(s)"
     )
+    return 0
+
+
+async def _leave(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        await room.leave()
+    print(f"left room {args.room_id}; you hold no key to what is sent from now on")
     return 0
 
 

@@ -206,6 +206,9 @@ class ApiClient:
     async def rekey(self, room_id: str, change: RoomChange) -> RoomView:
         return await self.call("POST", f"/v1/rooms/{room_id}/rekey", body=change, expect=RoomView)
 
+    async def leave_room(self, room_id: str, change: RoomChange) -> RoomView:
+        return await self.call("POST", f"/v1/rooms/{room_id}/leave", body=change, expect=RoomView)
+
     async def sealed_keys(self, room_id: str) -> list[SealedKeyView]:
         return await self.call("GET", f"/v1/rooms/{room_id}/keys", expect=list[SealedKeyView])
 

@@ -31,7 +31,13 @@ from unibus.core import naming
 from unibus.core.errors import UnibusError
 from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair
-from unibus.core.roomchain import ChainError, RoomState, check_sealed_key, verify_chain
+from unibus.core.roomchain import (
+    ChainError,
+    RoomState,
+    check_sealed_key,
+    is_leave,
+    verify_chain,
+)
 
 _log = get_logger("unibus.client")
 HISTORY_BATCH: Final = 256
@@ -224,6 +230,51 @@ class Room:
         await self._api.remove_member(self.room_id, user, change)
         await self.refresh()
 
+    async def rekey(self) -> None:
+        """Start a new epoch with a fresh key sealed to every member (same members).
+
+        The owner and room admins may rekey at any time; any member may right after a
+        member left (the leave's epoch has no key: the leaver hands out none).
+        """
+        await self.refresh()
+        members = set(self.state.members)
+        key = new_room_key()
+        view = await self._api.get_room(self.room_id)
+        _, change = successor(
+            view.chain[-1],
+            self._identity,
+            members=members,
+            new_epoch=True,
+            sealed_by_member={member: seal_room_key(key, member) for member in members},
+        )
+        await self._api.rekey(self.room_id, change)
+        await self.refresh()
+
+    async def leave(self) -> None:
+        """Leave the room: a new epoch without this member, for which it hands out no key.
+
+        The remaining members' next publish rekeys the room (any member may, after a
+        leave), so the leaver holds no key to anything that follows. The owner cannot
+        leave its room.
+
+        Raises:
+            RoomError: this identity owns the room.
+        """
+        await self.refresh()
+        me = self._identity.public_key
+        if me == self.state.owner:
+            raise RoomError("the owner cannot leave its room; remove the other members instead")
+        view = await self._api.get_room(self.room_id)
+        _, change = successor(
+            view.chain[-1],
+            self._identity,
+            members=set(self.state.members) - {me},
+            admins=set(self.state.admins) - {me},
+            new_epoch=True,
+        )
+        await self._api.leave_room(self.room_id, change)
+        self._admitted_on = None
+
     def _require_key(self, epoch: int, key_id: str) -> bytes:
         key = self._key(epoch, key_id)
         if key is None:
@@ -275,6 +326,9 @@ class Room:
         """Refuse to publish under an epoch older than one this device knows exists."""
         if not self._probed_history:
             await self._probe_newest_message()
+        state = self.state
+        if is_leave(state) and self._key(state.epoch, state.key_id) is None:
+            await self._rekey_after_leave()
         newest = self._heads.newest_epoch(self.room_id)
         if newest > self.state.epoch:
             await self.refresh()
@@ -285,6 +339,17 @@ class Room:
                     "or a server still catching up; not publishing under the older epoch "
                     "(retry later; if it persists, the room's record was tampered with)"
                 )
+
+    async def _rekey_after_leave(self) -> None:
+        """The room's epoch was started by a member who left, and has no key: make the
+        next one. Another member doing the same at once wins or loses the compare-and-set;
+        either way the room then has a key this member can use."""
+        try:
+            await self.rekey()
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            await self.refresh()
 
     async def _probe_newest_message(self) -> None:
         """Learn the epoch of the newest stored message (once per Room object).

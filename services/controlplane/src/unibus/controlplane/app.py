@@ -66,7 +66,10 @@ class Context:
     nc: NATS
     sys_nc: NATS
     metrics: ApiMetrics
-    room_cap: int = 256
+
+    @property
+    def room_cap(self) -> int:
+        return self.settings.max_rooms
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -249,6 +252,10 @@ async def rekey(request: Request, context: Context, caller: Caller) -> Response:
     return await _change(request, context, caller, rooms.ChangeKind.REKEY)
 
 
+async def leave_room(request: Request, context: Context, caller: Caller) -> Response:
+    return await _change(request, context, caller, rooms.ChangeKind.LEAVE)
+
+
 async def room_keys(request: Request, context: Context, caller: Caller) -> Response:
     keys = await rooms.sealed_keys(context.store, caller.key, request.path_params["room_id"])
     return _json(keys)
@@ -388,6 +395,14 @@ SIGNED_ROUTES: tuple[RouteDoc, ...] = (
         RoomView,
     ),
     RouteDoc("POST", "/v1/rooms/{room_id}/rekey", rekey, "Start a new epoch", RoomChange, RoomView),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/leave",
+        leave_room,
+        "Leave a room (any member but the owner; hands out no key)",
+        RoomChange,
+        RoomView,
+    ),
     RouteDoc(
         "GET",
         "/v1/rooms/{room_id}/keys",

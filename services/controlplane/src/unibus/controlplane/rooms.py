@@ -37,6 +37,7 @@ class ChangeKind(enum.StrEnum):
     ADD = "add"
     REMOVE = "remove"
     REKEY = "rekey"
+    LEAVE = "leave"
 
 
 def room_view(room: Versioned[RoomRecord]) -> RoomView:
@@ -187,7 +188,13 @@ async def change_room(
         raise bad_request("removing a member: the new state must remove exactly that member")
     if kind is ChangeKind.REKEY and (added or removed or not new_epoch):
         raise bad_request("a rekey keeps the members and starts a new epoch")
-    needed = set(state.members) if new_epoch else set(added)
+    if kind is ChangeKind.LEAVE and (removed != [caller] or added):
+        raise bad_request("leaving: the new state must remove exactly the caller")
+    if kind is not ChangeKind.LEAVE and caller in removed:
+        raise bad_request("to remove yourself, leave the room")
+    # A leave hands out no key: the epoch it starts has none, so the leaver knows nothing
+    # that follows; the next rekey (any member may make it) is the first with a key again.
+    needed = set() if kind is ChangeKind.LEAVE else set(state.members) if new_epoch else set(added)
     _require_keys_for(needed, state, body.sealed_keys, f"this {kind.value}")
     await _require_active(store, added)
     await _require_room_capacity(store, added, room_cap)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from unibus.core.connect import is_loopback_host
 from unibus.core.errors import ConfigError, NkeyError, PostureError
+from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.settings import EnvReader
 
@@ -38,6 +39,8 @@ class Settings:
     cluster_size: int = 1
     skew: float = 60.0
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    max_rooms: int = DEFAULT_MAX_ROOMS
+    """Rooms per user (``unibus.core.limits``, shared with the callout)."""
     op_timeout: float = 2.0
     quorum_max_age: float = 0.5
     bootstrap_admin: str | None = None
@@ -81,6 +84,7 @@ class Settings:
             max_blob_bytes=env.integer(
                 "UNIBUS_MAX_BLOB_BYTES", default=DEFAULT_MAX_BLOB_BYTES, minimum=1
             ),
+            max_rooms=read_max_rooms(env),
             op_timeout=env.number("UNIBUS_OP_TIMEOUT", default=2.0, minimum=0.1, maximum=60.0),
             quorum_max_age=env.number(
                 "UNIBUS_API_QUORUM_MAX_AGE", default=0.5, minimum=0.0, maximum=5.0

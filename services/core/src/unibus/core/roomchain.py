@@ -8,7 +8,12 @@ the whole chain before they trust a member list or a key. A state written straig
 the KV cannot carry a valid signature of a rights-holder, so clients reject it.
 
 Who may act: the owner, and the room admins the chain itself names (never the server's
-global admin list, which a KV write could change).
+global admin list, which a KV write could change). Two more moves are anyone's, so that no
+member can be held in a room: a member other than the owner may **leave** (a state that
+removes only its actor and starts a new epoch), and right after a leave any remaining
+member may **rekey** (same members, the next epoch). The leaver hands out no key: the
+epoch its leave starts has none, and the rekey after it is the first with a key again, so
+nobody who left holds a key to what follows.
 
 Epoch rules: removing anyone starts a new epoch with a new key id (a removed member must
 not read what follows); adding members keeps the epoch or starts a new one; a rekey
@@ -149,16 +154,50 @@ def check_transition(previous: SignedState | None, signed: SignedState) -> RoomS
         raise ChainError("bad_link", "a state must follow the room's latest state")
     if state.owner != before.owner:
         raise ChainError("not_allowed", "a room's owner cannot change")
-    if not before.may_act(state.actor):
-        raise ChainError("not_allowed", "only the owner or a room admin may change a room")
-    removed = set(before.members) - set(state.members)
     new_epoch = state.epoch == before.epoch + 1 and state.key_id != before.key_id
+    allowed = (
+        before.may_act(state.actor)
+        or _is_leave(before, state, new_epoch=new_epoch)
+        or _is_rekey_after_leave(before, state, new_epoch=new_epoch)
+    )
+    if not allowed:
+        raise ChainError(
+            "not_allowed",
+            "only the owner or a room admin may change a room (a member may only leave)",
+        )
+    removed = set(before.members) - set(state.members)
     same_epoch = state.epoch == before.epoch and state.key_id == before.key_id
     if removed and not new_epoch:
         raise ChainError("rekey_required", "removing a member must start a new epoch")
     if not (new_epoch or same_epoch):
         raise ChainError("bad_epoch", "the epoch may only stay or advance by one with a new key")
     return state
+
+
+def is_leave(state: RoomState) -> bool:
+    """Whether ``state`` is a member's leave: its actor is no longer a member."""
+    return state.actor not in state.members
+
+
+def _is_leave(before: RoomState, state: RoomState, *, new_epoch: bool) -> bool:
+    actor = state.actor
+    return (
+        new_epoch
+        and actor in before.members
+        and actor != before.owner
+        and set(state.members) == set(before.members) - {actor}
+        and set(state.admins) == set(before.admins) - {actor}
+    )
+
+
+def _is_rekey_after_leave(before: RoomState, state: RoomState, *, new_epoch: bool) -> bool:
+    return (
+        new_epoch
+        and is_leave(before)
+        and state.actor in before.members
+        and state.members == before.members
+        and state.admins == before.admins
+    )
 
 
 def verify_chain(chain: Sequence[SignedState], *, room_id: str | None = None) -> list[RoomState]:
@@ -198,7 +237,9 @@ def check_sealed_key(
     signer: str,
     signature: bytes,
 ) -> None:
-    """Accept a sealed key signed by a rights-holder of a state of its epoch listing the member."""
+    """Accept a sealed key signed by a rights-holder of a state of its epoch listing the
+    member, or by the member who made that state (the rekey after a leave). A leaver is not
+    a member of its own leave state, so it can hand out no key to the epoch it starts."""
     try:
         valid = verify(
             signer, sealed_key_message(room_id, epoch, key_id, member, sealed), signature
@@ -213,7 +254,7 @@ def check_sealed_key(
             and state.epoch == epoch
             and state.key_id == key_id
             and member in state.members
-            and state.may_act(signer)
+            and (state.may_act(signer) or (signer == state.actor and signer in state.members))
         ):
             return
     raise ChainError("not_allowed", "the sealed key's signer could not hand out that key")
