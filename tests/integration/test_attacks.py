@@ -31,10 +31,11 @@ from unibus.client.connection import BusConnection, BusUnavailable
 from unibus.client.crypto import open_room_key
 from unibus.client.envelope import Sealer, decode_envelope
 from unibus.client.room import RollbackError, RoomError
-from unibus.core import naming
+from unibus.core import limits, naming
 from unibus.core.certs import CertificateAuthority
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
+from unibus.core.provisioning import ASSETS, Provisioning, provision
 
 
 async def _unchanged_for(
@@ -574,3 +575,27 @@ async def test_the_api_and_the_callout_enforce_one_room_cap_and_nobody_is_locked
         await store.commit_room(current, msgspec.structs.replace(current.value, members=grown))
         fresh = await deployment.device(victim.identity)
         await (await fresh.room(welcome.room_id)).wait_admitted()
+
+
+async def test_every_asset_has_its_reserved_storage_and_an_unlimited_one_gets_it_on_provision(
+    stacks: StackFactory,
+) -> None:
+    """A full history or object store once took the room of the nonce and barrier writes,
+    and then the callout denied everyone: each asset now has, and reserves, its own."""
+    stack = await stacks.start(nodes=3, provision=False)
+    nc = await stacks.connect(stack)
+    js = nc.jetstream(timeout=10.0)
+    unlimited = {name: -1 for name in limits.ASSET_BYTES}
+    await provision(js, Provisioning(replicas=3, asset_bytes=unlimited))  # an older release
+    assert (await js.stream_info(naming.MESSAGES_STREAM)).config.max_bytes in (None, -1)
+
+    await provision(js, Provisioning(replicas=3))
+    for asset in ASSETS:
+        config = (await js.stream_info(asset.stream)).config
+        assert config.max_bytes == limits.ASSET_BYTES[asset.name], asset.name
+    history = (await js.stream_info(naming.MESSAGES_STREAM)).config
+    assert history.max_msgs_per_subject == limits.HISTORY_MAX_PER_ROOM
+    assert history.max_msg_size is not None
+    assert history.max_msg_size > limits.MAX_ENVELOPE_BYTES
+    account = json.loads((await nc.request("$JS.API.INFO", b"", timeout=10.0)).data)
+    assert account["reserved_storage"] == sum(limits.ASSET_BYTES.values())

@@ -46,6 +46,7 @@ import msgspec
 import nacl.bindings
 import nacl.exceptions
 
+from unibus.core import limits
 from unibus.core.errors import IdentityError, InvalidNameError, NkeyError
 from unibus.core.naming import check_room_id
 from unibus.core.nkeys import KeyPair, Prefix, verify
@@ -67,7 +68,7 @@ __all__ = [
 
 VERSION: Final = 1
 MAX_BATCH: Final = 1024
-MAX_ENVELOPE_BYTES: Final = 1 << 20
+MAX_ENVELOPE_BYTES: Final = limits.MAX_ENVELOPE_BYTES
 """The largest envelope a receiver decodes: nats-server's default ``max_payload``."""
 MAX_PLAINTEXT_BYTES: Final = MAX_ENVELOPE_BYTES - 4096
 """The largest message a Sealer accepts; the rest is room for the envelope's fields."""

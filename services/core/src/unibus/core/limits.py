@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import Final
 
+from unibus.core import naming
 from unibus.core.settings import EnvReader
 
-__all__ = ["DEFAULT_MAX_ROOMS", "MAX_ROOMS_ENV", "read_max_rooms"]
+__all__ = [
+    "ASSET_BYTES",
+    "DEFAULT_MAX_ROOMS",
+    "HISTORY_MAX_PER_ROOM",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_ROOMS_ENV",
+    "read_max_rooms",
+]
 
 MAX_ROOMS_ENV: Final = "UNIBUS_MAX_ROOMS"
 DEFAULT_MAX_ROOMS: Final = 256
@@ -24,3 +32,25 @@ def read_max_rooms(env: EnvReader) -> int:
     return env.integer(
         MAX_ROOMS_ENV, default=DEFAULT_MAX_ROOMS, minimum=1, maximum=_MAX_ROOMS_CEILING
     )
+
+
+MAX_ENVELOPE_BYTES: Final = 1 << 20
+"""One encrypted room message as stored (the SDK refuses to send more; the stream too)."""
+HISTORY_MAX_PER_ROOM: Final = 100_000
+"""Messages the history keeps per room: a member flooding a room evicts that room's oldest."""
+
+_MIB: Final = 1024 * 1024
+ASSET_BYTES: Final = {
+    naming.USERS_BUCKET: 64 * _MIB,
+    naming.ROOMS_BUCKET: 512 * _MIB,
+    naming.MEMBERS_BUCKET: 256 * _MIB,
+    naming.ROOMS_BY_MEMBER_BUCKET: 64 * _MIB,
+    naming.ROOM_KEYS_BUCKET: 1024 * _MIB,
+    naming.NONCES_BUCKET: 256 * _MIB,
+    naming.MESSAGES_STREAM: 4096 * _MIB,
+    naming.BLOBS_BUCKET: 2048 * _MIB,
+}
+"""The storage each asset may use, reserved for it when it is created: 8 GiB of a node's
+default 10 GiB store (``max_file_store``). A full history or object store therefore never
+takes the room of the buckets that authorization writes to (nonces, the callout's
+barriers), so it cannot make the callout deny everyone."""

@@ -9,8 +9,9 @@ instead of creating it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -18,7 +19,7 @@ import nats.js.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from unibus.core import naming
+from unibus.core import limits, naming
 from unibus.core.errors import ConfigError
 from unibus.core.log import get_logger
 from unibus.core.retry import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BUDGET, retry_until
@@ -28,6 +29,8 @@ MAX_REPLICAS: Final = 5
 HA_REPLICAS: Final = 3
 DAY: Final = 86_400.0
 _ERR_STREAM_NOT_FOUND: Final = 10059
+_MAX_STORED_MESSAGE: Final = limits.MAX_ENVELOPE_BYTES + 4096
+"""The envelope, and room for its headers (the message id)."""
 _log = get_logger("unibus.provisioning")
 
 
@@ -79,7 +82,8 @@ class Provisioning:
     history_duplicate_window: float = 120.0
     nonce_ttl: float = 600.0
     """Kept at least twice the request skew window plus clock drift."""
-    max_blob_bytes: int = -1
+    asset_bytes: Mapping[str, int] = field(default_factory=lambda: dict(limits.ASSET_BYTES))
+    """Storage reserved for each asset (``limits.ASSET_BYTES``); -1: unlimited."""
     budget: float = DEFAULT_BUDGET
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
 
@@ -89,6 +93,31 @@ class Provisioning:
             raise ConfigError("history retention and duplicate window must be positive")
         if self.history_duplicate_window > self.history_max_age:
             raise ConfigError("the duplicate window cannot exceed the history retention")
+
+    def bytes_for(self, asset: Asset) -> int:
+        return self.asset_bytes.get(asset.name, -1)
+
+
+async def _apply_limits(js: JetStreamContext, asset: Asset, plan: Provisioning) -> bool:
+    """Give an asset created without limits (an earlier release) its limits.
+
+    Only an unlimited asset whose data already fits is changed: lowering a limit below
+    what is stored would make JetStream discard data. Returns whether it changed.
+    """
+    info = await js.stream_info(asset.stream)
+    config, wanted = info.config, plan.bytes_for(asset)
+    if wanted < 0 or (config.max_bytes or -1) >= 0 or info.state.bytes >= wanted:
+        return False
+    limited = dataclasses.replace(config, max_bytes=wanted)
+    if asset.kind is AssetKind.STREAM:
+        limited = dataclasses.replace(
+            limited,
+            max_msg_size=_MAX_STORED_MESSAGE,
+            max_msgs_per_subject=limits.HISTORY_MAX_PER_ROOM,
+        )
+    await js.update_stream(limited)
+    _log.info("limits applied", asset=asset.name, max_bytes=wanted)
+    return True
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,7 @@ async def _create(js: JetStreamContext, asset: Asset, plan: Provisioning) -> Non
                 storage=storage,
                 replicas=plan.replicas,
                 direct=True,
+                max_bytes=plan.bytes_for(asset),
             )
         )
     elif asset.kind is AssetKind.STREAM:
@@ -132,6 +162,9 @@ async def _create(js: JetStreamContext, asset: Asset, plan: Provisioning) -> Non
                 duplicate_window=plan.history_duplicate_window,
                 storage=storage,
                 num_replicas=plan.replicas,
+                max_bytes=plan.bytes_for(asset),
+                max_msg_size=_MAX_STORED_MESSAGE,
+                max_msgs_per_subject=limits.HISTORY_MAX_PER_ROOM,
             )
         )
     else:
@@ -140,7 +173,7 @@ async def _create(js: JetStreamContext, asset: Asset, plan: Provisioning) -> Non
             api.ObjectStoreConfig(
                 storage=storage,
                 replicas=plan.replicas,
-                max_bytes=plan.max_blob_bytes,
+                max_bytes=plan.bytes_for(asset),
             ),
         )
 
@@ -162,6 +195,7 @@ async def provision(
 
         async def ensure(asset: Asset = asset) -> bool:
             if await _stream_exists(js, asset.stream):
+                await _apply_limits(js, asset, plan)
                 return False
             await _create(js, asset, plan)
             return True
