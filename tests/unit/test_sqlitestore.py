@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import msgspec
@@ -71,6 +73,26 @@ def test_backup_is_a_checked_copy_next_to_the_source(tmp_path: Path) -> None:
     assert backup.name.startswith("m.db.backup-")
     assert _snapshot(backup) == _snapshot(fixture.path)
     assert backup_sqlite(fixture.path) != backup  # never overwrites an earlier backup
+
+
+def test_a_backup_is_private_from_its_creation_whatever_the_umask(tmp_path: Path) -> None:
+    fixture = build_legacy_db(tmp_path / "m.db", rooms=1)
+    modes: dict[str, int] = {}
+    real_open = os.open
+
+    def recording_open(path: str, flags: int, mode: int = 0o777) -> int:
+        modes.setdefault(str(path), mode)
+        return real_open(path, flags, mode)
+
+    previous = os.umask(0)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "open", recording_open)
+            backup = backup_sqlite(fixture.path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert modes[str(backup)] == 0o600  # created private, not created open and narrowed
 
 
 def test_plan_keeps_revoked_users_revoked_and_refuses_divergence(tmp_path: Path) -> None:

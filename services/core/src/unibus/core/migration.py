@@ -22,6 +22,7 @@ Steps, in order, each one before anything irreversible:
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +94,12 @@ def backup_sqlite(source: Path, *, now: datetime | None = None) -> Path:
     while target.exists():
         n += 1
         target = source.with_name(f"{source.name}.backup-{stamp}-{n}")
+    # The copy holds the whole allowlist: it is private from the moment it exists (VACUUM
+    # INTO fills an empty file), never written under the umask and narrowed afterwards.
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise MigrationError(f"cannot create the backup {target}: {exc.strerror}") from None
     conn = open_connection(source, readonly=True)
     try:
         conn.execute("VACUUM INTO ?", (str(target),))
@@ -111,7 +118,6 @@ def backup_sqlite(source: Path, *, now: datetime | None = None) -> Path:
         copy.close()
     if copied != counts:
         raise MigrationError(f"the backup {target} differs from {source}: {copied} != {counts}")
-    target.chmod(0o600)
     return target
 
 
