@@ -387,14 +387,18 @@ class Room:
         self._probed_history = True
 
     def _note_epoch(self, opener: Opener, data: bytes) -> None:
-        """Remember the epoch of a message signed by someone this chain made a member."""
+        """Remember the epoch of a message signed by the owner or a room admin.
+
+        Only they can remove anyone, so only their word that a newer epoch exists guards
+        against a rollback past a removal; a plain member's claim would let any member stop
+        the room's publishing. (After a leave, a plain member may make the next epoch:
+        evidence of that one is not taken from traffic, only from this device's memory.)
+        """
         try:
             env = opener.attest(data)
         except EnvelopeError:
             return
-        if env.epoch > self.state.epoch and any(
-            env.sender in members for members in self._members_at.values()
-        ):
+        if env.epoch > self.state.epoch and self.state.may_act(env.sender):
             self._heads.saw_epoch(self.room_id, env.epoch)
 
     # -- messages ---------------------------------------------------------------------------------
