@@ -107,16 +107,28 @@ def test_publish_host_must_be_an_address() -> None:
 
 
 def test_stage_gives_each_role_only_its_files(rendered: Path, tmp_path: Path) -> None:
-    """No volume receives a CA key or the admin seed; the nats one has no identity."""
+    """No volume receives a CA key or the admin seed; the nats ones have no identity; a
+    node's TLS private keys reach only that node's volumes."""
     target = tmp_path / "stage"
     counts = stage_material(
         rendered, target, nodes=("n1", "n2", "n3"), owners={"nats": None, "callout": None}
     )
-    assert counts == {"nats": 16, "callout": 6, "api": 10}
+    assert counts == {
+        **{f"nats-n{i}": 6 for i in (1, 2, 3)},
+        "callout": 6,
+        **{f"api-n{i}": 6 for i in (1, 2, 3)},
+        "tools": 3,
+    }
     every = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
     assert not any("ca-key" in p or p.endswith("admin.seed") for p in every)
-    assert not any(p.startswith("nats/identities") for p in every)
-    assert "api/identities/issuer.seed" not in every
+    assert not any(p.startswith("nats-") and "/identities/" in p for p in every)
+    assert "api-n1/identities/issuer.seed" not in every
+    for volume in (f"{role}-n{i}" for role in ("nats", "api") for i in (1, 2, 3)):
+        keys = {p for p in every if p.startswith(f"{volume}/") and p.endswith("-key.pem")}
+        node = volume.rpartition("-")[2]
+        assert keys, volume
+        assert all(f"/certs/nodes/{node}/" in key for key in keys), volume
+    assert not any(p.startswith(("tools/", "callout/")) and p.endswith("-key.pem") for p in every)
     for relative in role_files("callout", ["n1"]):
         staged = target / "callout" / relative
         source_mode = stat.S_IMODE((rendered / relative).stat().st_mode)

@@ -418,9 +418,7 @@ def test_every_config_user_bypasses_the_callout(cluster: list[NodeConfig]) -> No
     """A config user missing from auth_users would still be sent to the callout (notes §1.2)."""
     conf = _parse(render_node_config(cluster[0], QUIET))
     config_users = {
-        user["nkey"]
-        for account in conf["accounts"].values()
-        for user in account.get("users", [])
+        user["nkey"] for account in conf["accounts"].values() for user in account.get("users", [])
     }
     assert set(conf["authorization"]["auth_callout"]["auth_users"]) == config_users
     assert len(config_users) == 3

@@ -163,7 +163,7 @@ def _stage(args: argparse.Namespace) -> int:
         args.source,
         args.target,
         nodes=tuple(args.node or NODE_NAMES),
-        owners={"nats": None, "callout": owner, "api": owner},
+        owners={"nats": None, "callout": owner, "api": owner, "tools": owner},
     )
     if args.json:
         print_json(counts)

@@ -107,6 +107,9 @@ def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
             *(f"identities/{name}.seed" for name in ("callout", "issuer", "xkey")),
             *(f"identities/{name}.seed" for name in ("internal", "system")),
         )
+    if role == "tools":
+        # provision and migrate: the internal identity, no TLS key at all
+        return ("certs/client-ca.pem", "identities/internal.seed", f"identities/{ADMIN_PUB}")
     if role == "api":
         files = [
             "certs/client-ca.pem",
@@ -117,11 +120,26 @@ def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
         for node in nodes:
             files += [f"certs/nodes/{node}/server.pem", f"certs/nodes/{node}/server-key.pem"]
         return tuple(files)
-    raise ConfigError(f"unknown role {role!r}: one of nats, callout, api")
+    raise ConfigError(f"unknown role {role!r}: one of nats, callout, api, tools")
 
 
-ROLE_FILES: Final = ("nats", "callout", "api")
-"""The roles, each staged into its own volume (the CA keys and the admin seed never are)."""
+ROLE_FILES: Final = ("nats", "callout", "api", "tools")
+"""The roles (the CA keys and the admin seed are never staged for any)."""
+PER_NODE_ROLES: Final = frozenset({"nats", "api"})
+"""Staged into one volume per node (``<role>-<node>``): a node's TLS private keys reach only
+the containers of that node."""
+
+
+def staged_volumes(nodes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each staged volume (``nats-n1``, ``api-n1``, …, ``callout``, ``tools``) and its files."""
+    volumes: dict[str, tuple[str, ...]] = {}
+    for role in ROLE_FILES:
+        if role in PER_NODE_ROLES:
+            for node in nodes:
+                volumes[f"{role}-{node}"] = role_files(role, [node])
+        else:
+            volumes[role] = role_files(role, nodes)
+    return volumes
 
 
 @dataclass(frozen=True)
@@ -390,15 +408,17 @@ def stage_material(
     nodes: Sequence[str],
     owners: Mapping[str, tuple[int, int] | None],
 ) -> dict[str, int]:
-    """Copy each role's files from ``source`` into ``target/<role>``, replacing what is there.
+    """Copy each volume's files (``staged_volumes``) from ``source`` into ``target/<volume>``,
+    replacing what is there.
 
-    Secret files stay 0600, directories 0700, everything owned by the role's user (the
-    nats image runs as root; the unibus services as :data:`SERVICE_UID`).
+    Secret files stay 0600, directories 0700, everything owned by the role's user
+    (``owners`` by role: the nats image runs as root; the unibus services as
+    :data:`SERVICE_UID`).
 
     Raises:
         ConfigError: ``source`` lacks a file (``unibus compose init`` has not run).
     """
-    wanted = {role: role_files(role, nodes) for role in ROLE_FILES}
+    wanted = staged_volumes(nodes)
     missing = sorted({f for files in wanted.values() for f in files if not (source / f).is_file()})
     if missing:
         raise ConfigError(
@@ -410,7 +430,7 @@ def stage_material(
         volume = target / role
         volume.mkdir(parents=True, exist_ok=True)
         _clear(volume)
-        owner = owners.get(role)
+        owner = owners.get(role.partition("-")[0])
         for relative in files:
             _copy(source / relative, volume / relative, owner=owner)
         if owner is not None:

@@ -41,6 +41,7 @@ from unibus.core.natsconf import NatsToggles
 from unibus.stack.compose import (
     API_PORT,
     CLIENT_PORT,
+    ROLE_FILES,
     ROUTE_PORT,
     NodeAddresses,
     render_configs,
@@ -267,9 +268,10 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 ],
                 "volumes": [
                     "./material:/source:ro",
-                    "material-nats:/stage/nats",
+                    f"material-nats:/stage/nats-{node}",
                     "material-callout:/stage/callout",
-                    "material-api:/stage/api",
+                    f"material-api:/stage/api-{node}",
+                    "material-tools:/stage/tools",
                 ],
             },
             node: {
@@ -299,7 +301,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                     f"--replicas={CLUSTER_SIZE}",
                     "--budget=600",
                 ],
-                "volumes": ["material-api:/etc/unibus:ro"],
+                "volumes": ["material-tools:/etc/unibus:ro"],
                 "depends_on": {
                     "stage": {"condition": "service_completed_successfully"},
                     node: {"condition": "service_started"},
@@ -325,6 +327,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
             "material-nats": {},
             "material-callout": {},
             "material-api": {},
+            "material-tools": {},
             "nats-data": {},
         },
     }
@@ -354,7 +357,7 @@ def render(
         material = host_dir / "material"
         if material.exists():
             shutil.rmtree(material)
-        files = {f for role in ("nats", "callout", "api") for f in role_files(role, [host.name])}
+        files = {f for role in ROLE_FILES for f in role_files(role, [host.name])}
         for relative in sorted(files):
             _copy_into(layout, material, relative)
         env_dir = host_dir / "env"
