@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 
 from tests.integration.deployment import Deployment, Listener, deployed
 from tests.integration.harness import StackFactory, bounded, eventually, run_cli
-from unibus.client.api import ApiError
+from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import successor
 from unibus.client.connection import BusConnection, BusUnavailable
 from unibus.client.crypto import open_room_key
@@ -599,3 +599,27 @@ async def test_every_asset_has_its_reserved_storage_and_an_unlimited_one_gets_it
     assert history.max_msg_size > limits.MAX_ENVELOPE_BYTES
     account = json.loads((await nc.request("$JS.API.INFO", b"", timeout=10.0)).data)
     assert account["reserved_storage"] == sum(limits.ASSET_BYTES.values())
+
+
+async def test_a_user_past_its_blob_budget_is_refused_with_429_and_others_are_not(
+    stacks: StackFactory,
+) -> None:
+    async with deployed(stacks, {"UNIBUS_BLOB_BUDGET_BYTES": str(64 * 1024)}) as deployment:
+        mallory = await deployment.member("mallory")
+        alice = await deployment.member("alice")
+        room = await mallory.create_room([alice.key])
+        near = ApiClient(
+            [deployment.stack.api_url("n1")],
+            mallory.identity,
+            ca_file=deployment.stack.layout.certs.client_ca_cert,
+        )
+        try:
+            await near.upload_blob(room.room_id, b"x" * 40_000)
+            await near.upload_blob(room.room_id, b"x" * 20_000)
+            with pytest.raises(ApiError) as refused:
+                await near.upload_blob(room.room_id, b"x" * 10_000)
+        finally:
+            await near.aclose()
+        assert (refused.value.status, refused.value.code) == (429, "quota")
+        assert "try again in" in refused.value.message
+        await alice.api.upload_blob(room.room_id, b"alice's own")

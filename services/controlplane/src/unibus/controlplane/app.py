@@ -27,12 +27,14 @@ from unibus.controlplane.errors import (
     bad_request,
     from_library,
     not_found,
+    over_quota,
     too_large,
     unauthorized,
 )
 from unibus.controlplane.health import HealthCache, health_report, public_view
 from unibus.controlplane.metrics import ApiMetrics
 from unibus.controlplane.openapi import RouteDoc, openapi_document
+from unibus.controlplane.quota import UploadBudget
 from unibus.controlplane.settings import Settings
 from unibus.core import naming
 from unibus.core.apimodels import (
@@ -287,6 +289,10 @@ async def upload_blob(request: Request, context: Context, caller: Caller) -> Res
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise await _refuse_too_large(request, limit)
+    budget: UploadBudget = request.app.state.blob_budget
+    refusal = budget.refusal(caller.key, int(declared) if declared is not None else None)
+    if refusal is not None:
+        raise over_quota(refusal)
     blob_id = naming.new_room_id()
     name = _blob_name(room.value.room_id, blob_id)
     try:
@@ -303,6 +309,7 @@ async def upload_blob(request: Request, context: Context, caller: Caller) -> Res
         raise unauthorized(
             "the body does not match its signed digest", "signature_bad_digest"
         ) from None
+    budget.charge(caller.key, info.size)
     view = BlobView(room_id=room.value.room_id, blob_id=blob_id, size=info.size, sha256=info.sha256)
     return _json(view, 201)
 
@@ -483,6 +490,7 @@ def _route_name(scope: Any) -> str:
 def build_app(context: Context) -> Any:
     app = Starlette(routes=routes())
     app.state.context = context
+    app.state.blob_budget = UploadBudget(context.settings.blob_budget)
     app.state.health = HealthCache(
         lambda: health_report(context.store, context.nc, context.sys_nc, context.settings)
     )

@@ -51,6 +51,10 @@ def too_large(message: str) -> ApiError:
     return ApiError(413, "too_large", message)
 
 
+def over_quota(message: str) -> ApiError:
+    return ApiError(429, "quota", message)
+
+
 def unavailable(message: str) -> ApiError:
     return ApiError(503, "store_unavailable", message)
 

@@ -17,6 +17,7 @@ _ERRORS = {
     "404": "no such user, room or blob",
     "409": "conflict: exists already, or the room changed concurrently",
     "413": "body too large",
+    "429": "a per-user quota is spent (blob bytes per hour); the message says when to retry",
     "500": "a failure the server did not expect; not retried, please report it",
     "503": "the store is unavailable; retry",
 }

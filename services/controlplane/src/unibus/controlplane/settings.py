@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from unibus.controlplane.quota import DEFAULT_BLOB_BUDGET
 from unibus.core.connect import is_loopback_host
 from unibus.core.errors import ConfigError, NkeyError, PostureError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
@@ -40,6 +41,8 @@ class Settings:
     skew: float = 60.0
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     max_rooms: int = DEFAULT_MAX_ROOMS
+    blob_budget: int = DEFAULT_BLOB_BUDGET
+    """Blob bytes one user may upload through this node per hour (``quota``)."""
     """Rooms per user (``unibus.core.limits``, shared with the callout)."""
     op_timeout: float = 2.0
     quorum_max_age: float = 0.5
@@ -85,6 +88,9 @@ class Settings:
                 "UNIBUS_MAX_BLOB_BYTES", default=DEFAULT_MAX_BLOB_BYTES, minimum=1
             ),
             max_rooms=read_max_rooms(env),
+            blob_budget=env.integer(
+                "UNIBUS_BLOB_BUDGET_BYTES", default=DEFAULT_BLOB_BUDGET, minimum=1
+            ),
             op_timeout=env.number("UNIBUS_OP_TIMEOUT", default=2.0, minimum=0.1, maximum=60.0),
             quorum_max_age=env.number(
                 "UNIBUS_API_QUORUM_MAX_AGE", default=0.5, minimum=0.0, maximum=5.0
