@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 SCRIPT: Final = Path(__file__).resolve()
 RESULTS: Final = SCRIPT.parent / "results"
 RAW_STREAM: Final = "BENCH_raw"
+RAW_STREAM_BYTES: Final = 1024 * 1024 * 1024
 RAW_SUBJECTS: Final = "bench.raw.*"
 RAW_REPLAY_SUBJECT: Final = "bench.raw.replay"
 LIVE_MODES: Final = ("raw", "raw-env", "e2e")
@@ -558,7 +559,12 @@ async def _setup(stack: Any, root: Path) -> Env:
     try:
         js = nc.jetstream(timeout=10.0)
         config = (await js.stream_info(naming.MESSAGES_STREAM)).config
-        raw = dataclasses.replace(config, name=RAW_STREAM, subjects=[RAW_SUBJECTS])
+        # The history's own settings, except its storage reservation: every unibus asset
+        # reserves its share of the store (core.limits), and a copy of the history's 4 GiB
+        # would not fit beside them.
+        raw = dataclasses.replace(
+            config, name=RAW_STREAM, subjects=[RAW_SUBJECTS], max_bytes=RAW_STREAM_BYTES
+        )
         await js.add_stream(raw)
         created = (await js.stream_info(RAW_STREAM)).config
     finally:
