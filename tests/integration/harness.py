@@ -166,3 +166,12 @@ async def create_room(store: JetStreamStore, owner: str, *members: str) -> str:
     room = room_record(owner, *members)
     await store.create_room(room, members=(), sealed_keys=())
     return room.room_id
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")

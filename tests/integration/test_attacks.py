@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NATS
 
 from tests.integration.deployment import Deployment, Listener, deployed
-from tests.integration.harness import StackFactory, bounded, eventually, run_cli
+from tests.integration.harness import StackFactory, bounded, eventually, run_cli, vm_hwm_kib
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import successor
 from unibus.client.connection import BusConnection, BusUnavailable
@@ -363,14 +363,6 @@ async def test_members_on_the_newer_chain_see_a_message_sent_under_the_stale_hea
 
 
 # -- 4. exhaustion ---------------------------------------------------------------------------------
-def _vm_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 async def test_a_chunked_body_to_a_route_without_one_is_refused_without_being_buffered(
     deployment: Deployment,
 ) -> None:
@@ -385,7 +377,7 @@ async def test_a_chunked_body_to_a_route_without_one_is_refused_without_being_bu
         for _ in range(total):
             yield chunk
 
-    before = await asyncio.to_thread(_vm_hwm_kib, pid)
+    before = await asyncio.to_thread(vm_hwm_kib, pid)
     request = deployment.admin.signed(
         "POST", f"{deployment.stack.api_url('n1')}/v1/room-ids", content=body(), digest=digest
     )
@@ -398,7 +390,7 @@ async def test_a_chunked_body_to_a_route_without_one_is_refused_without_being_bu
     if response is not None:
         assert response.status_code == 413
         assert response.json()["error"] == "too_large"
-    growth = (await asyncio.to_thread(_vm_hwm_kib, pid)) - before
+    growth = (await asyncio.to_thread(vm_hwm_kib, pid)) - before
     assert growth < 8 * 1024, f"controlplane grew by {growth} KiB"
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.integration.harness import StackFactory, eventually
+from tests.integration.harness import StackFactory, eventually, vm_hwm_kib
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import genesis, successor
 from unibus.controlplane.app import SIGNED_ROUTES
@@ -409,15 +409,6 @@ async def test_openapi_document_describes_every_route_and_error(api: Api) -> Non
 
 
 # -- crashes, memory, posture ---------------------------------------------------------------------
-def _vm_hwm_kib(pid: int) -> int:
-    """Peak resident memory of a process (VmHWM), in KiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 async def test_a_64_mib_blob_round_trip_keeps_the_services_memory_growth_under_16_mib(
     api: Api,
 ) -> None:
@@ -427,7 +418,7 @@ async def test_a_64_mib_blob_round_trip_keeps_the_services_memory_growth_under_1
     await near.upload_blob(room_id, b"warm-up")
     pid = api.stack.service_pid("controlplane", "n1")
     assert pid is not None
-    before = await asyncio.to_thread(_vm_hwm_kib, pid)
+    before = await asyncio.to_thread(vm_hwm_kib, pid)
     data = bytes(range(256)) * (64 * 4096)
 
     blob = await near.upload_blob(room_id, data)
@@ -435,7 +426,7 @@ async def test_a_64_mib_blob_round_trip_keeps_the_services_memory_growth_under_1
     async for chunk in near.stream_blob(room_id, blob.blob_id):
         received += len(chunk)
 
-    growth = (await asyncio.to_thread(_vm_hwm_kib, pid)) - before
+    growth = (await asyncio.to_thread(vm_hwm_kib, pid)) - before
     assert received == len(data) == blob.size
     assert growth < 16 * 1024, f"controlplane grew by {growth} KiB"
 

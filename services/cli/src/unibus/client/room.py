@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -28,12 +28,14 @@ from unibus.client.crypto import new_room_key, open_room_key, seal_room_key
 from unibus.client.envelope import EnvelopeError, Opened, Opener, Sealer
 from unibus.client.heads import HeadMemory
 from unibus.core import naming
+from unibus.core.apimodels import RoomChange
 from unibus.core.errors import UnibusError
 from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair
 from unibus.core.roomchain import (
     ChainError,
     RoomState,
+    SignedState,
     check_sealed_key,
     is_leave,
     verify_chain,
@@ -122,6 +124,8 @@ class Room:
         self._api = api
         self._bus = bus
         self._states: list[RoomState] = []
+        self._head: SignedState | None = None
+        """The latest signed state verified: what the next change follows."""
         self._members_at: dict[int, frozenset[str]] = {}
         """Everyone who was a member at some point of each epoch (a message's check)."""
         self._keys: dict[tuple[int, str], bytes] = {}
@@ -169,6 +173,7 @@ class Room:
         if sorted(view.members) != list(latest.members) or view.epoch != latest.epoch:
             raise RoomError("the server's member list disagrees with the room's signed chain")
         self._states = states
+        self._head = view.chain[-1]
         self._heads.remember(self.room_id, states)
         members_at: dict[int, set[str]] = {}
         for verified in states:
@@ -203,11 +208,8 @@ class Room:
         await self.refresh()
         current = self.state
         key = self._require_key(current.epoch, current.key_id)
-        view = await self._api.get_room(self.room_id)
-        _, change = successor(
-            view.chain[-1],
-            self._identity,
-            members={*current.members, *users},
+        change = self._change(
+            {*current.members, *users},
             new_epoch=False,
             sealed_by_member={user: seal_room_key(key, user) for user in users},
         )
@@ -217,16 +219,7 @@ class Room:
     async def remove(self, user: str) -> None:
         """Remove a member: a new epoch whose fresh key is sealed to every remaining member."""
         await self.refresh()
-        remaining = set(self.state.members) - {user}
-        key = new_room_key()
-        view = await self._api.get_room(self.room_id)
-        _, change = successor(
-            view.chain[-1],
-            self._identity,
-            members=remaining,
-            new_epoch=True,
-            sealed_by_member={member: seal_room_key(key, member) for member in remaining},
-        )
+        change = self._new_epoch(set(self.state.members) - {user})
         await self._api.remove_member(self.room_id, user, change)
         await self.refresh()
 
@@ -237,18 +230,35 @@ class Room:
         member left (the leave's epoch has no key: the leaver hands out none).
         """
         await self.refresh()
-        members = set(self.state.members)
+        await self._api.rekey(self.room_id, self._new_epoch(set(self.state.members)))
+        await self.refresh()
+
+    def _new_epoch(self, members: set[str]) -> RoomChange:
+        """The next state with ``members``, in a new epoch whose fresh key each receives."""
         key = new_room_key()
-        view = await self._api.get_room(self.room_id)
+        sealed = {member: seal_room_key(key, member) for member in members}
+        return self._change(members, new_epoch=True, sealed_by_member=sealed)
+
+    def _change(
+        self,
+        members: Iterable[str],
+        *,
+        new_epoch: bool,
+        admins: Iterable[str] | None = None,
+        sealed_by_member: Mapping[str, bytes] = {},
+    ) -> RoomChange:
+        """The signed successor of the latest state ``refresh()`` verified."""
+        if self._head is None:
+            raise RoomError("the room has not been loaded; call refresh()")
         _, change = successor(
-            view.chain[-1],
+            self._head,
             self._identity,
             members=members,
-            new_epoch=True,
-            sealed_by_member={member: seal_room_key(key, member) for member in members},
+            new_epoch=new_epoch,
+            admins=admins,
+            sealed_by_member=sealed_by_member,
         )
-        await self._api.rekey(self.room_id, change)
-        await self.refresh()
+        return change
 
     async def leave(self) -> None:
         """Leave the room: a new epoch without this member, for which it hands out no key.
@@ -264,13 +274,8 @@ class Room:
         me = self._identity.public_key
         if me == self.state.owner:
             raise RoomError("the owner cannot leave its room; remove the other members instead")
-        view = await self._api.get_room(self.room_id)
-        _, change = successor(
-            view.chain[-1],
-            self._identity,
-            members=set(self.state.members) - {me},
-            admins=set(self.state.admins) - {me},
-            new_epoch=True,
+        change = self._change(
+            set(self.state.members) - {me}, admins=set(self.state.admins) - {me}, new_epoch=True
         )
         await self._api.leave_room(self.room_id, change)
         self._admitted_on = None
