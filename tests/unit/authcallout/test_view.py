@@ -7,12 +7,12 @@ import time
 from typing import Any, cast
 
 import nats.errors
-from nats.js.kv import KeyValue
 
 from unibus.authcallout.kicks import connection_name, is_affected, parse_connection_name
 from unibus.authcallout.reasons import Reason
 from unibus.authcallout.view import Change, DirectoryView, Stamp, grant_digest
 from unibus.core import naming
+from unibus.core.kvfollow import KvEntry
 from unibus.core.kvstore import BARRIER_KEY
 from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord, encode
 from unibus.core.nkeys import KeyPair, Prefix
@@ -22,15 +22,28 @@ BOB = KeyPair.generate(Prefix.USER).public_key
 ROOM = naming.new_room_id()
 
 
+class _Connection:
+    """Stands in for the NATS connection: only its JetStream context is ever used here."""
+
+    def __init__(self, js: object = None) -> None:
+        self._js = js
+
+    def jetstream(self, **_: object) -> object:
+        return self._js
+
+
 def _view() -> DirectoryView:
-    view = DirectoryView(cast(Any, None), max_staleness=2.0)
+    view = DirectoryView(cast(Any, _Connection()), max_staleness=2.0)
     view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())  # proven fresh now
     return view
 
 
-def _entry(bucket: str, key: str, value: bytes | None, revision: int, op: str | None = None) -> Any:
-    return KeyValue.Entry(
-        bucket=bucket, key=key, value=value, revision=revision, delta=0, created=None, operation=op
+def _entry(
+    bucket: str, key: str, value: bytes | None, revision: int, op: str | None = None
+) -> KvEntry:
+    del bucket  # the view is told the bucket beside the entry
+    return KvEntry(
+        key=key, value=value or b"", revision=revision, operation=op, created=None, pending=0
     )
 
 
@@ -253,7 +266,7 @@ class _Tails:
 
 
 def _view_on(tails: _Tails) -> DirectoryView:
-    view = DirectoryView(cast(Any, tails), max_staleness=2.0)
+    view = DirectoryView(cast(Any, _Connection(tails)), max_staleness=2.0)
     view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
     return view
 

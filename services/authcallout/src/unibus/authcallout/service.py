@@ -82,7 +82,7 @@ class CalloutService:
         callout_nc = await self._connect("callout")
         self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
         self._view = DirectoryView(
-            view_nc.jetstream(timeout=self._settings.max_staleness),
+            view_nc,
             max_staleness=self._settings.max_staleness,
             heartbeat=self._settings.heartbeat,
             on_change=self._on_change,
@@ -151,10 +151,14 @@ class CalloutService:
             return dropped.reason
         current = False
         if self._view is not None:
+            # One budget for both waits: what a stale view does not use, a catch-up across
+            # a leader change may (the server gives the callout about two seconds).
+            deadline = arrived + self._settings.stale_grace + self._settings.catch_up
             if not self._view.is_fresh:
                 await self._view.until_fresh(self._settings.stale_grace)
             if self._view.is_fresh:
-                current = await self._view.until_current(arrived, self._settings.catch_up)
+                remaining = max(self._settings.catch_up, deadline - time.monotonic())
+                current = await self._view.until_current(arrived, remaining)
         try:
             response, reason = self._decide(request, time.time(), current), Reason.ALLOWED
         except Denial as denial:

@@ -37,8 +37,9 @@ class Settings:
     stale_grace: float = 1.0
     """How long a request waits for a stale view to be re-proven before it is denied."""
     catch_up: float = 0.5
-    """How long a request waits for the view to apply what the streams held when it
-    arrived (a read of their tails, then the watches) before it is denied."""
+    """How long a request waits at least for the view to apply what the streams held when
+    it arrived (a read of their tails, then the watches) before it is denied. It may also
+    use what is left of ``stale_grace``: the whole decision waits at most the sum."""
     concurrency: int = 256
     log_json: bool = True
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.aio.client import Client as NATS
 
 from unibus.authcallout.reasons import Reason
 from unibus.core import naming
+from unibus.core.kvfollow import KvEntry, KvFollower
 from unibus.core.kvstore import BARRIER_KEY
 from unibus.core.limits import DEFAULT_MAX_ROOMS
 from unibus.core.log import get_logger
@@ -46,6 +46,11 @@ from unibus.core.models import RecordError, RoomRecord, UserRecord, decode
 _log = get_logger("unibus.authcallout.view")
 _BUCKETS: Final = (naming.USERS_BUCKET, naming.ROOMS_BUCKET)
 _GRANT_CHARS: Final = 12
+_TAIL_ATTEMPTS: Final = 8
+_TAIL_ATTEMPT_TIMEOUT: Final = 0.3
+_FOLLOW_HEARTBEAT: Final = 0.25
+"""The followers' idle heartbeat: a consumer lost with its node is re-created within about
+two and a half of these, well inside a decision's budget."""
 _GRANT_RE: Final = re.compile(f"[0-9a-f]{{{_GRANT_CHARS}}}")
 
 
@@ -142,14 +147,16 @@ def _timestamp(created: object) -> float | None:
 class DirectoryView:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         *,
         max_staleness: float = 2.0,
         heartbeat: float = 0.5,
         on_change: Callable[[Change], Awaitable[None]] | None = None,
         max_rooms: int = DEFAULT_MAX_ROOMS,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream(timeout=max_staleness)
+        self._followers: dict[str, KvFollower] = {}
         self._max_rooms = max_rooms
         self._max_staleness = max_staleness
         self._heartbeat = heartbeat
@@ -244,8 +251,23 @@ class DirectoryView:
         raise TimeoutError("no read of the streams' tails started in time")
 
     async def _read_tails(self) -> dict[str, int]:
-        infos = await asyncio.gather(*(self._js.stream_info(f"KV_{bucket}") for bucket in _BUCKETS))
-        return {bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)}
+        # Short attempts, retried: a request that reaches a stream while its leadership is
+        # being handed over is dropped, not queued, and waiting out a long timeout on it
+        # would spend a decision's whole budget on one lost message.
+        for attempt in range(_TAIL_ATTEMPTS):
+            try:
+                async with asyncio.timeout(_TAIL_ATTEMPT_TIMEOUT):
+                    infos = await asyncio.gather(
+                        *(self._js.stream_info(f"KV_{bucket}") for bucket in _BUCKETS)
+                    )
+            except (TimeoutError, nats.errors.Error):
+                if attempt == _TAIL_ATTEMPTS - 1:
+                    raise
+                continue
+            return {
+                bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)
+            }
+        raise AssertionError("unreachable")
 
     async def _applied(self, bucket: str, revision: int) -> None:
         if self._state.applied[bucket] >= revision:
@@ -312,35 +334,35 @@ class DirectoryView:
             await asyncio.sleep(0.5)
 
     async def _watch(self, bucket: str) -> None:
-        kv: KeyValue = await self._js.key_value(bucket)
-        watcher = await kv.watch(">", inactive_threshold=30.0)
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=self._heartbeat * 4)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    continue
-                if entry is None:
-                    self._loaded[bucket].set()
-                    continue
-                if isinstance(entry, KeyValue.Entry):
-                    # Only the very first load is not a change. A watch restarted after an
-                    # outage compares with what was known, so changes made meanwhile still
-                    # disconnect the users they affect.
+        async with KvFollower(
+            self._nc, bucket, heartbeat=_FOLLOW_HEARTBEAT, op_timeout=self._max_staleness
+        ) as follower:
+            self._followers[bucket] = follower
+            try:
+                while True:
+                    entry = await follower.next(timeout=self._heartbeat)
+                    if entry is None:
+                        if follower.caught_up:
+                            self._loaded[bucket].set()
+                        continue
+                    # Only the very first load is not a change. A follower resumed after an
+                    # outage delivers what changed meanwhile, so it still disconnects the
+                    # users it affects.
                     initial = not self._loaded[bucket].is_set()
                     change = self._apply(bucket, entry)
+                    if entry.pending == 0 and follower.caught_up:
+                        self._loaded[bucket].set()
                     if change is not None and not initial and self._on_change is not None:
                         await self._on_change(change)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            finally:
+                self._followers.pop(bucket, None)
 
-    def _apply(self, bucket: str, entry: KeyValue.Entry) -> Change | None:
+    def _apply(self, bucket: str, entry: KvEntry) -> Change | None:
         state = self._state
         revision = entry.revision or 0
         change: Change | None = None
         if entry.key != BARRIER_KEY:
-            deleted = entry.operation in ("DEL", "PURGE")
+            deleted = entry.is_deletion
             if bucket == naming.USERS_BUCKET:
                 change = self._apply_user(entry.key, None if deleted else entry.value, revision)
             else:
@@ -424,7 +446,15 @@ class DirectoryView:
         self._release_waiters(bucket)
         try:
             async with asyncio.timeout(self._max_staleness):
-                await future
+                done, _ = await asyncio.wait({future}, timeout=self._heartbeat)
+                if not done:
+                    # The stream committed the barrier and the follower did not deliver it:
+                    # its consumer was lost with a node. Re-create it now rather than after
+                    # its heartbeats go quiet.
+                    follower = self._followers.get(bucket)
+                    if follower is not None:
+                        follower.restart()
+                    await future
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)

@@ -27,7 +27,6 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.client import JetStreamContext
 
 from unibus.core import naming
 from unibus.core.errors import (
@@ -37,6 +36,7 @@ from unibus.core.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from unibus.core.kvfollow import KvEntry, KvFollower
 from unibus.core.models import (
     MemberRecord,
     NonceRecord,
@@ -96,11 +96,12 @@ async def _translated(asset: str, timeout: float) -> AsyncIterator[None]:
 class _Bucket:
     """One KV bucket, spoken to through JetStream primitives we can bound and reason about."""
 
-    def __init__(self, js: JetStreamContext, name: str, op_timeout: float) -> None:
+    def __init__(self, nc: NATS, name: str, op_timeout: float) -> None:
         self.name = name
         self.stream = naming.kv_stream(name)
         self._prefix = f"$KV.{name}."
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream(timeout=op_timeout)
         self._timeout = op_timeout
 
     async def check_exists(self) -> None:
@@ -163,14 +164,14 @@ class _Bucket:
     async def scan(self, prefix: str = "", *, limit: int) -> list[tuple[str, bytes, int]]:
         """Latest value of every live key under ``prefix``, bounded in time and count.
 
-        A KV watch signals "initial values done" from a pending count that can be read too
-        early, which would end a scan short (seen: 0 of 117 keys). A short scan must never
-        pass for a complete one — the index repair and the migration's parity act on it —
-        so every scan is checked against the stream's own count of subjects, retried on a
-        mismatch, and fails closed if it keeps disagreeing.
+        A short scan must never pass for a complete one — the index repair and the
+        migration's parity act on it — so the read ends only when the consumer's own count
+        of pending messages says it delivered everything (``KvFollower``), is then checked
+        against the stream's count of subjects, retried on a mismatch (a write landed
+        meanwhile), and fails closed if it keeps disagreeing.
         """
         for _ in range(_SCAN_ATTEMPTS):
-            found, subjects_seen = await self._watch_scan(prefix, limit=limit)
+            found, subjects_seen = await self._follow_scan(prefix, limit=limit)
             if subjects_seen == await self._subject_count(prefix):
                 return found
         raise StoreUnavailableError(
@@ -184,32 +185,29 @@ class _Bucket:
             )
         return len(info.state.subjects or {})
 
-    async def _watch_scan(
+    async def _follow_scan(
         self, prefix: str, *, limit: int
     ) -> tuple[list[tuple[str, bytes, int]], int]:
-        kv_subject = f"{prefix}>" if prefix else ">"
-        found: list[tuple[str, bytes, int]] = []
-        subjects_seen = 0
-        async with _translated(self.name, self._timeout * 5):
-            kv = await self._js.key_value(self.name)
-            watcher = await kv.watch(kv_subject, inactive_threshold=30.0)
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    subjects_seen += 1
-                    # Keys starting with "_" are markers and barriers, never records.
-                    if entry.operation in ("DEL", "PURGE") or entry.key.startswith("_"):
-                        continue
-                    found.append((entry.key, entry.value or b"", entry.revision or 0))
-                    if len(found) > limit:
+        latest: dict[str, KvEntry] = {}
+        keys = f"{prefix}>" if prefix else ">"
+        budget = self._timeout * 5
+        async with _translated(self.name, budget):
+            follower = KvFollower(self._nc, self.name, keys=keys, op_timeout=self._timeout)
+            async with follower:
+                async for entry in follower.initial(timeout=budget):
+                    latest[entry.key] = entry
+                    if len(latest) > limit:
                         raise StoreUnavailableError(
                             f"{self.name}: more than {limit} keys under {prefix!r}; "
                             "refusing an unbounded read"
                         )
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        return found, subjects_seen
+        # Keys starting with "_" are markers and barriers, never records.
+        found = [
+            (e.key, e.value, e.revision)
+            for e in latest.values()
+            if not e.is_deletion and not e.key.startswith("_")
+        ]
+        return found, len(latest)
 
 
 class JetStreamStore:
@@ -217,17 +215,17 @@ class JetStreamStore:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         op_timeout: float,
         scan_limit: int,
         quorum_max_age: float = 0.0,
     ) -> None:
-        self._users = _Bucket(js, naming.USERS_BUCKET, op_timeout)
-        self._rooms = _Bucket(js, naming.ROOMS_BUCKET, op_timeout)
-        self._members = _Bucket(js, naming.MEMBERS_BUCKET, op_timeout)
-        self._index = _Bucket(js, naming.ROOMS_BY_MEMBER_BUCKET, op_timeout)
-        self._keys = _Bucket(js, naming.ROOM_KEYS_BUCKET, op_timeout)
-        self._nonces = _Bucket(js, naming.NONCES_BUCKET, op_timeout)
+        self._users = _Bucket(nc, naming.USERS_BUCKET, op_timeout)
+        self._rooms = _Bucket(nc, naming.ROOMS_BUCKET, op_timeout)
+        self._members = _Bucket(nc, naming.MEMBERS_BUCKET, op_timeout)
+        self._index = _Bucket(nc, naming.ROOMS_BY_MEMBER_BUCKET, op_timeout)
+        self._keys = _Bucket(nc, naming.ROOM_KEYS_BUCKET, op_timeout)
+        self._nonces = _Bucket(nc, naming.NONCES_BUCKET, op_timeout)
         self._scan_limit = scan_limit
         self._quorum_max_age = quorum_max_age
         self._quorum_confirmed_at = float("-inf")
@@ -247,7 +245,7 @@ class JetStreamStore:
         ``quorum_max_age``: how old a quorum confirmation an authorization read may reuse
         (0: every read confirms, sharing only barriers already in flight).
         """
-        store = cls(nc.jetstream(timeout=op_timeout), op_timeout, scan_limit, quorum_max_age)
+        store = cls(nc, op_timeout, scan_limit, quorum_max_age)
         for bucket in store._buckets():
             await bucket.check_exists()
         return store
