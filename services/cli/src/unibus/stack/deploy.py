@@ -277,7 +277,8 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
             node: {
                 "image": NATS_IMAGE,
                 "restart": "unless-stopped",
-                "stop_grace_period": "30s",
+                "stop_signal": "SIGUSR2",
+                "stop_grace_period": "60s",
                 "command": ["--config", f"/etc/unibus/nodes/{node}/nats-server.conf"],
                 "ports": [
                     f"{host.public_ip}:{CLIENT_PORT}:{CLIENT_PORT}",

@@ -9,6 +9,7 @@ so a stack's state survives restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -53,6 +54,8 @@ from unibus.stack.layout import (
 from unibus.stack.material import auth_identities, ensure_material
 
 STOP_TIMEOUT: Final = 10.0
+HAND_OVER: Final = 2.0
+"""Seconds a planned stop leaves between lame duck (leaderships handed over) and SIGTERM."""
 SERVICES: Final = ("authcallout", "controlplane")
 _log = get_logger("unibus.stack")
 
@@ -237,15 +240,34 @@ class LocalStack:
         proc = self._procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def stop_node(self, name: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+    def stop_node(
+        self,
+        name: str,
+        *,
+        kill: bool = False,
+        hand_over: bool = True,
+        timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        """Stop one node: a planned stop by default, SIGKILL with ``kill``.
+
+        A planned stop hands the node's leaderships over first (lame duck), waits
+        ``HAND_OVER`` for the peers to take them while the node still votes, then ends it
+        with SIGTERM: a stream it led is never without a leader. ``hand_over=False`` is a
+        plain SIGTERM (the whole stack stopping: nobody is left to hand over to).
+        """
         proc = self._procs.get(name)
-        if proc is not None:
-            _end(proc, kill=kill, timeout=timeout)
+        if proc is None or proc.poll() is not None:
+            return
+        if hand_over and not kill:
+            proc.send_signal(signal.SIGUSR2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=HAND_OVER)  # it exits early only if it fails
+        _end(proc, kill=kill, timeout=timeout)
 
     def stop(self) -> None:
         self.stop_services()
         for name in reversed(self.spec.node_names):
-            self.stop_node(name)
+            self.stop_node(name, hand_over=False)
 
     def exited(self) -> list[str]:
         """Processes that ended without being asked to."""
