@@ -53,6 +53,12 @@ _ADMISSION_POLL: Final = (0.05, 0.5)
 _LIVE_QUEUE: Final = 10_000
 _RETRY_PAUSE: Final = 0.25
 _OVERLAP: Final = frozenset({"replay"})
+_GAP_CHECK: Final = 0.5
+"""How often a live subscription waiting for messages checks whether its connection was
+made anew (and the gap must be filled from the history)."""
+_GAP_MARGIN: Final = datetime.timedelta(seconds=30)
+"""How far before the last message heard a gap replay starts: covers the disconnect's
+detection and a client clock ahead of the servers'."""
 _REFETCH: Final = frozenset({"unknown_epoch", "not_member"})
 _REFETCH_INTERVAL: Final = 1.0
 """At most one refetch of the chain per room and this many seconds, for unknown traffic."""
@@ -595,9 +601,41 @@ class Room:
                     opened = await self._open(opener, msg.data, quiet=_OVERLAP)
                     if opened is not None:
                         yield self._live(opened, msg)
+            incarnation = self._bus.incarnation
+            heard = _utcnow()
+            overlap = 0
             while True:
-                msg = queue.get_nowait() if queue.qsize() else await queue.get()
-                opened = await self._open(opener, msg.data)
+                if self._bus.incarnation != incarnation:
+                    # The connection was lost and made again (a node went, a kick, an
+                    # expiry): what was published meanwhile reached the history, not this
+                    # subscription. Replayed from a margin before the last message heard;
+                    # the opener drops, uncounted, what was delivered already.
+                    since = heard - _GAP_MARGIN
+                    try:
+                        async for message in self._replay(
+                            opener, since=since, slot=slot, idle=2.0, quiet=_OVERLAP
+                        ):
+                            yield message
+                    except (*_RETRIABLE, nats.errors.Error) as exc:
+                        # Still failing over: tried again on the next round, never raised.
+                        _log.info("gap replay failed; retrying", error=type(exc).__name__)
+                        await asyncio.sleep(_GAP_CHECK)
+                        continue
+                    incarnation = self._bus.incarnation
+                    overlap = queue.qsize()
+                if queue.qsize():
+                    msg = queue.get_nowait()
+                else:
+                    try:
+                        async with asyncio.timeout(_GAP_CHECK):
+                            msg = await queue.get()
+                    except TimeoutError:
+                        continue
+                heard = _utcnow()
+                # Received while a gap replay ran: most were delivered by it already.
+                quiet = _OVERLAP if overlap > 0 else frozenset[str]()
+                overlap = max(0, overlap - 1)
+                opened = await self._open(opener, msg.data, quiet=quiet)
                 if opened is not None:
                     yield self._live(opened, msg)
         finally:
@@ -621,7 +659,13 @@ class Room:
             yield message
 
     async def _replay(
-        self, opener: Opener, *, since: datetime.datetime | None, slot: int, idle: float
+        self,
+        opener: Opener,
+        *,
+        since: datetime.datetime | None,
+        slot: int,
+        idle: float,
+        quiet: frozenset[str] = frozenset(),
     ) -> AsyncIterator[Message]:
         consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
         config = api.ConsumerConfig(
@@ -659,7 +703,7 @@ class Room:
                     if index % _HISTORY_YIELD == _HISTORY_YIELD - 1:
                         await asyncio.sleep(0)  # let the fetch ahead send and receive
                     meta = msg.metadata
-                    opened = await self._open(opener, msg.data)
+                    opened = await self._open(opener, msg.data, quiet=quiet)
                     if opened is not None:
                         # in stream order: an epoch below one stored earlier is stale
                         stale = opened.epoch < newest
@@ -699,6 +743,10 @@ class Room:
                     raise
                 await asyncio.sleep(_RETRY_PAUSE * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _discard(future: asyncio.Future[list[Msg]]) -> None:
