@@ -52,6 +52,9 @@ _HISTORY_YIELD: Final = 32
 _ADMISSION_POLL: Final = (0.05, 0.5)
 _LIVE_QUEUE: Final = 10_000
 _RETRY_PAUSE: Final = 0.25
+_RETRY_PAUSE_MAX: Final = 2.0
+PUBLISH_BUDGET: Final = 30.0
+"""Seconds an unacknowledged message is sent again before the error reaches the caller."""
 _OVERLAP: Final = frozenset({"replay"})
 _GAP_CHECK: Final = 0.5
 """How often a live subscription waiting for messages checks whether its connection was
@@ -65,6 +68,7 @@ _REFETCH_INTERVAL: Final = 1.0
 _REFETCH_MEMORY: Final = 1024
 _RETRIABLE: Final = (
     nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError,
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
@@ -425,7 +429,8 @@ class Room:
 
         Raises:
             RoomError: no key for the current epoch, or the bus refuses the room.
-            nats.errors.TimeoutError: a message was not acknowledged after every attempt.
+            nats.errors.TimeoutError: a message was not acknowledged within
+                ``PUBLISH_BUDGET`` seconds of attempts.
         """
         await self._ensure_admitted()
         await self._ensure_current()
@@ -460,12 +465,20 @@ class Room:
         return seqs
 
     async def _publish_again(self, subject: str, message_id: str, envelope: bytes) -> int:
-        """Retry one unacknowledged message; the stream's dedupe keeps it stored once."""
-        for attempt in range(1, PUBLISH_ATTEMPTS):
+        """Retry one unacknowledged message; the stream's dedupe keeps it stored once.
+
+        Tried for ``PUBLISH_BUDGET`` seconds with a growing pause: longer than a leader
+        election after a node is lost (4 to 9 s), so the application never sees one.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_BUDGET
+        pause = _RETRY_PAUSE
+        while True:
             # A pause for an election to settle; then the permissions, which a kick since
             # the first try may have changed: a member removed meanwhile gets a clear
             # error instead of another timeout.
-            await asyncio.sleep(_RETRY_PAUSE * attempt)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_PAUSE_MAX)
             self._admitted_on = None
             await self._ensure_admitted()
             try:
@@ -476,11 +489,10 @@ class Room:
                     headers={"Nats-Msg-Id": message_id},
                 )
             except _RETRIABLE:
-                if attempt == PUBLISH_ATTEMPTS - 1:
+                if loop.time() >= deadline:
                     raise
                 continue
             return ack.seq
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _open(
         self, opener: Opener, data: bytes, *, quiet: frozenset[str] = frozenset()
