@@ -331,10 +331,14 @@ class Room:
             if self._admitted_on is not None:
                 # Re-authorized since: a change to one of this user's rooms is the usual
                 # cause (the callout kicks every member), so learn the new epoch before
-                # publishing under the old one. An API that is away is not a reason to fail
-                # here; the chain is judged again on the next refresh.
-                with contextlib.suppress(ApiError):
+                # publishing under the old one. An API that is away, or a server whose
+                # record disagrees with the signed chain, is not a reason to fail here: a
+                # failed refresh changes nothing, this device keeps the state it verified,
+                # and _ensure_current still refuses an epoch older than one it knows.
+                try:
                     await self.refresh()
+                except (ApiError, RoomError) as exc:
+                    _log.info("room not refreshed; keeping the verified state", error=str(exc))
             await self.wait_admitted()
 
     async def _ensure_current(self) -> None:
