@@ -263,11 +263,13 @@ async def test_a_client_keeps_working_when_its_node_stops(make_world: WorldFacto
     assert url is not None
     world.stack.stop_node(world.stack.node_of(bob.nc))
 
+    # What bob relies on: his subscription goes on receiving, on another node, without
+    # his code doing anything. Whether the SDK kept the connection or opened a new one
+    # (a callout may refuse a reconnect while a leader is elected) is its own business.
     await _delivered(alice, subject, inbox, b"after the node stopped")
     await bob.wait_connected(timeout=10)
     assert bob.nc.connected_url is not None
     assert bob.nc.connected_url.port != url.port
-    assert bob.generation == 1, "a lost node is a plain reconnect, not a new connection"
     consumer = naming.history_consumer(world.shared_room, world.bob.public_key, 0)
 
     async def ask() -> bytes:
