@@ -1,0 +1,389 @@
+"""What a node loss costs the users of the other two nodes, beside a static nkey anchor.
+
+    uv run python bench/failover.py [--events stop-leader,kill-leader,stop-idle,kill-idle]
+                                    [--render]
+
+Starts a 3-node stack with the launcher (provisioned, R3, services on), adds a member
+through the admin API and gives it a room. Then, for each event, every 200 ms, four
+probes run side by side against the two nodes that stay up, none of them retried:
+
+* **member connect** — a fresh TLS + nkey connection of the allowlisted member, decided by
+  the callout (connect, flush, close);
+* **static connect** — the same for the internal identity, a static nkey user in the server
+  config that the callout never sees: the anchor, what nats-server alone would refuse;
+* **API write** — one signed ``POST /v1/users`` (add a user) to a surviving node's API,
+  no client retry;
+* **publish** — one acknowledged publish by the member into its room (the history stream),
+  on a connection that was open before the event, 2 s for the ack.
+
+The events: a planned stop (SIGTERM, as ``docker compose stop`` sends) and a SIGKILL, of the
+node made to lead ``UNIBUS_users``, ``UNIBUS_rooms`` and ``UNIBUS_nonces`` (by leader
+step-down with a preferred placement) and of a node leading no stream and not the meta
+group. A planned stop is the launcher's: lame duck (SIGUSR2), then SIGTERM once the
+leaderships are handed over, as ``docker compose stop`` does with its stop signal. Beside
+the probes, the *election time*: from the signal until every stream the node led reports a
+leader again.
+After each event the node is restarted and the next waits until every asset is current.
+
+Writes ``bench/results/failover.json`` and ``bench/results/failover.md`` (``--render``
+rewrites the report from the JSON alone). Loopback only; every process it starts is
+stopped by its handle. About 4 minutes. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+SCRIPT: Final = Path(__file__).resolve()
+RESULTS: Final = SCRIPT.parent / "results"
+PROBE_EVERY: Final = 0.2
+BEFORE: Final = 3.0
+"""Seconds probed before the event, so a window that starts early shows."""
+AFTER: Final = 20.0
+"""Seconds probed after the event: well past an election (4-9 s after a SIGKILL)."""
+PROBES: Final = ("member_connect", "static_connect", "api_write", "publish")
+EVENTS: Final = ("stop-leader", "kill-leader", "stop-idle", "kill-idle")
+LED_STREAMS: Final = ("KV_UNIBUS_users", "KV_UNIBUS_rooms", "KV_UNIBUS_nonces")
+
+
+@dataclass
+class ProbeRecord:
+    outcomes: list[tuple[float, bool]] = field(default_factory=list)
+    """(seconds since the event, succeeded)"""
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for _, ok in self.outcomes if not ok)
+
+    @property
+    def window(self) -> float:
+        """First to last failed probe, plus one probe interval; 0 when none failed."""
+        failed = [t for t, ok in self.outcomes if not ok]
+        return (failed[-1] - failed[0] + PROBE_EVERY) if failed else 0.0
+
+
+@dataclass
+class EventResult:
+    event: str
+    node: str
+    led: list[str]
+    election_s: float | None
+    """Signal to the last of ``LED_STREAMS`` the node led answering with a new leader."""
+    elections_s: dict[str, float]
+    """The same, per stream."""
+    probes: dict[str, dict[str, Any]]
+
+
+async def _probe_forever(
+    name: str,
+    attempt: Callable[[], Awaitable[None]],
+    record: ProbeRecord,
+    start: float,
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(3.0):
+                await attempt()
+            ok = True
+        except Exception:  # noqa: BLE001 - any failure is what the probe counts
+            ok = False
+        record.outcomes.append((round(began - start, 3), ok))
+        await asyncio.sleep(max(0.0, PROBE_EVERY - (time.monotonic() - began)))
+
+
+class Bench:
+    def __init__(self, stack: Any, root: Path) -> None:
+        self.stack = stack
+        self.root = root
+        self.names: tuple[str, ...] = stack.spec.node_names
+
+    async def setup(self) -> None:
+        from unibus.client.api import ApiClient
+        from unibus.client.sdk import Client
+        from unibus.core.connect import connect
+        from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+
+        stack = self.stack
+        self.ca_file = stack.layout.certs.client_ca_cert
+        self.admin_key = read_seed_file(stack.layout.identity("admin"))
+        self.member = KeyPair.generate(Prefix.USER)
+        self.member_file = self.root / "member.nk"
+        write_seed_file(self.member_file, self.member.seed)
+        api_urls = [stack.api_url(n) for n in self.names]
+        async with ApiClient(api_urls, self.admin_key, ca_file=self.ca_file) as admin:
+            await admin.add_user(self.member.public_key, "failover-member")
+        async with await Client.open(
+            identity=self.member,
+            nats_urls=[stack.client_url(n) for n in self.names],
+            api_urls=api_urls,
+            ca_file=self.ca_file,
+        ) as client:
+            room = await client.create_room([])
+            self.room_id = room.room_id
+        self.internal = await connect(stack.target("internal"), name="bench-failover")
+        self.system = await connect(stack.target("system"), name="bench-failover-system")
+
+    async def close(self) -> None:
+        await self.internal.close()
+        await self.system.close()
+
+    # -- leadership -------------------------------------------------------------------------------
+    async def newly_led(self, streams: list[str], excluding: str) -> set[str]:
+        from unibus.stack.leadership import leaders
+
+        found = await leaders(self.internal, streams, timeout=0.3)
+        return {s for s, leader in found.items() if leader not in (None, excluding)}
+
+    async def wait_current(self) -> None:
+        """Every asset reports three current replicas: the cluster is whole again."""
+        js = self.internal.jetstream(timeout=2.0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                infos = await js.streams_info()
+                if all(_whole(info) for info in infos):
+                    return
+            except Exception:  # noqa: BLE001, S110 - not yet
+                pass
+            await asyncio.sleep(0.5)
+        raise RuntimeError("the cluster did not become whole again within 120 s")
+
+    # -- probes -----------------------------------------------------------------------------------
+    async def run_event(self, event: str) -> EventResult:
+        from unibus.client.api import ApiClient
+        from unibus.core import naming
+        from unibus.core.connect import NatsTarget, connect
+        from unibus.core.nkeys import KeyPair, Prefix
+        from unibus.stack.leadership import (
+            all_stream_names,
+            leaders,
+            meta_leader,
+            move_leaders,
+            move_meta_leader,
+        )
+
+        kind, role = event.split("-")
+        stack = self.stack
+        await self.wait_current()
+        streams = await all_stream_names(self.internal)
+        if role == "leader":
+            node = self.names[0]
+            await move_leaders(self.internal, LED_STREAMS, to=node)
+        else:
+            node = self.names[-1]
+            await move_leaders(self.internal, streams, away_from=node)
+            await move_meta_leader(self.system, away_from=node)
+        led = [s for s, who in (await leaders(self.internal, streams)).items() if who == node]
+        if await meta_leader(self.system) == node:
+            led.append("meta")
+        survivors = tuple(n for n in self.names if n != node)
+        member_target = NatsTarget(
+            urls=tuple(stack.client_url(n) for n in survivors),
+            ca_file=self.ca_file,
+            identity_file=self.member_file,
+        )
+        static_target = stack.target("internal", nodes=survivors)
+        publisher = await connect(
+            member_target,
+            name="bench-failover-publisher",
+            inbox_prefix=naming.inbox_prefix(self.member.public_key),
+        )
+        api = ApiClient(
+            [stack.api_url(n) for n in survivors],
+            self.admin_key,
+            ca_file=self.ca_file,
+            timeout=3.0,
+            retry_budget=0.0,
+        )
+        subject = naming.room_subject(self.room_id)
+        counter = iter(range(10**9))
+
+        async def fresh_connect(target: NatsTarget) -> None:
+            nc = await connect(target, name="bench-probe", allow_reconnect=False)
+            try:
+                await nc.flush(timeout=2.0)
+            finally:
+                await nc.close()
+
+        async def api_write() -> None:
+            await api.add_user(KeyPair.generate(Prefix.USER).public_key, "probe")
+
+        async def publish() -> None:
+            msg_id = f"failover-{os.getpid()}-{next(counter)}"
+            reply = await publisher.request(
+                subject, b"probe", timeout=2.0, headers={"Nats-Msg-Id": msg_id}
+            )
+            if b'"error"' in reply.data:
+                raise RuntimeError(reply.data.decode())
+
+        attempts: dict[str, Callable[[], Awaitable[None]]] = {
+            "member_connect": lambda: fresh_connect(member_target),
+            "static_connect": lambda: fresh_connect(static_target),
+            "api_write": api_write,
+            "publish": publish,
+        }
+        records = {name: ProbeRecord() for name in PROBES}
+        stop = asyncio.Event()
+        start = time.monotonic() + BEFORE
+        tasks = [
+            asyncio.create_task(_probe_forever(n, attempts[n], records[n], start, stop))
+            for n in PROBES
+        ]
+        waiting = [s for s in LED_STREAMS if s in led]
+        elections: dict[str, float] = {}
+        try:
+            await asyncio.sleep(BEFORE)
+            signalled = time.monotonic()
+            stopping = asyncio.create_task(
+                asyncio.to_thread(stack.stop_node, node, kill=kind == "kill")
+            )
+            while time.monotonic() - signalled < AFTER:
+                if len(elections) < len(waiting):
+                    for stream in await self.newly_led(waiting, excluding=node):
+                        elections.setdefault(stream, round(time.monotonic() - signalled, 2))
+                await asyncio.sleep(0.05)
+            await stopping
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await api.aclose()
+            await publisher.close()
+        stack.start_node(node)
+        await stack.wait_ready(budget=60.0)
+        probes = {
+            name: {
+                "attempts": len(r.outcomes),
+                "failed": r.failed,
+                "window_s": round(r.window, 2),
+                "failed_at": [t for t, ok in r.outcomes if not ok],
+            }
+            for name, r in records.items()
+        }
+        election = max(elections.values()) if len(elections) == len(waiting) and waiting else None
+        return EventResult(event, node, led, election, elections, probes)
+
+
+def _whole(info: Any) -> bool:
+    """A stream with a leader and two current followers."""
+    cluster = info.cluster
+    replicas = (cluster.replicas or []) if cluster else []
+    return bool(cluster and cluster.leader and len(replicas) == 2) and all(
+        r.current for r in replicas
+    )
+
+
+async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    from unibus.stack.launcher import LocalStack
+    from unibus.stack.layout import StackLayout, StackSpec
+
+    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+    bench = Bench(stack, root)
+    results: list[EventResult] = []
+    try:
+        stack.start()
+        await stack.wait_ready(budget=60.0)
+        await stack.provision()
+        stack.start_services()
+        await stack.wait_services_ready()
+        await bench.setup()
+        for event in args.events:
+            result = await bench.run_event(event)
+            results.append(result)
+            summary = ", ".join(
+                f"{name} {p['failed']}/{p['attempts']} ({p['window_s']} s)"
+                for name, p in result.probes.items()
+            )
+            print(
+                f"{event:12} {result.node} led {result.led or 'nothing'}; "
+                f"election {result.election_s} s; {summary}",
+                flush=True,
+            )
+        await bench.close()
+    finally:
+        stack.stop()
+    return {
+        "stack": "local",
+        "probe_every_s": PROBE_EVERY,
+        "probed_after_s": AFTER,
+        "events": [asdict(r) for r in results],
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _render(data: dict[str, Any]) -> str:
+    lines = [
+        "# Failover: what a node loss costs the other two nodes' users",
+        "",
+        "Produced by `bench/failover.py` (the method is in its docstring): probes every "
+        f"{data['probe_every_s']} s against the two nodes that stay up, none retried, for "
+        f"{data['probed_after_s']:g} s after the signal. A window runs from the first to the "
+        "last failed probe. The static connect is the anchor: the internal identity, a static "
+        "nkey user that nats-server decides without the callout.",
+        "",
+        f"Run on {data['date']}, {data['stack']} stack, {data['machine']['cpus']} CPUs, "
+        f"Python {data['machine']['python']}.",
+        "",
+        "| event | node led | election | member connects refused | static connects refused "
+        "| API writes failed | publishes failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for event in data["events"]:
+        cells = []
+        for name in PROBES:
+            p = event["probes"][name]
+            cells.append(f"{p['window_s']} s ({p['failed']} of {p['attempts']})")
+        led = ", ".join(s.removeprefix("KV_") for s in event["led"]) or "nothing"
+        per_stream = ", ".join(
+            f"{stream.removeprefix('KV_UNIBUS_')} {seconds} s"
+            for stream, seconds in sorted(event.get("elections_s", {}).items())
+        )
+        election = "—" if event["election_s"] is None else f"{event['election_s']} s"
+        if per_stream:
+            election += f" ({per_stream})"
+        lines.append(
+            f"| {event['event']} {event['node']} | {led} | {election} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--events",
+        type=lambda s: tuple(s.split(",")),
+        default=EVENTS,
+        help=f"comma-separated, from {', '.join(EVENTS)}",
+    )
+    parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    args = parser.parse_args()
+    for event in args.events:
+        if event not in EVENTS:
+            parser.error(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
+    json_path = args.out / "failover.json"
+    if not args.render:
+        with tempfile.TemporaryDirectory(prefix="unibus-failover-") as tmp:
+            data = asyncio.run(_bench(args, Path(tmp)))
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(data, indent=2) + "\n")
+    data = json.loads(json_path.read_text())
+    (args.out / "failover.md").write_text(_render(data))
+    print(f"wrote {json_path} and {args.out / 'failover.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
