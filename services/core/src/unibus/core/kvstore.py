@@ -133,7 +133,14 @@ class _Bucket:
             return await self.update(key, value, last=0)
         except ConflictError:
             # A deleted key keeps a tombstone, so "last=0" fails; recreate over it.
-            tombstone = await self._tombstone_revision(key)
+            try:
+                tombstone = await self._tombstone_revision(key)
+            except NotFoundError:
+                # Refused as "not new", yet no record is stored: an earlier attempt of this
+                # write is still in flight, uncommitted (a leader that lost its quorum).
+                raise StoreUnavailableError(
+                    f"{self.name}: an earlier write of this record is not committed; retry"
+                ) from None
             if tombstone is None:
                 raise
             return await self.update(key, value, last=tombstone)
