@@ -1,10 +1,12 @@
 """What a node loss costs the users of the other two nodes, beside a static nkey anchor.
 
-    uv run python bench/failover.py [--events stop-leader,kill-leader,stop-idle,kill-idle]
+    uv run python bench/failover.py [--stacks local,compose]
+                                    [--events stop-leader,kill-leader,stop-idle,kill-idle]
                                     [--render]
 
-Starts a 3-node stack with the launcher (provisioned, R3, services on), adds a member
-through the admin API and gives it a room. Then, for each event, every 200 ms, four
+On each stack (the launcher's local processes, then the repository's ``compose.yaml`` with
+the images of ``./scripts/containers``) starts 3 nodes (provisioned, R3, services on), adds
+a member through the admin API and gives it a room. Then, for each event, every 200 ms, four
 probes run side by side against the two nodes that stay up, none of them retried:
 
 * **member connect** — a fresh TLS + nkey connection of the allowlisted member, decided by
@@ -16,18 +18,18 @@ probes run side by side against the two nodes that stay up, none of them retried
 * **publish** — one acknowledged publish by the member into its room (the history stream),
   on a connection that was open before the event, 2 s for the ack.
 
-The events: a planned stop (SIGTERM, as ``docker compose stop`` sends) and a SIGKILL, of the
-node made to lead ``UNIBUS_users``, ``UNIBUS_rooms`` and ``UNIBUS_nonces`` (by leader
-step-down with a preferred placement) and of a node leading no stream and not the meta
-group. A planned stop is the launcher's: lame duck (SIGUSR2), then SIGTERM once the
-leaderships are handed over, as ``docker compose stop`` does with its stop signal. Beside
-the probes, the *election time*: from the signal until every stream the node led reports a
-leader again.
-After each event the node is restarted and the next waits until every asset is current.
+The events: a planned stop and a SIGKILL, of the node made to lead ``UNIBUS_users``,
+``UNIBUS_rooms`` and ``UNIBUS_nonces`` (by leader step-down with a preferred placement) and
+of a node leading no stream and not the meta group. A planned stop is the launcher's
+``stop_node`` (lame duck with SIGUSR2, then SIGTERM once the leaderships are handed over)
+or ``docker compose stop`` (whose stop signal is SIGUSR2); a SIGKILL is ``kill -9`` or
+``docker compose kill``. Beside the probes, the *election time*: from the signal until each
+stream the node led reports a new leader. After each event the node is started again and
+the next event waits until every asset has a leader and two current followers.
 
 Writes ``bench/results/failover.json`` and ``bench/results/failover.md`` (``--render``
 rewrites the report from the JSON alone). Loopback only; every process it starts is
-stopped by its handle. About 4 minutes. Not part of the tests.
+stopped by its handle. About 4 minutes per stack. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ AFTER: Final = 20.0
 """Seconds probed after the event: well past an election (4-9 s after a SIGKILL)."""
 PROBES: Final = ("member_connect", "static_connect", "api_write", "publish")
 EVENTS: Final = ("stop-leader", "kill-leader", "stop-idle", "kill-idle")
+STACKS: Final = ("local", "compose")
+DOCKER_STATE: Final = "/var/tmp/unibus-docker"  # noqa: S108 - where scripts/containers keeps it
 LED_STREAMS: Final = ("KV_UNIBUS_users", "KV_UNIBUS_rooms", "KV_UNIBUS_nonces")
 
 
@@ -104,11 +108,131 @@ async def _probe_forever(
         await asyncio.sleep(max(0.0, PROBE_EVERY - (time.monotonic() - began)))
 
 
+class LocalHandle:
+    """The launcher's stack: a planned stop is ``stop_node`` (lame duck, then SIGTERM)."""
+
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        from unibus.stack.launcher import LocalStack
+        from unibus.stack.layout import StackLayout, StackSpec
+
+        self.stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+        self.names: tuple[str, ...] = self.stack.spec.node_names
+
+    async def start(self) -> Any:
+        stack = self.stack
+        stack.start()
+        await stack.wait_ready(budget=60.0)
+        await stack.provision()
+        stack.start_services()
+        await stack.wait_services_ready()
+        return stack.info()
+
+    def stop_node(self, node: str, *, kill: bool) -> None:
+        self.stack.stop_node(node, kill=kill)
+
+    async def start_node(self, node: str) -> None:
+        self.stack.start_node(node)
+        await self.stack.wait_ready(budget=60.0)
+
+    def close(self) -> None:
+        self.stack.stop()
+
+
+class ComposeHandle:
+    """The repository's compose.yaml on free loopback ports, under a project of its own:
+    a planned stop is ``docker compose stop`` (its stop signal, SIGUSR2: lame duck), an
+    unplanned one ``docker compose kill`` (SIGKILL)."""
+
+    kind = "compose"
+
+    def __init__(self, root: Path) -> None:
+        import secrets
+
+        from unibus.stack.compose import NODE_NAMES
+
+        self.directory = root / "compose"
+        self.project = f"unibus-bench-{secrets.token_hex(4)}"
+        self.names = tuple(NODE_NAMES)
+
+    def compose(self, *args: str, timeout: float = 300.0) -> None:
+        import shutil
+        import subprocess
+
+        env = dict(os.environ)
+        state = Path(env.get("UNIBUS_DOCKER_STATE", DOCKER_STATE))
+        env.setdefault("DOCKER_CONFIG", str(state / "docker-config"))
+        base = state / "python-base"
+        if "UNIBUS_PYTHON_BASE" not in env and base.is_file():
+            env["UNIBUS_PYTHON_BASE"] = base.read_text().strip()
+        repo = SCRIPT.parents[1]
+        command = [
+            shutil.which("docker") or "docker",
+            "compose",
+            "--project-directory",
+            str(repo),
+            "-f",
+            str(repo / "compose.yaml"),
+            "-p",
+            self.project,
+            "--env-file",
+            str(self.directory / "compose.env"),
+            *args,
+        ]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"docker compose {args[0]} failed: {done.stderr[-2000:]}")
+
+    async def start(self) -> Any:
+        from unibus.core.natsconf import NatsToggles
+        from unibus.stack.compose import ComposeSpec, render_compose_dir
+        from unibus.stack.layout import free_ports, read_stack_info
+
+        ports = free_ports(6)
+        spec = ComposeSpec(nats_ports=tuple(ports[:3]), api_ports=tuple(ports[3:]))
+        render_compose_dir(self.directory, spec, toggles=NatsToggles())
+        await asyncio.to_thread(
+            self.compose, "up", "-d", "--no-build", "--wait", "--wait-timeout", "240"
+        )
+        return read_stack_info(self.directory)
+
+    def stop_node(self, node: str, *, kill: bool) -> None:
+        if kill:
+            self.compose("kill", node)
+        else:
+            self.compose("stop", node)  # waits for the lame-duck exit (about 32 s)
+
+    async def start_node(self, node: str) -> None:
+        await asyncio.to_thread(self.compose, "start", node)
+
+    def close(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "10")
+
+
 class Bench:
-    def __init__(self, stack: Any, root: Path) -> None:
-        self.stack = stack
+    def __init__(self, handle: LocalHandle | ComposeHandle, info: Any, root: Path) -> None:
+        self.handle = handle
+        self.info = info
         self.root = root
-        self.names: tuple[str, ...] = stack.spec.node_names
+        self.names = handle.names
+
+    def client_url(self, node: str) -> str:
+        return str(self.info.nats_urls[self.names.index(node)])
+
+    def api_url(self, node: str) -> str:
+        return str(self.info.api_urls[self.names.index(node)])
+
+    def target(self, identity_file: str | Path, nodes: tuple[str, ...] = ()) -> Any:
+        from unibus.core.connect import NatsTarget
+
+        return NatsTarget(
+            urls=tuple(self.client_url(n) for n in (nodes or self.names)),
+            ca_file=self.ca_file,
+            identity_file=Path(identity_file),
+        )
 
     async def setup(self) -> None:
         from unibus.client.api import ApiClient
@@ -116,25 +240,25 @@ class Bench:
         from unibus.core.connect import connect
         from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 
-        stack = self.stack
-        self.ca_file = stack.layout.certs.client_ca_cert
-        self.admin_key = read_seed_file(stack.layout.identity("admin"))
+        info = self.info
+        self.ca_file = Path(info.ca_file)
+        self.admin_key = read_seed_file(Path(info.admin_seed_file))
         self.member = KeyPair.generate(Prefix.USER)
         self.member_file = self.root / "member.nk"
         write_seed_file(self.member_file, self.member.seed)
-        api_urls = [stack.api_url(n) for n in self.names]
+        api_urls = [self.api_url(n) for n in self.names]
         async with ApiClient(api_urls, self.admin_key, ca_file=self.ca_file) as admin:
             await admin.add_user(self.member.public_key, "failover-member")
         async with await Client.open(
             identity=self.member,
-            nats_urls=[stack.client_url(n) for n in self.names],
+            nats_urls=[self.client_url(n) for n in self.names],
             api_urls=api_urls,
             ca_file=self.ca_file,
         ) as client:
             room = await client.create_room([])
             self.room_id = room.room_id
-        self.internal = await connect(stack.target("internal"), name="bench-failover")
-        self.system = await connect(stack.target("system"), name="bench-failover-system")
+        self.internal = await connect(self.target(info.internal_id_file), name="bench-failover")
+        self.system = await connect(self.target(info.sys_id_file), name="bench-failover-sys")
 
     async def close(self) -> None:
         await self.internal.close()
@@ -176,7 +300,6 @@ class Bench:
         )
 
         kind, role = event.split("-")
-        stack = self.stack
         await self.wait_current()
         streams = await all_stream_names(self.internal)
         if role == "leader":
@@ -190,19 +313,15 @@ class Bench:
         if await meta_leader(self.system) == node:
             led.append("meta")
         survivors = tuple(n for n in self.names if n != node)
-        member_target = NatsTarget(
-            urls=tuple(stack.client_url(n) for n in survivors),
-            ca_file=self.ca_file,
-            identity_file=self.member_file,
-        )
-        static_target = stack.target("internal", nodes=survivors)
+        member_target = self.target(self.member_file, survivors)
+        static_target = self.target(self.info.internal_id_file, survivors)
         publisher = await connect(
             member_target,
             name="bench-failover-publisher",
             inbox_prefix=naming.inbox_prefix(self.member.public_key),
         )
         api = ApiClient(
-            [stack.api_url(n) for n in survivors],
+            [self.api_url(n) for n in survivors],
             self.admin_key,
             ca_file=self.ca_file,
             timeout=3.0,
@@ -248,7 +367,7 @@ class Bench:
             await asyncio.sleep(BEFORE)
             signalled = time.monotonic()
             stopping = asyncio.create_task(
-                asyncio.to_thread(stack.stop_node, node, kill=kind == "kill")
+                asyncio.to_thread(self.handle.stop_node, node, kill=kind == "kill")
             )
             while time.monotonic() - signalled < AFTER:
                 if len(elections) < len(waiting):
@@ -261,8 +380,7 @@ class Bench:
             await asyncio.gather(*tasks)
             await api.aclose()
             await publisher.close()
-        stack.start_node(node)
-        await stack.wait_ready(budget=60.0)
+        await self.handle.start_node(node)
         probes = {
             name: {
                 "attempts": len(r.outcomes),
@@ -285,21 +403,13 @@ def _whole(info: Any) -> bool:
     )
 
 
-async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from unibus.stack.launcher import LocalStack
-    from unibus.stack.layout import StackLayout, StackSpec
-
-    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
-    bench = Bench(stack, root)
+async def _bench_on(kind: str, events: tuple[str, ...], root: Path) -> list[EventResult]:
+    handle = LocalHandle(root) if kind == "local" else ComposeHandle(root)
     results: list[EventResult] = []
     try:
-        stack.start()
-        await stack.wait_ready(budget=60.0)
-        await stack.provision()
-        stack.start_services()
-        await stack.wait_services_ready()
+        bench = Bench(handle, await handle.start(), root)
         await bench.setup()
-        for event in args.events:
+        for event in events:
             result = await bench.run_event(event)
             results.append(result)
             summary = ", ".join(
@@ -307,18 +417,25 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 for name, p in result.probes.items()
             )
             print(
-                f"{event:12} {result.node} led {result.led or 'nothing'}; "
+                f"{kind:7} {event:12} {result.node} led {result.led or 'nothing'}; "
                 f"election {result.election_s} s; {summary}",
                 flush=True,
             )
         await bench.close()
     finally:
-        stack.stop()
+        handle.close()
+    return results
+
+
+async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    runs = {}
+    for kind in args.stacks:
+        results = await _bench_on(kind, args.events, root / kind)
+        runs[kind] = [asdict(r) for r in results]
     return {
-        "stack": "local",
         "probe_every_s": PROBE_EVERY,
         "probed_after_s": AFTER,
-        "events": [asdict(r) for r in results],
+        "stacks": runs,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -332,32 +449,39 @@ def _render(data: dict[str, Any]) -> str:
         f"{data['probe_every_s']} s against the two nodes that stay up, none retried, for "
         f"{data['probed_after_s']:g} s after the signal. A window runs from the first to the "
         "last failed probe. The static connect is the anchor: the internal identity, a static "
-        "nkey user that nats-server decides without the callout.",
+        "nkey user that nats-server decides without the callout. The election is the time "
+        "from the signal until each stream the node led answers with a new leader.",
         "",
-        f"Run on {data['date']}, {data['stack']} stack, {data['machine']['cpus']} CPUs, "
+        f"Run on {data['date']}, {data['machine']['cpus']} CPUs, "
         f"Python {data['machine']['python']}.",
-        "",
-        "| event | node led | election | member connects refused | static connects refused "
-        "| API writes failed | publishes failed |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for event in data["events"]:
-        cells = []
-        for name in PROBES:
-            p = event["probes"][name]
-            cells.append(f"{p['window_s']} s ({p['failed']} of {p['attempts']})")
-        led = ", ".join(s.removeprefix("KV_") for s in event["led"]) or "nothing"
-        per_stream = ", ".join(
-            f"{stream.removeprefix('KV_UNIBUS_')} {seconds} s"
-            for stream, seconds in sorted(event.get("elections_s", {}).items())
-        )
-        election = "—" if event["election_s"] is None else f"{event['election_s']} s"
-        if per_stream:
-            election += f" ({per_stream})"
-        lines.append(
-            f"| {event['event']} {event['node']} | {led} | {election} | " + " | ".join(cells) + " |"
-        )
+    for kind, events in data["stacks"].items():
+        lines += [
+            "",
+            f"## {kind} stack",
+            "",
+            "| event | node led | election | member connects refused | static connects refused "
+            "| API writes failed | publishes failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [_row(event) for event in events]
     return "\n".join(lines) + "\n"
+
+
+def _row(event: dict[str, Any]) -> str:
+    cells = []
+    for name in PROBES:
+        p = event["probes"][name]
+        cells.append(f"{p['window_s']} s ({p['failed']} of {p['attempts']})")
+    led = ", ".join(s.removeprefix("KV_") for s in event["led"]) or "nothing"
+    per_stream = ", ".join(
+        f"{stream.removeprefix('KV_UNIBUS_')} {seconds} s"
+        for stream, seconds in sorted(event.get("elections_s", {}).items())
+    )
+    election = "—" if event["election_s"] is None else f"{event['election_s']} s"
+    if per_stream:
+        election += f" ({per_stream})"
+    return f"| {event['event']} {event['node']} | {led} | {election} | " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -368,12 +492,21 @@ def main() -> None:
         default=EVENTS,
         help=f"comma-separated, from {', '.join(EVENTS)}",
     )
+    parser.add_argument(
+        "--stacks",
+        type=lambda s: tuple(s.split(",")),
+        default=STACKS,
+        help="comma-separated, from local, compose (compose needs ./scripts/containers first)",
+    )
     parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args()
     for event in args.events:
         if event not in EVENTS:
             parser.error(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
+    for kind in args.stacks:
+        if kind not in STACKS:
+            parser.error(f"unknown stack {kind!r}; choose from {', '.join(STACKS)}")
     json_path = args.out / "failover.json"
     if not args.render:
         with tempfile.TemporaryDirectory(prefix="unibus-failover-") as tmp:
