@@ -113,11 +113,16 @@ class CalloutService:
             if identity == "internal" and self._view is not None:
                 self._view.mark_disconnected()
 
+        async def reconnected() -> None:
+            if identity == "internal" and self._view is not None:
+                self._view.confirm_now()
+
         return await connect(
             self._target(identity),
             name=f"unibus-authcallout-{identity}",
             randomize=False,
             disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
         )
 
     async def _update_gauges(self) -> None:

@@ -167,6 +167,7 @@ class DirectoryView:
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded: dict[str, asyncio.Event] = {b: asyncio.Event() for b in _BUCKETS}
         self._confirmation = asyncio.Event()
+        self._wake = asyncio.Event()
         self._tail_read: asyncio.Task[dict[str, int]] | None = None
         self._tail_read_started = float("-inf")
 
@@ -187,6 +188,11 @@ class DirectoryView:
     def mark_disconnected(self) -> None:
         """The connection dropped: nothing in memory can be trusted until re-confirmed."""
         self._confirmed = dict.fromkeys(_BUCKETS, float("-inf"))
+
+    def confirm_now(self) -> None:
+        """Prove the view fresh again now, not at the next heartbeat (after a reconnect: a
+        node in lame duck closes its clients, and requests wait for this proof)."""
+        self._wake.set()
 
     # -- decisions --------------------------------------------------------------------------------
     @property
@@ -471,4 +477,7 @@ class DirectoryView:
                     await self._confirm(bucket)
                 except (TimeoutError, nats.errors.Error) as exc:
                     _log.info("view not confirmed", bucket=bucket, error=type(exc).__name__)
-            await asyncio.sleep(self._heartbeat)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat):
+                    await self._wake.wait()
