@@ -18,11 +18,12 @@ probes run side by side against the two nodes that stay up, none of them retried
 * **publish** — one acknowledged publish by the member into its room (the history stream),
   on a connection that was open before the event, 2 s for the ack.
 
-The events: a planned stop and a SIGKILL, of the node made to lead ``UNIBUS_users``,
+The events: a planned stop, a bare SIGTERM and a SIGKILL, of the node made to lead ``UNIBUS_users``,
 ``UNIBUS_rooms`` and ``UNIBUS_nonces`` (by leader step-down with a preferred placement) and
 of a node leading no stream and not the meta group. A planned stop is the launcher's
 ``stop_node`` (lame duck with SIGUSR2, then SIGTERM once the leaderships are handed over)
-or ``docker compose stop`` (whose stop signal is SIGUSR2); a SIGKILL is ``kill -9`` or
+or ``docker compose stop`` (whose stop signal is SIGUSR2); a bare SIGTERM skips the
+hand-over (nats-server then steps its leaders down as it exits); a SIGKILL is ``kill -9`` or
 ``docker compose kill``. Beside the probes, the *election time*: from the signal until each
 stream the node led reports a new leader. After each event the node is started again and
 the next event waits until every asset has a leader and two current followers.
@@ -55,7 +56,9 @@ BEFORE: Final = 3.0
 AFTER: Final = 20.0
 """Seconds probed after the event: well past an election (4-9 s after a SIGKILL)."""
 PROBES: Final = ("member_connect", "static_connect", "api_write", "publish")
-EVENTS: Final = ("stop-leader", "kill-leader", "stop-idle", "kill-idle")
+EVENTS: Final = ("stop-leader", "term-leader", "kill-leader", "stop-idle", "kill-idle")
+"""stop: the planned stop of the tooling (lame duck, then exit); term: a bare SIGTERM that
+skips the hand-over; kill: SIGKILL."""
 STACKS: Final = ("local", "compose")
 DOCKER_STATE: Final = "/var/tmp/unibus-docker"  # noqa: S108 - where scripts/containers keeps it
 LED_STREAMS: Final = ("KV_UNIBUS_users", "KV_UNIBUS_rooms", "KV_UNIBUS_nonces")
@@ -129,8 +132,8 @@ class LocalHandle:
         await stack.wait_services_ready()
         return stack.info()
 
-    def stop_node(self, node: str, *, kill: bool) -> None:
-        self.stack.stop_node(node, kill=kill)
+    def stop_node(self, node: str, how: str) -> None:
+        self.stack.stop_node(node, kill=how == "kill", hand_over=how == "stop")
 
     async def start_node(self, node: str) -> None:
         self.stack.start_node(node)
@@ -199,9 +202,11 @@ class ComposeHandle:
         )
         return read_stack_info(self.directory)
 
-    def stop_node(self, node: str, *, kill: bool) -> None:
-        if kill:
+    def stop_node(self, node: str, how: str) -> None:
+        if how == "kill":
             self.compose("kill", node)
+        elif how == "term":
+            self.compose("kill", "--signal", "SIGTERM", node)
         else:
             self.compose("stop", node)  # waits for the lame-duck exit (about 32 s)
 
@@ -366,9 +371,7 @@ class Bench:
         try:
             await asyncio.sleep(BEFORE)
             signalled = time.monotonic()
-            stopping = asyncio.create_task(
-                asyncio.to_thread(self.handle.stop_node, node, kill=kind == "kill")
-            )
+            stopping = asyncio.create_task(asyncio.to_thread(self.handle.stop_node, node, kind))
             while time.monotonic() - signalled < AFTER:
                 if len(elections) < len(waiting):
                     for stream in await self.newly_led(waiting, excluding=node):
