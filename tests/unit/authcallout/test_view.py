@@ -12,6 +12,7 @@ from unibus.authcallout.kicks import connection_name, is_affected, parse_connect
 from unibus.authcallout.reasons import Reason
 from unibus.authcallout.view import Change, DirectoryView, Stamp, grant_digest
 from unibus.core import naming
+from unibus.core.bootstrap import FIRST_ADMIN_CLAIM
 from unibus.core.kvfollow import KvEntry
 from unibus.core.kvstore import BARRIER_KEY
 from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord, encode
@@ -182,6 +183,19 @@ def test_barrier_entries_advance_the_applied_revision_without_changing_anything(
 
     assert change is None
     assert view.lookup(ALICE).stamp.users == 9
+
+
+def test_the_first_admin_claim_is_a_marker_not_a_user_record() -> None:
+    view = _view()
+
+    # Whatever it holds, even a valid record, it never becomes a user.
+    change = view._apply(
+        naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, FIRST_ADMIN_CLAIM, _user(ALICE), 1)
+    )
+
+    assert change is None
+    assert view.lookup(FIRST_ADMIN_CLAIM).reason is Reason.UNKNOWN_KEY
+    assert view.lookup(ALICE).stamp.users == 1
 
 
 def test_a_deleted_room_removes_its_members_access() -> None:

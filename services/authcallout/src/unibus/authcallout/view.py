@@ -367,7 +367,9 @@ class DirectoryView:
         state = self._state
         revision = entry.revision or 0
         change: Change | None = None
-        if entry.key != BARRIER_KEY:
+        # Keys starting with "_" are markers and barriers (the first-admin claim, the
+        # quorum barrier), never user or room records.
+        if not entry.key.startswith("_"):
             deleted = entry.is_deletion
             if bucket == naming.USERS_BUCKET:
                 change = self._apply_user(entry.key, None if deleted else entry.value, revision)
