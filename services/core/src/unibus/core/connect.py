@@ -27,10 +27,12 @@ _log = get_logger("unibus.connect")
 
 
 def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
+    """127.0.0.0/8, ::1 (bracketed or not) and ``localhost``, in any case; a wildcard
+    address is not loopback. Whether TLS may be skipped rests on this one answer."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

@@ -27,8 +27,6 @@ True
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import functools
 import ipaddress
 import math
@@ -39,7 +37,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from unibus.core.errors import ConfigError, PostureError
+from unibus.core.connect import is_loopback_host
+from unibus.core.errors import ConfigError, NkeyError, PostureError
 from unibus.core.files import PrivateFileError, read_private, write_private
 from unibus.core.naming import (
     BUS_ACCOUNT,
@@ -48,6 +47,7 @@ from unibus.core.naming import (
     MEMBER_SERVICES,
     SYSTEM_ACCOUNT,
 )
+from unibus.core.nkeys import Prefix, decode_public
 from unibus.core.settings import parse_bool
 
 __all__ = [
@@ -85,7 +85,7 @@ _ROUTE_KEY_FORMAT: Final = "one line of at least 16 characters from [A-Za-z0-9._
 _PLACEHOLDER_RE: Final = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
 # nkey public-key prefix bytes (nkeys/strkey.go): the first base32 character names the kind.
-_NKEY_PREFIX: Final = {"A": 0 << 3, "U": 20 << 3, "X": 23 << 3}
+_NKEY_PREFIX: Final = {"A": Prefix.ACCOUNT, "U": Prefix.USER, "X": Prefix.CURVE}
 _NKEY_KIND: Final = {"A": "account", "U": "user", "X": "curve (xkey)"}
 _NKEY_LENGTH: Final = 56
 
@@ -207,7 +207,7 @@ def validate_posture(node: NodeConfig) -> None:
     """
     problems: list[tuple[str, str]] = []
     client_host = _check_host(node.listen_host, "listen_host")
-    client_loopback = _is_loopback(client_host)
+    client_loopback = is_loopback_host(client_host)
 
     cluster = node.cluster
     if cluster is not None:
@@ -216,7 +216,7 @@ def validate_posture(node: NodeConfig) -> None:
             _split_hostport(cluster.advertise, "cluster.advertise")[0],
             *(_split_hostport(route, "cluster.routes")[0] for route in cluster.routes),
         ]
-        exposed = next((host for host in hosts if not _is_loopback(host)), None)
+        exposed = next((host for host in hosts if not is_loopback_host(host)), None)
         missing = _missing_route_tls(cluster.tls)
         if 0 < len(missing) < 3:
             problems.append(
@@ -284,16 +284,6 @@ def _missing_route_tls(tls: RouteTLS | None) -> list[str]:
         return ["cert_file", "key_file", "ca_file"]
     fields = {"cert_file": tls.cert_file, "key_file": tls.key_file, "ca_file": tls.ca_file}
     return [name for name, value in fields.items() if value is None]
-
-
-def _is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and ``localhost``; a wildcard bind is not loopback."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -644,33 +634,11 @@ def _check_nkey(value: str, kind: str, setting: str) -> str:
         raise ConfigError(
             f"{setting} looks like a seed; give {expected}, never a seed", setting=setting
         )
-    raw = b""
-    if len(value) == _NKEY_LENGTH and value.isascii() and value.isalnum():
-        with contextlib.suppress(ValueError):
-            raw = _b32decode(value)
-    body, checksum = raw[:-2], raw[-2:]
-    if (
-        len(raw) != 35
-        or body[0] != _NKEY_PREFIX[kind]
-        or _crc16(body).to_bytes(2, "little") != checksum
-    ):
-        raise ConfigError(f"{setting} is not {expected}", setting=setting)
+    try:
+        decode_public(value, _NKEY_PREFIX[kind])
+    except NkeyError:
+        raise ConfigError(f"{setting} is not {expected}", setting=setting) from None
     return value
-
-
-def _b32decode(value: str) -> bytes:
-    return base64.b32decode(value + "=" * (-len(value) % 8))
-
-
-def _crc16(data: bytes) -> int:
-    """CRC-16/XMODEM, the nkeys checksum."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
 
 
 def _read_route_secret(path: Path) -> str:
