@@ -272,3 +272,26 @@ def test_reader_ignores_other_variables() -> None:
 def test_boolean_blank_value_falls_back_to_the_default_like_every_other_getter() -> None:
     env = EnvReader({"UNIBUS_FLAG": "  "})
     assert env.boolean("UNIBUS_FLAG", default=True) is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("127.0.0.1:9470", ("127.0.0.1", 9470)),
+        ("[::1]:0", ("::1", 0)),
+        ("node-a:8470", ("node-a", 8470)),
+    ],
+)
+def test_host_port_splits_and_unbrackets(raw: str, expected: tuple[str, int]) -> None:
+    assert EnvReader({"ADDR": raw}).host_port("ADDR", default="x:1") == expected
+
+
+def test_host_port_uses_the_default_when_unset() -> None:
+    assert EnvReader({}).host_port("ADDR", default="127.0.0.1:9471") == ("127.0.0.1", 9471)
+
+
+@pytest.mark.parametrize("raw", ["9471", ":9471", "host:http", "host:70000", "host:-1"])
+def test_host_port_refuses_anything_but_host_and_port_naming_the_setting(raw: str) -> None:
+    with pytest.raises(ConfigError, match="ADDR must be HOST:PORT") as caught:
+        EnvReader({"ADDR": raw}).host_port("ADDR", default="x:1")
+    assert caught.value.setting == "ADDR"

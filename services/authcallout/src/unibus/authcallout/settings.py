@@ -46,14 +46,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         env = EnvReader(environ)
-        host, _, port = env.string(
-            "UNIBUS_AUTHCALLOUT_METRICS_ADDR", default=DEFAULT_METRICS_ADDR
-        ).rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(
-                "UNIBUS_AUTHCALLOUT_METRICS_ADDR must be HOST:PORT (port 0 picks a free one)",
-                setting="UNIBUS_AUTHCALLOUT_METRICS_ADDR",
-            )
+        host, port = env.host_port("UNIBUS_AUTHCALLOUT_METRICS_ADDR", default=DEFAULT_METRICS_ADDR)
         urls = env.items("UNIBUS_NATS_URLS")
         if not urls:
             raise ConfigError(
@@ -72,8 +65,8 @@ class Settings:
                 "UNIBUS_JWT_TTL", default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
             ),
             max_rooms=read_max_rooms(env),
-            metrics_host=host.strip("[]"),
-            metrics_port=int(port),
+            metrics_host=host,
+            metrics_port=port,
             max_staleness=env.number(
                 "UNIBUS_VIEW_MAX_STALENESS", default=2.0, minimum=0.5, maximum=30.0
             ),

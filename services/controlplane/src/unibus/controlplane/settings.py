@@ -17,13 +17,6 @@ DEFAULT_PORT = 8470
 DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
 
 
-def _host_port(env: EnvReader, name: str, default: str) -> tuple[str, int]:
-    host, _, port = env.string(name, default=default).rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name} must be HOST:PORT", setting=name)
-    return host.strip("[]"), int(port)
-
-
 @dataclass(frozen=True)
 class Settings:
     nats_urls: tuple[str, ...]
@@ -59,8 +52,10 @@ class Settings:
         urls = env.items("UNIBUS_NATS_URLS")
         if not urls:
             raise ConfigError("UNIBUS_NATS_URLS is required", setting="UNIBUS_NATS_URLS")
-        host, port = _host_port(env, "UNIBUS_API_ADDR", f"127.0.0.1:{DEFAULT_PORT}")
-        metrics_host, metrics_port = _host_port(env, "UNIBUS_API_METRICS_ADDR", "127.0.0.1:9470")
+        host, port = env.host_port("UNIBUS_API_ADDR", default=f"127.0.0.1:{DEFAULT_PORT}")
+        metrics_host, metrics_port = env.host_port(
+            "UNIBUS_API_METRICS_ADDR", default="127.0.0.1:9470"
+        )
         admin = env.optional_str("UNIBUS_BOOTSTRAP_ADMIN")
         if admin is not None:
             try:

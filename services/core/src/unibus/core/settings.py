@@ -103,6 +103,16 @@ class EnvReader:
     def optional_path(self, name: str, *, must_exist: bool = True) -> Path | None:
         return self.path(name, must_exist=must_exist) if self.raw(name) is not None else None
 
+    def host_port(self, name: str, *, default: str) -> tuple[str, int]:
+        """``HOST:PORT`` (IPv6 in brackets; port 0 picks a free one) as (host, port)."""
+        host, _, port = self.string(name, default=default).rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"{name} must be HOST:PORT, for example 127.0.0.1:9470 (port 0 picks a free one)",
+                setting=name,
+            )
+        return host.strip("[]"), int(port)
+
     def items(self, name: str, *, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         value = self.raw(name)
         if value is None:
