@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from unibus.core.errors import StoreError
+from unibus.core.errors import InvalidHandleError, StoreError
 from unibus.core.models import (
     SCHEMA_VERSION,
     EpochRef,
@@ -21,6 +21,7 @@ from unibus.core.models import (
     Status,
     UserRecord,
     Versioned,
+    check_handle,
     decode,
     encode,
 )
@@ -263,3 +264,21 @@ def test_versioned_carries_value_and_revision() -> None:
     versioned = Versioned(SAMPLES[NonceRecord], 7)
     assert versioned.value is SAMPLES[NonceRecord]
     assert versioned.revision == 7
+
+
+def test_a_new_user_is_active_with_its_handle_trimmed_and_both_times_equal() -> None:
+    user = UserRecord.new("U" + "A" * 55, "  Ada  ", Role.ADMIN, now=12.5)
+
+    assert (user.handle, user.role, user.status) == ("Ada", Role.ADMIN, Status.ACTIVE)
+    assert user.created_at == user.updated_at == 12.5
+
+
+@pytest.mark.parametrize(
+    ("handle", "reason"),
+    [("   ", "must not be empty"), ("a\tb", "printable"), ("x" * 65, "at most 64")],
+)
+def test_one_handle_rule_for_every_writer(handle: str, reason: str) -> None:
+    """The API, the CLI and the first-admin bootstrap all build users through ``new``."""
+    with pytest.raises(InvalidHandleError, match=reason):
+        UserRecord.new("U" + "A" * 55, handle, Role.MEMBER)
+    assert check_handle("é" * 64) == "é" * 64

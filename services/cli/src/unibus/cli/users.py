@@ -35,16 +35,18 @@ from unibus.cli._common import (
     print_json,
     resolve_target,
 )
-from unibus.core import naming
+from unibus.core import models, naming
 from unibus.core.connect import connect
 from unibus.core.errors import (
     AssetMissingError,
     ConfigError,
     ConflictError,
+    InvalidHandleError,
     NotFoundError,
     StoreUnavailableError,
 )
 from unibus.core.kvstore import JetStreamStore
+from unibus.core.limits import MAX_HANDLE_LEN
 from unibus.core.log import configure_logging
 from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
 from unibus.core.nkeys import canonical_user_key
@@ -54,7 +56,6 @@ from unibus.core.sqlitestore import SQLiteStore
 
 T = TypeVar("T")
 
-MAX_HANDLE_LEN: Final = 64
 DEFAULT_TIMEOUT: Final = 60.0
 OP_TIMEOUT: Final = 2.0
 """Bound of one JetStream request; a leader-less stream answers nothing until it elects."""
@@ -81,21 +82,11 @@ Without --dir or --nats-url the local stack in the default directory is used.
 
 # -- validation (before any connection) --------------------------------------------------------
 def check_handle(handle: str) -> str:
-    """A handle as stored: surrounding whitespace dropped; non-empty, printable, bounded."""
-    text = handle.strip()
-    if not text:
-        raise ConfigError("--handle must not be empty", setting="handle")
-    if not text.isprintable():
-        raise ConfigError(
-            "--handle must contain only printable characters (no control characters)",
-            setting="handle",
-        )
-    if len(text) > MAX_HANDLE_LEN:
-        raise ConfigError(
-            f"--handle is {len(text)} characters long; at most {MAX_HANDLE_LEN} are allowed",
-            setting="handle",
-        )
-    return text
+    """The handle as stored (``models.check_handle``), refused as the ``--handle`` option."""
+    try:
+        return models.check_handle(handle)
+    except InvalidHandleError as exc:
+        raise ConfigError(f"--handle {exc}", setting="handle") from None
 
 
 def check_role(role: str) -> Role:
@@ -109,16 +100,7 @@ def check_role(role: str) -> Role:
 
 def new_user(key: str, handle: str, role: str, *, now: float | None = None) -> UserRecord:
     """The record ``user add`` writes; raises before anything connects if an input is bad."""
-    canonical = canonical_user_key(key)
-    stamp = time.time() if now is None else now
-    return UserRecord(
-        key=canonical,
-        handle=check_handle(handle),
-        role=check_role(role),
-        status=Status.ACTIVE,
-        created_at=stamp,
-        updated_at=stamp,
-    )
+    return UserRecord.new(canonical_user_key(key), check_handle(handle), check_role(role), now=now)
 
 
 def same_add(stored: UserRecord, written: UserRecord) -> bool:

@@ -48,7 +48,13 @@ from unibus.core.apimodels import (
     SealedKeyView,
     UserView,
 )
-from unibus.core.errors import ConflictError, NkeyError, NotFoundError, UnibusError
+from unibus.core.errors import (
+    ConflictError,
+    InvalidHandleError,
+    NkeyError,
+    NotFoundError,
+    UnibusError,
+)
 from unibus.core.log import get_logger
 from unibus.core.models import Status, UserRecord
 from unibus.core.nkeys import canonical_user_key
@@ -159,18 +165,10 @@ def _signed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 async def add_user(request: Request, context: Context, caller: Caller) -> Response:
     require_admin(caller)
     body = await _body(request, caller, NewUser)
-    handle = body.handle.strip()
-    if not handle or len(handle) > 64 or not handle.isprintable():
-        raise bad_request("a handle is 1-64 printable characters")
-    now = time.time()
-    user = UserRecord(
-        key=_user_key(body.key),
-        handle=handle,
-        role=body.role,
-        status=Status.ACTIVE,
-        created_at=now,
-        updated_at=now,
-    )
+    try:
+        user = UserRecord.new(_user_key(body.key), body.handle, body.role)
+    except InvalidHandleError as exc:
+        raise bad_request(f"the handle {exc}") from None
     try:
         await context.store.add_user(user)
     except ConflictError:

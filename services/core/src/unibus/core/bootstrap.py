@@ -8,7 +8,6 @@ crash before the user was written is completed by a replica configured with that
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Final
 
@@ -17,7 +16,7 @@ from nats.aio.client import Client as NATS
 from unibus.core.errors import ConflictError, NotFoundError
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
-from unibus.core.models import Role, Status, UserRecord
+from unibus.core.models import Role, UserRecord
 from unibus.core.provisioning import Provisioning, ProvisionReport, provision
 from unibus.core.retry import retry_until
 
@@ -33,18 +32,8 @@ async def ensure_first_admin(store: JetStreamStore, key: str, *, handle: str = "
     if claimed != key:
         _log.info("first admin already claimed by another key")
         return False
-    now = time.time()
     try:
-        await store.add_user(
-            UserRecord(
-                key=key,
-                handle=handle,
-                role=Role.ADMIN,
-                status=Status.ACTIVE,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        await store.add_user(UserRecord.new(key, handle, Role.ADMIN))
     except ConflictError:
         try:
             existing = (await store.get_user(key)).value

@@ -11,6 +11,7 @@ only; inside the library they carry enough structure to decide without parsing t
     - JWTError             malformed, oversized, badly signed or unexpected JWT
     - XKeyError            an ``xkv1`` box that cannot be opened
   + InvalidNameError       a value that cannot be a subject token, KV key or consumer name
+  + InvalidHandleError     a user handle that is empty, unprintable or too long
   + CertificateError       certificate material missing, unreadable or refused
   + StoreError             anything the Store could not do
     - NotFoundError        no such record (storage-agnostic)
@@ -41,6 +42,13 @@ class ConfigError(UnibusError):
 
 class PostureError(ConfigError):
     """The configuration would run a cluster less secure than unibus allows."""
+
+
+class InvalidHandleError(UnibusError):
+    """A user handle that is empty, holds a control character or is too long.
+
+    The message reads after the name of the field (``--handle``, ``handle``).
+    """
 
 
 class IdentityError(UnibusError):

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_ROOMS",
     "HISTORY_MAX_PER_ROOM",
     "MAX_ENVELOPE_BYTES",
+    "MAX_HANDLE_LEN",
     "MAX_ROOMS_ENV",
     "read_max_rooms",
 ]
@@ -34,6 +35,8 @@ def read_max_rooms(env: EnvReader) -> int:
     )
 
 
+MAX_HANDLE_LEN: Final = 64
+"""Characters of a user's handle (its display name), after surrounding whitespace."""
 MAX_ENVELOPE_BYTES: Final = 1 << 20
 """One encrypted room message as stored (the SDK refuses to send more; the stream too)."""
 HISTORY_MAX_PER_ROOM: Final = 100_000

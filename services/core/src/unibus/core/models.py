@@ -16,12 +16,14 @@ fields travel as base64.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar, cast
 
 import msgspec
 
-from unibus.core.errors import StoreError
+from unibus.core.errors import InvalidHandleError, StoreError
+from unibus.core.limits import MAX_HANDLE_LEN
 from unibus.core.roomchain import SignedState
 
 SCHEMA_VERSION = 1
@@ -55,9 +57,36 @@ class UserRecord(_Record, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
 
+    @classmethod
+    def new(cls, key: str, handle: str, role: Role, *, now: float | None = None) -> UserRecord:
+        """An active user as first written: the handle checked (``InvalidHandleError``)."""
+        stamp = time.time() if now is None else now
+        return cls(
+            key=key,
+            handle=check_handle(handle),
+            role=role,
+            status=Status.ACTIVE,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+
     @property
     def is_active(self) -> bool:
         return self.status is Status.ACTIVE
+
+
+def check_handle(handle: str) -> str:
+    """A handle as stored: surrounding whitespace dropped; non-empty, printable, bounded."""
+    text = handle.strip()
+    if not text:
+        raise InvalidHandleError("must not be empty")
+    if not text.isprintable():
+        raise InvalidHandleError("must contain only printable characters (no control characters)")
+    if len(text) > MAX_HANDLE_LEN:
+        raise InvalidHandleError(
+            f"is {len(text)} characters long; at most {MAX_HANDLE_LEN} are allowed"
+        )
+    return text
 
 
 class EpochRef(msgspec.Struct, frozen=True, kw_only=True):
