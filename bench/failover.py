@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -277,16 +278,16 @@ class Bench:
         return {s for s, leader in found.items() if leader not in (None, excluding)}
 
     async def wait_current(self) -> None:
-        """Every asset reports three current replicas: the cluster is whole again."""
+        """Every asset led, at R3, with its followers current: the cluster is whole again."""
+        from unibus.core.provisioning import ASSETS, asset_status
+
         js = self.internal.jetstream(timeout=2.0)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            try:
-                infos = await js.streams_info()
-                if all(_whole(info) for info in infos):
+            with contextlib.suppress(Exception):  # not yet
+                statuses = [await asset_status(js, a, cluster_size=3) for a in ASSETS]
+                if all(st.leader and not st.degraded for st in statuses):
                     return
-            except Exception:  # noqa: BLE001, S110 - not yet
-                pass
             await asyncio.sleep(0.5)
         raise RuntimeError("the cluster did not become whole again within 120 s")
 
@@ -296,8 +297,8 @@ class Bench:
         from unibus.core import naming
         from unibus.core.connect import NatsTarget, connect
         from unibus.core.nkeys import KeyPair, Prefix
+        from unibus.core.provisioning import ASSETS
         from unibus.stack.leadership import (
-            all_stream_names,
             leaders,
             meta_leader,
             move_leaders,
@@ -306,7 +307,7 @@ class Bench:
 
         kind, role = event.split("-")
         await self.wait_current()
-        streams = await all_stream_names(self.internal)
+        streams = [asset.stream for asset in ASSETS]
         if role == "leader":
             node = self.names[0]
             await move_leaders(self.internal, LED_STREAMS, to=node)
@@ -395,15 +396,6 @@ class Bench:
         }
         election = max(elections.values()) if len(elections) == len(waiting) and waiting else None
         return EventResult(event, node, led, election, elections, probes)
-
-
-def _whole(info: Any) -> bool:
-    """A stream with a leader and two current followers."""
-    cluster = info.cluster
-    replicas = (cluster.replicas or []) if cluster else []
-    return bool(cluster and cluster.leader and len(replicas) == 2) and all(
-        r.current for r in replicas
-    )
 
 
 async def _bench_on(kind: str, events: tuple[str, ...], root: Path) -> list[EventResult]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -46,10 +47,28 @@ def _survivors(stack: LocalStack, gone: str) -> tuple[str, ...]:
     return tuple(n for n in stack.spec.node_names if n != gone)
 
 
-async def _add_member(stack: LocalStack, store: JetStreamStore, handle: str) -> KeyPair:
-    pair = KeyPair.generate(Prefix.USER)
-    await store.add_user(user_record(pair.public_key, handle))
-    return pair
+@dataclass(frozen=True)
+class _Arranged:
+    """A 3-node stack with services, whose first node leads the deciding streams, and a
+    member the callouts already admit on the other two."""
+
+    stack: LocalStack
+    member: KeyPair
+    leader: str
+    survivors: tuple[str, ...]
+
+
+async def _arrange(stacks: StackFactory, handle: str) -> _Arranged:
+    stack = await stacks.start(nodes=3, services=True)
+    store = await JetStreamStore.open(await stacks.connect(stack))
+    member = KeyPair.generate(Prefix.USER)
+    await store.add_user(user_record(member.public_key, handle))
+    leader = await _leading_node(stacks, stack)
+    survivors = _survivors(stack, leader)
+    await eventually(
+        lambda: _connect_once(stack, member, survivors), until=lambda _: True, what="admitted"
+    )
+    return _Arranged(stack, member, leader, survivors)
 
 
 async def _connect_once(stack: LocalStack, who: KeyPair, nodes: tuple[str, ...]) -> None:
@@ -134,18 +153,13 @@ async def test_a_follower_delivers_every_change_in_order_across_the_loss_of_the_
 async def test_a_planned_stop_of_the_node_leading_users_and_rooms_refuses_no_connect(
     stacks: StackFactory,
 ) -> None:
-    stack = await stacks.start(nodes=3, services=True)
-    store = await JetStreamStore.open(await stacks.connect(stack))
-    member = await _add_member(stack, store, "probe")
-    leader = await _leading_node(stacks, stack)
-    survivors = _survivors(stack, leader)
-    await eventually(
-        lambda: _connect_once(stack, member, survivors), until=lambda _: True, what="admitted"
-    )
+    arranged = await _arrange(stacks, "probe")
+    stack = arranged.stack
 
-    async with _probing(stack, member, survivors) as outcomes:
+    async with _probing(stack, arranged.member, arranged.survivors) as outcomes:
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(stack.stop_node, leader)  # SIGTERM, as compose stop sends
+        # The planned stop: lame duck, then SIGTERM (compose stop's SIGUSR2 does the same).
+        await asyncio.to_thread(stack.stop_node, arranged.leader)
         await asyncio.sleep(8.0)
 
     refused = [(round(t, 2), repr(exc)) for t, exc in outcomes if exc is not None]
@@ -215,13 +229,12 @@ async def test_an_sdk_client_rides_out_a_sigkill_of_the_leader_without_error_or_
 async def test_a_revocation_committed_during_the_election_stays_enforced(
     stacks: StackFactory,
 ) -> None:
-    stack = await stacks.start(nodes=3, services=True)
-    store = await JetStreamStore.open(await stacks.connect(stack))
-    member = await _add_member(stack, store, "soon-revoked")
-    leader = await _leading_node(stacks, stack)
-    survivors = _survivors(stack, leader)
-    await eventually(
-        lambda: _connect_once(stack, member, survivors), until=lambda _: True, what="admitted"
+    arranged = await _arrange(stacks, "soon-revoked")
+    stack, member, leader, survivors = (
+        arranged.stack,
+        arranged.member,
+        arranged.leader,
+        arranged.survivors,
     )
     survivor_store = await JetStreamStore.open(await stacks.connect(stack, nodes=survivors))
 

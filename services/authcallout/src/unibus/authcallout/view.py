@@ -37,16 +37,18 @@ from nats.aio.client import Client as NATS
 
 from unibus.authcallout.reasons import Reason
 from unibus.core import naming
+from unibus.core.errors import ProvisioningError
 from unibus.core.kvfollow import KvEntry, KvFollower
 from unibus.core.kvstore import BARRIER_KEY
 from unibus.core.limits import DEFAULT_MAX_ROOMS
 from unibus.core.log import get_logger
 from unibus.core.models import RecordError, RoomRecord, UserRecord, decode
+from unibus.core.retry import retry_until
 
 _log = get_logger("unibus.authcallout.view")
 _BUCKETS: Final = (naming.USERS_BUCKET, naming.ROOMS_BUCKET)
 _GRANT_CHARS: Final = 12
-_TAIL_ATTEMPTS: Final = 8
+_TAIL_BUDGET: Final = 2.4
 _TAIL_ATTEMPT_TIMEOUT: Final = 0.3
 _FOLLOW_HEARTBEAT: Final = 0.25
 """The followers' idle heartbeat: a consumer lost with its node is re-created within about
@@ -237,7 +239,7 @@ class DirectoryView:
                 tails = await self._tails_after(arrived)
                 waits = [self._applied(bucket, seq) for bucket, seq in tails.items()]
                 await asyncio.gather(*waits)
-        except (TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, nats.errors.Error, ProvisioningError) as exc:
             _log.info("view not shown current", error=type(exc).__name__)
             return False
         return True
@@ -260,20 +262,14 @@ class DirectoryView:
         # Short attempts, retried: a request that reaches a stream while its leadership is
         # being handed over is dropped, not queued, and waiting out a long timeout on it
         # would spend a decision's whole budget on one lost message.
-        for attempt in range(_TAIL_ATTEMPTS):
-            try:
-                async with asyncio.timeout(_TAIL_ATTEMPT_TIMEOUT):
-                    infos = await asyncio.gather(
-                        *(self._js.stream_info(f"KV_{bucket}") for bucket in _BUCKETS)
-                    )
-            except (TimeoutError, nats.errors.Error):
-                if attempt == _TAIL_ATTEMPTS - 1:
-                    raise
-                continue
-            return {
-                bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)
-            }
-        raise AssertionError("unreachable")
+        infos = await retry_until(
+            "the users and rooms streams' tails",
+            lambda: asyncio.gather(*(self._js.stream_info(f"KV_{b}") for b in _BUCKETS)),
+            budget=_TAIL_BUDGET,
+            attempt_timeout=_TAIL_ATTEMPT_TIMEOUT,
+            pause=0.0,
+        )
+        return {bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)}
 
     async def _applied(self, bucket: str, revision: int) -> None:
         if self._state.applied[bucket] >= revision:

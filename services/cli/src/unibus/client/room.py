@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -618,7 +619,7 @@ class Room:
                     if opened is not None:
                         yield self._live(opened, msg)
             incarnation = self._bus.incarnation
-            heard = _utcnow()
+            heard = time.time()  # a float per message; a datetime only for a gap replay
             overlap = 0
             while True:
                 if self._bus.incarnation != incarnation:
@@ -626,13 +627,13 @@ class Room:
                     # expiry): what was published meanwhile reached the history, not this
                     # subscription. Replayed from a margin before the last message heard;
                     # the opener drops, uncounted, what was delivered already.
-                    since = heard - _GAP_MARGIN
+                    since = datetime.datetime.fromtimestamp(heard, datetime.UTC) - _GAP_MARGIN
                     try:
                         async for message in self._replay(
                             opener, since=since, slot=slot, idle=2.0, quiet=_OVERLAP
                         ):
                             yield message
-                    except (*_RETRIABLE, nats.errors.Error) as exc:
+                    except nats.errors.Error as exc:
                         # Still failing over: tried again on the next round, never raised.
                         _log.info("gap replay failed; retrying", error=type(exc).__name__)
                         await asyncio.sleep(_GAP_CHECK)
@@ -647,7 +648,7 @@ class Room:
                             msg = await queue.get()
                     except TimeoutError:
                         continue
-                heard = _utcnow()
+                heard = time.time()
                 # Received while a gap replay ran: most were delivered by it already.
                 quiet = _OVERLAP if overlap > 0 else frozenset[str]()
                 overlap = max(0, overlap - 1)
@@ -759,10 +760,6 @@ class Room:
                     raise
                 await asyncio.sleep(_RETRY_PAUSE * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def _discard(future: asyncio.Future[list[Msg]]) -> None:

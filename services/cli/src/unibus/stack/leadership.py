@@ -17,15 +17,10 @@ from nats.aio.client import Client as NATS
 
 from unibus.core.errors import StackError
 
-__all__ = ["all_stream_names", "leaders", "meta_leader", "move_leaders", "move_meta_leader"]
+__all__ = ["leaders", "meta_leader", "move_leaders", "move_meta_leader"]
 
 _STEP_DOWN = "$JS.API.STREAM.LEADER.STEPDOWN.{}"
 _META_STEP_DOWN = "$JS.API.META.LEADER.STEPDOWN"
-
-
-async def all_stream_names(nc: NATS, *, timeout: float = 5.0) -> list[str]:
-    infos = await nc.jetstream(timeout=timeout).streams_info()
-    return sorted(info.config.name for info in infos if info.config.name)
 
 
 async def leaders(

@@ -105,8 +105,6 @@ class KvFollower:
         self._next_consumer_seq = 1
         self._last_stream_seq = 0
         self._last_activity = time.monotonic()
-        self.restarts = 0
-        """Consumers re-created after the first: for tests and logs."""
 
     async def __aenter__(self) -> KvFollower:
         self._supervisor = asyncio.create_task(self._supervise())
@@ -161,10 +159,6 @@ class KvFollower:
             return False
         return True
 
-    @property
-    def last_revision(self) -> int:
-        return self._last_stream_seq
-
     def restart(self) -> None:
         """Re-create the consumer now (from the last revision delivered)."""
         self._restart.set()
@@ -184,7 +178,6 @@ class KvFollower:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._heartbeat):
                         await self._restart.wait()
-            self.restarts += 1
             await self._drop_consumer()
 
     async def _open(self) -> bool:
