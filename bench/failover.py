@@ -191,9 +191,10 @@ class ComposeHandle:
             raise RuntimeError(f"docker compose {args[0]} failed: {done.stderr[-2000:]}")
 
     async def start(self) -> Any:
-        from unibus.core.natsconf import NatsToggles
+        from unibus.client.profile import read_stack_info
         from unibus.stack.compose import ComposeSpec, render_compose_dir
-        from unibus.stack.layout import free_ports, read_stack_info
+        from unibus.stack.layout import free_ports
+        from unibus.stack.natsconf import NatsToggles
 
         ports = free_ports(6)
         spec = ComposeSpec(nats_ports=tuple(ports[:3]), api_ports=tuple(ports[3:]))

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fixtures.legacy import build_legacy_db
 from tests.integration.harness import StackFactory
-from unibus.core.migration import MigrationOptions, migrate
+from unibus.migrate.job import MigrationOptions, migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

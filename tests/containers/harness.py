@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from unibus.core.natsconf import NatsToggles
+from unibus.client.profile import StackInfo, read_stack_info
 from unibus.stack.compose import ComposeSpec, render_compose_dir
-from unibus.stack.layout import StackInfo, free_ports, read_stack_info
+from unibus.stack.layout import free_ports
+from unibus.stack.natsconf import NatsToggles
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]

@@ -32,10 +32,10 @@ from unibus.client.crypto import open_room_key
 from unibus.client.envelope import Sealer, decode_envelope
 from unibus.client.room import RollbackError, RoomError
 from unibus.core import limits, naming
-from unibus.core.certs import CertificateAuthority
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
 from unibus.core.provisioning import ASSETS, Provisioning, provision
+from unibus.stack.certs import CertificateAuthority
 
 
 async def _unchanged_for(

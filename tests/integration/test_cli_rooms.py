@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 
 from tests.integration.harness import StackFactory, run_cli
-from unibus.stack.layout import write_stack_info
+from unibus.client.profile import write_stack_info
 
 
 async def test_rooms_messages_and_blobs_work_from_the_command_line(
     stacks: StackFactory, tmp_path: Path
 ) -> None:
     stack = await stacks.start(nodes=3, services=True)
-    write_stack_info(stack.layout, stack.info())  # what `unibus up` writes for clients
+    write_stack_info(stack.layout.root, stack.info())  # what `unibus up` writes for clients
     root = str(stack.layout.root)
     bob_seed = tmp_path / "bob.seed"
     code, out, err = await run_cli("keygen", "--out", str(bob_seed), "--json")

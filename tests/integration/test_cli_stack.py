@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 from tests.integration.harness import StackFactory, eventually, free_port_block, run_cli
+from unibus.client.profile import read_stack_info
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.provisioning import ASSETS
-from unibus.stack.layout import StackLayout, read_stack_info
+from unibus.stack.layout import StackLayout
 
 
 def _alive(pid: int) -> bool:

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import StackFactory, eventually, run_cli
+from unibus.client.profile import write_stack_info
 from unibus.core import naming
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import Role, Status, UserRecord, Versioned
 from unibus.core.nkeys import KeyPair, Prefix, decode_public
 from unibus.stack.launcher import LocalStack
-from unibus.stack.layout import write_stack_info
 
 USERS_STREAM = naming.kv_stream(naming.USERS_BUCKET)
 
@@ -25,7 +25,7 @@ def _user_key() -> str:
 async def _stack(stacks: StackFactory) -> tuple[LocalStack, list[str]]:
     """A provisioned 3-node stack with its stack.json, and the ``--dir`` arguments for it."""
     stack = await stacks.start(nodes=3)
-    write_stack_info(stack.layout, stack.info())
+    write_stack_info(stack.layout.root, stack.info())
     return stack, ["--dir", str(stack.layout.root)]
 
 

@@ -18,15 +18,15 @@ from tests.integration.harness import (
     room_record,
     run_cli,
 )
+from unibus.client.profile import write_stack_info
+from unibus.controlplane.authz import Decision, check_user
 from unibus.core import naming
-from unibus.core.authz import Decision, check_user
 from unibus.core.errors import AssetMissingError, ConflictError, StoreUnavailableError
 from unibus.core.health import asset_statuses
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import EpochRef, Role, RoomRecord, SealedKeyRecord, Status, UserRecord
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.provisioning import ASSETS, AssetKind, AssetStatus
-from unibus.stack.layout import write_stack_info
 
 
 def _user_key() -> str:
@@ -224,7 +224,7 @@ async def test_unibus_scale_from_r1_to_r3_keeps_every_asset_data(stacks: StackFa
     blob = bytes(range(256)) * 1024
     await blobs.put("probe", blob)
 
-    write_stack_info(stack.layout, stack.info())
+    write_stack_info(stack.layout.root, stack.info())
 
     status, out, err = await run_cli(
         "scale", "--dir", str(stack.layout.root), "--replicas", "3", "--json"

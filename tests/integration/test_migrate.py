@@ -15,23 +15,23 @@ import pytest
 
 from tests.fixtures.legacy import build_legacy_db, corrupt_copy, unknown_schema_db
 from tests.integration.harness import StackFactory, run_cli
+from unibus.client.profile import write_stack_info
 from unibus.core import naming
 from unibus.core.connect import NatsTarget
 from unibus.core.errors import PostureError
 from unibus.core.kvstore import JetStreamStore
-from unibus.core.migration import (
+from unibus.core.models import Role, Status
+from unibus.core.nkeys import canonical_user_key
+from unibus.core.provisioning import ASSETS, AssetKind, asset_status
+from unibus.migrate.job import (
     DivergedTargetError,
     MigrationError,
     MigrationOptions,
     migrate,
 )
-from unibus.core.models import Role, Status
-from unibus.core.nkeys import canonical_user_key
-from unibus.core.provisioning import ASSETS, AssetKind, asset_status
-from unibus.core.snapshot import Snapshot, export_kv, export_sqlite
-from unibus.core.sqlitestore import LegacyFormatError
+from unibus.migrate.legacy import LegacyFormatError
+from unibus.migrate.snapshot import Snapshot, export_kv, export_sqlite
 from unibus.stack.launcher import LocalStack
-from unibus.stack.layout import write_stack_info
 
 UNREACHABLE = NatsTarget(urls=("nats://127.0.0.1:1",))
 
@@ -212,7 +212,7 @@ async def test_the_cli_verb_migrates_a_local_stack_and_reports_json(
 ) -> None:
     fixture = build_legacy_db(tmp_path / "m.db", rooms=5)
     stack = await stacks.start(nodes=1)
-    write_stack_info(stack.layout, stack.info())
+    write_stack_info(stack.layout.root, stack.info())
     where = ["--dir", str(stack.layout.root)]
 
     code, out, err = await run_cli("migrate-to-kv", "--db", str(fixture.path), *where, "--json")

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import StackFactory, eventually
-from unibus.core.certs import CertificateAuthority, self_signed_leaf, write_pem_pair
 from unibus.core.files import write_private
-from unibus.core.natsconf import (
+from unibus.stack.certs import CertificateAuthority, self_signed_leaf, write_pem_pair
+from unibus.stack.launcher import LocalStack, nats_server_binary
+from unibus.stack.layout import free_ports
+from unibus.stack.natsconf import (
     ClientTLS,
     ClusterConfig,
     NatsToggles,
@@ -27,8 +29,6 @@ from unibus.core.natsconf import (
     render_node_config,
     write_node_config,
 )
-from unibus.stack.launcher import LocalStack, nats_server_binary
-from unibus.stack.layout import free_ports
 
 
 def _get_json(url: str) -> dict[str, Any]:

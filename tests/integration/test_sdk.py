@@ -31,13 +31,13 @@ from tests.integration.harness import bounded, eventually, run_cli
 from unibus.client.api import ApiError
 from unibus.client.crypto import new_room_key, seal_room_key
 from unibus.client.envelope import EnvelopeError, Opener, Sealer, decode_envelope
+from unibus.client.profile import write_stack_info
 from unibus.client.room import Message, Room, RoomError
 from unibus.client.sdk import BlobError, BlobRef, Client
 from unibus.core import naming
 from unibus.core.models import EpochRef, SealedKeyRecord
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.core.roomchain import sign_sealed_key
-from unibus.stack.layout import write_stack_info
 
 
 @dataclass
@@ -616,7 +616,7 @@ async def test_clientcheck_on_the_stack_exits_0_with_every_step_ok(
     deployment: Deployment,
 ) -> None:
     stack = deployment.stack
-    write_stack_info(stack.layout, stack.info())
+    write_stack_info(stack.layout.root, stack.info())
 
     code, out, err = await run_cli("clientcheck", "--dir", str(stack.layout.root), "--json")
 

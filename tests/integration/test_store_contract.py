@@ -29,8 +29,8 @@ from unibus.core.models import (
     UserRecord,
 )
 from unibus.core.nkeys import KeyPair, Prefix
-from unibus.core.sqlitestore import SQLiteStore
 from unibus.core.store import IndexRepair, Store
+from unibus.migrate.legacy import SQLiteStore
 
 
 @pytest_asyncio.fixture(params=["jetstream", "sqlite"])

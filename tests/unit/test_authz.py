@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from unibus.core.authz import Decision, check_user
+from unibus.controlplane.authz import Decision, check_user
 from unibus.core.errors import (
     AssetMissingError,
     NotFoundError,

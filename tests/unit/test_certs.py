@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from unibus.core.certs import (
+from unibus.core.errors import CertificateError
+from unibus.stack.certs import (
     CertificateAuthority,
     CertLayout,
     NodeSpec,
@@ -23,7 +24,6 @@ from unibus.core.certs import (
     self_signed_leaf,
     write_pem_pair,
 )
-from unibus.core.errors import CertificateError
 
 NODES = (
     NodeSpec.parse("n1=10.0.0.5,203.0.113.7,n1.example.org"),

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 
 from unibus.cli import certs
-from unibus.core.certs import CertificateAuthority, CertLayout, write_pem_pair
 from unibus.core.errors import CertificateError, ConfigError
+from unibus.stack.certs import CertificateAuthority, CertLayout, write_pem_pair
 
 NODE_ARGS = ["--node", "n1=10.0.0.5,n1.example.org", "--node", "n2=10.0.0.6"]
 

@@ -11,10 +11,10 @@ import pytest
 from cryptography import x509
 
 from unibus.cli.main import main
+from unibus.client.profile import read_stack_info
 from unibus.core.errors import ConfigError
-from unibus.core.natsconf import NatsToggles
 from unibus.stack.compose import ComposeSpec, render_compose_dir, role_files, stage_material
-from unibus.stack.layout import read_stack_info
+from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
 

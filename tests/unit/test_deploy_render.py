@@ -11,8 +11,8 @@ from cryptography import x509
 
 from unibus.cli.main import main
 from unibus.core.errors import ConfigError
-from unibus.core.natsconf import NatsToggles
 from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, plan, render
+from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
 

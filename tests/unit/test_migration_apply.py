@@ -18,9 +18,9 @@ import pytest
 from tests.fixtures.legacy import build_legacy_db
 from unibus.core import naming
 from unibus.core.errors import StoreUnavailableError
-from unibus.core.migration import Plan, apply_plan, member_id, plan_import, sealed_key_id
 from unibus.core.pipeline import pipelined
-from unibus.core.snapshot import Snapshot, export_sqlite
+from unibus.migrate.job import Plan, apply_plan, member_id, plan_import, sealed_key_id
+from unibus.migrate.snapshot import Snapshot, export_sqlite
 
 
 class _FakeStore:

@@ -12,9 +12,9 @@ from unibus.cli import migrate as cli_migrate
 from unibus.cli.main import main as cli_main
 from unibus.core.connect import NatsTarget
 from unibus.core.errors import ConfigError
-from unibus.core.migrationargs import DEFAULT_TIMEOUT, MigrationCommand
-from unibus.migrate.migrate import build_parser as service_parser
-from unibus.migrate.migrate import main as service_main
+from unibus.migrate.cli import DEFAULT_TIMEOUT, MigrationCommand
+from unibus.migrate.cli import build_parser as service_parser
+from unibus.migrate.cli import main as service_main
 
 SHARED = ("--db", "--replicas", "--no-backup", "--force", "--timeout", "--json")
 URLS = ("nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224")

@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from unibus.core import naming
 from unibus.core.errors import ConfigError, PostureError
-from unibus.core.natsconf import (
+from unibus.stack.natsconf import (
     ROUTE_USER,
     AuthIdentities,
     ClientTLS,

@@ -15,11 +15,11 @@ import pytest
 from tests.fixtures.legacy import build_legacy_db, corrupt_copy, unknown_schema_db
 from unibus.cli.main import main as cli_main
 from unibus.core.errors import ConflictError, NotFoundError
-from unibus.core.migration import DivergedTargetError, backup_sqlite, plan_import
 from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair, Prefix, canonical_user_key
-from unibus.core.snapshot import Snapshot, export_sqlite
-from unibus.core.sqlitestore import LEGACY_KEY_ID, LegacyFormatError, SQLiteStore
+from unibus.migrate.job import DivergedTargetError, backup_sqlite, plan_import
+from unibus.migrate.legacy import LEGACY_KEY_ID, LegacyFormatError, SQLiteStore
+from unibus.migrate.snapshot import Snapshot, export_sqlite
 
 
 def _snapshot(path: Path) -> Snapshot:

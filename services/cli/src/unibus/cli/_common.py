@@ -10,9 +10,10 @@ from typing import Any
 
 import msgspec
 
+from unibus.client.profile import read_stack_info
 from unibus.core.connect import NatsTarget
 from unibus.core.errors import ConfigError
-from unibus.stack.layout import DEFAULT_DIR, read_stack_info
+from unibus.stack.layout import DEFAULT_DIR
 
 Subparsers = argparse._SubParsersAction
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from cryptography import x509
 
-from unibus.core.certs import CertLayout, NodeSpec, init_certs
 from unibus.core.errors import CertificateError, ConfigError
+from unibus.stack.certs import CertLayout, NodeSpec, init_certs
 
 _INIT_EPILOG = """\
 examples:

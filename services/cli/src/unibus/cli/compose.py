@@ -15,7 +15,6 @@ from pathlib import Path
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json
 from unibus.core.errors import ConfigError
-from unibus.core.natsconf import NatsToggles
 from unibus.stack.compose import (
     DEFAULT_COMPOSE_DIR,
     NODE_NAMES,
@@ -24,6 +23,7 @@ from unibus.stack.compose import (
     render_compose_dir,
     stage_material,
 )
+from unibus.stack.natsconf import NatsToggles
 
 _INIT_EPILOG = """\
 then:

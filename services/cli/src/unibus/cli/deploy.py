@@ -15,8 +15,8 @@ from pathlib import Path
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
 from unibus.core.errors import StackError
-from unibus.core.natsconf import NatsToggles
 from unibus.stack.deploy import MATERIAL_DIR, Step, Topology, format_plan, plan, render
+from unibus.stack.natsconf import NatsToggles
 
 _RENDER_EPILOG = """\
 example:

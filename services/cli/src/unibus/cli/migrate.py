@@ -1,7 +1,7 @@
 """``unibus migrate-to-kv``: copy a legacy SQLite store into the replicated KV buckets.
 
-The same job and options as ``python -m unibus.migrate`` (``unibus.core.migration``,
-``unibus.core.migrationargs``), with the CLI's usual target flags (``--dir`` of a local
+The same job and options as ``python -m unibus.migrate`` (``unibus.migrate.job``,
+``unibus.migrate.cli``), with the CLI's usual target flags (``--dir`` of a local
 stack, or ``--nats-url``/``--ca``/``--identity``) and replicas defaulting to one per node
 URL. Progress goes to stderr; the report to stdout (``--json`` for scripts).
 """
@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from unibus.cli._common import Subparsers, add_target_args, progress, resolve_target
-from unibus.core.migrationargs import MigrationCommand, add_migration_args
+from unibus.migrate.cli import MigrationCommand, add_migration_args
 
 _EPILOG = """\
 examples:

@@ -18,10 +18,11 @@ from unibus.cli._common import (
     progress,
 )
 from unibus.client.envelope import MAX_PLAINTEXT_BYTES
+from unibus.client.profile import read_stack_info
 from unibus.client.sdk import BlobRef, Client, heads_file_for
 from unibus.core.errors import ConfigError
 from unibus.core.nkeys import canonical_user_key, read_seed_file
-from unibus.stack.layout import DEFAULT_DIR, read_stack_info
+from unibus.stack.layout import DEFAULT_DIR
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ A re-add of a key that exists is an error and never changes the stored record, w
 role it asks for. A revocation flips the status; nothing is ever deleted.
 
 With ``--db FILE`` every verb works offline on a legacy membershipd SQLite file instead
-(``unibus.core.sqlitestore``; ``add`` creates the file when it is missing).
+(``unibus.migrate.legacy``; ``add`` creates the file when it is missing).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.provisioning import Asset, AssetKind, AssetStatus, asset_status
 from unibus.core.retry import retry_until
-from unibus.core.sqlitestore import SQLiteStore
+from unibus.migrate.legacy import SQLiteStore
 
 T = TypeVar("T")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from unibus.controlplane.authz import Decision, check_user
 from unibus.controlplane.errors import ApiError, unauthorized, unavailable
-from unibus.core.authz import Decision, check_user
 from unibus.core.errors import ConflictError, StoreError
 from unibus.core.models import Role, UserRecord
 from unibus.core.signing import RequestSignatureError, VerifiedRequest, verify_request

@@ -488,7 +488,7 @@ def _member_imports() -> list[str]:
 
 @functools.cache
 def _template() -> str:
-    return (resources.files("unibus.core") / "templates" / "nats-server.conf").read_text(
+    return (resources.files("unibus.stack") / "templates" / "nats-server.conf").read_text(
         encoding="utf-8"
     )
 

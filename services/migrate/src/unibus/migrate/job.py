@@ -42,14 +42,14 @@ from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import MemberRecord, RoomRecord, SealedKeyRecord, Status, UserRecord
 from unibus.core.pipeline import pipelined
 from unibus.core.provisioning import ASSETS, Asset, AssetKind, Provisioning, provision
-from unibus.core.snapshot import (
+from unibus.migrate.legacy import LEGACY_COLUMNS, LegacyFormatError, open_connection
+from unibus.migrate.snapshot import (
     Snapshot,
     export_kv,
     export_sqlite,
     member_id,
     sealed_key_id,
 )
-from unibus.core.sqlitestore import LEGACY_COLUMNS, LegacyFormatError, open_connection
 
 Progress = Callable[[str], None]
 DEFAULT_OP_TIMEOUT: Final = 5.0

@@ -11,12 +11,12 @@ import secrets
 from collections.abc import Sequence
 from typing import Final
 
-from unibus.core.certs import NodeSpec, init_certs
 from unibus.core.files import write_private
-from unibus.core.natsconf import AuthIdentities
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
+from unibus.stack.certs import NodeSpec, init_certs
 from unibus.stack.layout import StackLayout
+from unibus.stack.natsconf import AuthIdentities
 
 __all__ = ["ADMIN_PUB", "SEEDS", "auth_identities", "ensure_material"]
 

@@ -29,7 +29,7 @@ from unibus.core.models import (
     UserRecord,
     decode,
 )
-from unibus.core.sqlitestore import SQLiteStore
+from unibus.migrate.legacy import SQLiteStore
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):

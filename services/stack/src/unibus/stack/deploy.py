@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from unibus.core.certs import NodeSpec
+from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.errors import CertificateError, ConfigError
-from unibus.core.natsconf import NatsToggles
+from unibus.stack.certs import NodeSpec
 from unibus.stack.compose import (
     API_PORT,
     CLIENT_PORT,
@@ -47,8 +47,9 @@ from unibus.stack.compose import (
     render_configs,
     role_files,
 )
-from unibus.stack.layout import NodeInfo, StackInfo, StackLayout, stack_info, write_stack_info
+from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import auth_identities, ensure_material
+from unibus.stack.natsconf import NatsToggles
 
 __all__ = [
     "EXAMPLE_TOPOLOGY",
@@ -377,7 +378,7 @@ def render(
         written.append(host_dir)
     # The operator's copy renders every node's env with its own node first; nothing on the
     # hosts depends on what is left in _material/env.
-    write_stack_info(layout, _stack_info(layout, topology))
+    write_stack_info(layout.root, _stack_info(layout, topology))
     return written
 
 
