@@ -27,7 +27,7 @@ from tests.integration.deployment import Deployment, Listener, deployed
 from tests.integration.harness import StackFactory, bounded, eventually, run_cli, vm_hwm_kib
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import successor
-from unibus.client.connection import BusConnection, BusUnavailable
+from unibus.client.connection import BusConnection, BusUnavailableError
 from unibus.client.crypto import open_room_key
 from unibus.client.envelope import Sealer, decode_envelope
 from unibus.client.room import RollbackError, RoomError
@@ -234,7 +234,7 @@ async def test_the_sdk_sends_no_connect_to_a_listener_that_offers_clear_text(
     relay: _StrippingRelay, pinned_ca: Path
 ) -> None:
     url = await relay.start()
-    with pytest.raises(BusUnavailable):
+    with pytest.raises(BusUnavailableError):
         async with bounded(30):
             await BusConnection.connect(
                 [url], KeyPair.generate(Prefix.USER), ca_file=pinned_ca, connect_budget=3.0

@@ -14,7 +14,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from tests.integration.harness import StackFactory, bounded, create_room, eventually, user_record
-from unibus.client.connection import AccessDenied, BusConnection, BusUnavailable
+from unibus.client.connection import AccessDeniedError, BusConnection, BusUnavailableError
 from unibus.core import naming
 from unibus.core.errors import ConfigError, PostureError
 from unibus.core.kvstore import JetStreamStore
@@ -166,9 +166,9 @@ async def test_a_kicked_client_reconnects_by_itself_with_its_new_permissions(
 
     await bob.close()
     assert bob.is_closed
-    with pytest.raises(BusUnavailable, match="closed"):
+    with pytest.raises(BusUnavailableError, match="closed"):
         await bob.publish(shared, b"after close")
-    with pytest.raises(BusUnavailable, match="closed"):
+    with pytest.raises(BusUnavailableError, match="closed"):
         await bob.wait_connected(timeout=1)
 
 
@@ -221,31 +221,31 @@ async def test_a_revoked_user_gets_access_denied_within_a_bounded_time(
     async def refused() -> bool:
         try:
             await bob.wait_connected(timeout=1)
-        except AccessDenied:
+        except AccessDeniedError:
             return True
         return False
 
     # Refusals must last the re-authorization window (30 s by default) before a once
     # accepted identity gives up: a callout refuses everyone during an election too.
-    await eventually(refused, until=bool, timeout=75, what="AccessDenied surfaced")
+    await eventually(refused, until=bool, timeout=75, what="AccessDeniedError surfaced")
     assert bob.is_closed
     async with bounded(5):
-        with pytest.raises(AccessDenied, match="revoked"):
+        with pytest.raises(AccessDeniedError, match="revoked"):
             await bob.wait_connected()
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await bob.publish(subject, b"x")
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await bob.request(subject, b"x", timeout=1)
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             bob.jetstream()
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await bob.subscribe(subject, Inbox())
 
     # A new connection with the revoked key, and one with an unknown key, are refused too.
     async with bounded(30):
-        with pytest.raises(AccessDenied, match="unibus keygen"):
+        with pytest.raises(AccessDeniedError, match="unibus keygen"):
             await world.connect(world.bob)
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await world.connect(KeyPair.generate(Prefix.USER))
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.harness import StackFactory, bounded, eventually, user_record
 from unibus.client.api import ApiClient
-from unibus.client.connection import AccessDenied, BusConnection
+from unibus.client.connection import AccessDeniedError, BusConnection
 from unibus.client.sdk import Client
 from unibus.core import naming
 from unibus.core.connect import NatsTarget, connect
@@ -254,7 +254,7 @@ async def test_a_revocation_committed_during_the_election_stays_enforced(
             await _connect_once(stack, member, stack.spec.node_names)
         await asyncio.sleep(0.2)
     assert attempts > 10
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         await BusConnection.connect(
             [stack.client_url(n) for n in stack.spec.node_names],
             member,

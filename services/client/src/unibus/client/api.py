@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import httpx
 import msgspec
 
+from unibus.client.errors import ApiError, ApiUnavailableError
 from unibus.core.apimodels import (
     BlobView,
     ErrorView,
@@ -28,7 +29,6 @@ from unibus.core.apimodels import (
     SealedKeyView,
     UserView,
 )
-from unibus.core.errors import UnibusError
 from unibus.core.models import Role
 from unibus.core.nkeys import KeyPair
 from unibus.core.signing import HEADER_CONTENT_SHA256, body_digest, sign_request
@@ -42,16 +42,6 @@ DEFAULT_RETRY_BUDGET: Final = 15.0
 """How long a call keeps trying while no node can take it (an election takes 5-7 s)."""
 
 
-class ApiError(UnibusError):
-    """The API answered with an error (``status``, stable ``code``), or no node answered."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} ({status} {code})")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class ApiClient:
     def __init__(
         self,
@@ -61,7 +51,10 @@ class ApiClient:
         ca_file: Path | None = None,
         timeout: float = 30.0,
         retry_budget: float = DEFAULT_RETRY_BUDGET,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``transport`` replaces the network (``httpx.MockTransport`` in tests); TLS
+        settings then do not apply."""
         if not urls:
             raise ValueError("no API URL given")
         self._urls = list(urls)
@@ -70,7 +63,7 @@ class ApiClient:
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
             verify = ssl.create_default_context(cafile=str(ca_file))
-        self._http = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self._http = httpx.AsyncClient(verify=verify, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -165,7 +158,7 @@ class ApiClient:
             if loop.time() + pause > deadline:
                 if unavailable is not None:
                     _raise_for(unavailable)
-                raise ApiError(0, "unreachable", f"no API node answered ({type(last).__name__})")
+                raise ApiUnavailableError(f"no API node answered ({type(last).__name__})")
             await asyncio.sleep(pause)
             pause = min(_RETRY_CAP, pause * 2)
 
@@ -268,4 +261,10 @@ def _raise_for(response: httpx.Response) -> None:
     raise ApiError(response.status_code, error.error, error.message)
 
 
-__all__ = ["HEADER_CONTENT_SHA256", "ApiClient", "ApiError"]
+__all__ = [
+    "DEFAULT_RETRY_BUDGET",
+    "HEADER_CONTENT_SHA256",
+    "ApiClient",
+    "ApiError",
+    "ApiUnavailableError",
+]

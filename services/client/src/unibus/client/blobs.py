@@ -24,7 +24,22 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.utils
 
-from unibus.core.errors import UnibusError
+from unibus.client.errors import BlobError
+
+__all__ = [
+    "BLOB_KIND",
+    "CHUNK",
+    "KEY_BYTES",
+    "BlobError",
+    "BlobOpener",
+    "BlobRef",
+    "Progress",
+    "Sealed",
+    "new_blob_key",
+    "open_blob",
+    "seal_file",
+    "sealed_size",
+]
 
 BLOB_KIND: Final = "unibus.blob.v1"
 CHUNK: Final = 64 * 1024
@@ -38,10 +53,6 @@ _TAG_FINAL: Final = nacl.bindings.crypto_secretstream_xchacha20poly1305_TAG_FINA
 
 Progress = Callable[[str, int, int], None]
 """``(phase, done, total)`` in bytes; phases ``encrypt``, ``upload``, ``download``."""
-
-
-class BlobError(UnibusError):
-    """A blob that does not open, or does not match its announcement."""
 
 
 def new_blob_key() -> bytes:

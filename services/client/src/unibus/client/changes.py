@@ -21,6 +21,11 @@ from unibus.core.roomchain import (
     state_digest,
 )
 
+__all__ = [
+    "genesis",
+    "successor",
+]
+
 
 def _sealed(
     actor: KeyPair, state: RoomState, sealed_by_member: Mapping[str, bytes]

@@ -14,7 +14,7 @@ re-subscribes everything its callers subscribed, bumps ``generation`` and awaits
 (JetStream consumers; callers re-acquire ``jetstream()``).
 
 A bus that refuses the identity ``max_denials`` times in a row (revoked or unknown key)
-ends the connection with ``AccessDenied``: ``wait_connected``, ``publish`` and ``request``
+ends the connection with ``AccessDeniedError``: ``wait_connected``, ``publish`` and ``request``
 raise it instead of hanging. A refusal does not say why: a callout that cannot read a
 quorum of its store refuses too (it fails closed) while a node's election runs. So an
 identity the bus accepted before gives up only once refusals have also lasted
@@ -40,11 +40,26 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.client import JetStreamContext
 
+from unibus.client.errors import AccessDeniedError, BusUnavailableError
 from unibus.core import naming
 from unibus.core.connect import NatsTarget, tls_options
 from unibus.core.errors import ConfigError, UnibusError
 from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair, Prefix
+
+__all__ = [
+    "DEFAULT_CALLBACK_TIMEOUT",
+    "DEFAULT_CONNECT_BUDGET",
+    "DEFAULT_REAUTH_BUDGET",
+    "DEFAULT_REAUTH_DENIAL_WINDOW",
+    "RECONNECT_TIME_WAIT",
+    "AccessDeniedError",
+    "BusConnection",
+    "BusUnavailableError",
+    "MessageHandler",
+    "ReauthorizedCallback",
+    "Subscription",
+]
 
 _log = get_logger("unibus.client.connection")
 
@@ -73,16 +88,8 @@ _PERMISSIONS: Final = "permissions violation"
 _rng = random.SystemRandom()
 
 
-class AccessDenied(UnibusError):
-    """The bus refuses this identity: its key is revoked or not on the allowlist."""
-
-
-class BusUnavailable(UnibusError):
-    """No node of the bus could be reached within the budget, or the connection was closed."""
-
-
-def _access_denied(user_key: str, denials: int) -> AccessDenied:
-    return AccessDenied(
+def _access_denied(user_key: str, denials: int) -> AccessDeniedError:
+    return AccessDeniedError(
         f"the bus refused identity {user_key} {denials} time(s) in a row: the key is revoked "
         "or not on the allowlist. Check that you use the right identity file; an unknown key "
         "must be added by an admin (`unibus user add`); a revoked key stays revoked, so "
@@ -257,8 +264,8 @@ class BusConnection:
         """Connect as ``identity`` to any of ``urls``.
 
         Raises:
-            AccessDenied: the bus refused the identity ``max_denials`` times in a row.
-            BusUnavailable: no node answered within ``connect_budget`` seconds.
+            AccessDeniedError: the bus refused the identity ``max_denials`` times in a row.
+            BusUnavailableError: no node answered within ``connect_budget`` seconds.
             PostureError: a non-loopback URL without ``ca_file``.
         """
         self = cls(
@@ -283,7 +290,7 @@ class BusConnection:
     def nc(self) -> NATS:
         """The current underlying connection; replaced after a re-authorization."""
         if self._session is None:
-            raise BusUnavailable("not connected yet: use `await BusConnection.connect(...)`")
+            raise BusUnavailableError("not connected yet: use `await BusConnection.connect(...)`")
         return self._session.nc
 
     @property
@@ -319,14 +326,14 @@ class BusConnection:
             kind, message = self._failure
             raise kind(message)
         if self._closed:
-            raise BusUnavailable("this bus connection was closed")
+            raise BusUnavailableError("this bus connection was closed")
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Return once connected; raise ``AccessDenied``/``BusUnavailable`` if that cannot happen.
+        """Return once connected; raise ``AccessDeniedError``/``BusUnavailableError`` if not.
 
         Raises:
             TimeoutError: still not connected after ``timeout`` seconds.
@@ -583,9 +590,9 @@ class BusConnection:
         """A brand-new, connected underlying connection, within ``budget`` seconds.
 
         Raises:
-            AccessDenied: ``max_denials`` refusals in a row (counting those that led here),
+            AccessDeniedError: ``max_denials`` refusals in a row (counting those that led here),
                 the first of them at least ``denial_window`` seconds ago.
-            BusUnavailable: the budget ran out, or ``close()`` was called.
+            BusUnavailableError: the budget ran out, or ``close()`` was called.
         """
         deadline = time.monotonic() + budget
         attempts = 0
@@ -594,7 +601,7 @@ class BusConnection:
             if self._denied_for_good(denial_window):
                 raise _access_denied(self.user_key, self._denials)
             if self._closed:
-                raise BusUnavailable("this bus connection was closed")
+                raise BusUnavailableError("this bus connection was closed")
             if attempts or pause_first:
                 pause = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempts) * _rng.uniform(0.75, 1.25)
                 if time.monotonic() + pause >= deadline:
@@ -625,7 +632,7 @@ class BusConnection:
             else:
                 problem = session.problem
                 _log.info("bus connection attempt failed", attempt=attempts, error=problem)
-        raise BusUnavailable(
+        raise BusUnavailableError(
             f"could not connect to the bus at {', '.join(self._urls)} within {budget:g}s "
             f"({attempts} attempt(s); last: {problem}); check the URLs and the CA file, and "
             "that at least one node is up"

@@ -24,7 +24,8 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from unibus.core.errors import IdentityError, NkeyError
+from unibus.client.errors import CryptoError
+from unibus.core.errors import NkeyError
 from unibus.core.nkeys import KeyPair, decode_seed, user_key_ed25519
 
 __all__ = [
@@ -38,19 +39,6 @@ __all__ = [
 
 ROOM_KEY_BYTES: Final = 32
 SEALED_ROOM_KEY_BYTES: Final = ROOM_KEY_BYTES + nacl.bindings.crypto_box_SEALBYTES
-
-
-class CryptoError(IdentityError):
-    """A room key that cannot be sealed or opened; ``reason`` is a stable code.
-
-    Reasons: ``bad_room_key`` (not 32 bytes), ``bad_recipient`` (not a usable user key),
-    ``bad_identity`` (not an Ed25519 key pair), ``malformed`` (a sealed box of the wrong
-    size), ``open_failed`` (not sealed to this identity, or tampered with).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def new_room_key() -> bytes:

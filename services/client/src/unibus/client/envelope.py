@@ -46,8 +46,9 @@ import msgspec
 import nacl.bindings
 import nacl.exceptions
 
+from unibus.client.errors import EnvelopeError
 from unibus.core import limits
-from unibus.core.errors import IdentityError, InvalidNameError, NkeyError
+from unibus.core.errors import InvalidNameError, NkeyError
 from unibus.core.naming import check_room_id
 from unibus.core.nkeys import KeyPair, Prefix, verify
 
@@ -155,17 +156,6 @@ def _aead_decrypt(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> byt
     if rc != 0:
         return None
     return ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
-
-
-class EnvelopeError(IdentityError):
-    """A message that was refused; ``reason`` is one of :data:`REASONS`.
-
-    ``unknown_epoch`` means "no key for that epoch and key id": refetch keys once and retry.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _fail(reason: str, message: str) -> NoReturn:

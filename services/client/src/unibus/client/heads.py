@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from unibus.core.errors import UnibusError
+from unibus.client.errors import HeadMemoryError
 from unibus.core.files import PrivateFileError, read_private, write_private
 from unibus.core.log import get_logger
 from unibus.core.roomchain import RoomState, encode_state
@@ -35,10 +35,6 @@ __all__ = ["Head", "HeadMemory", "HeadMemoryError", "state_digest"]
 _log = get_logger("unibus.client")
 HEADS_VERSION: Final = 1
 _MAX_FILE: Final = 8 * 1024 * 1024
-
-
-class HeadMemoryError(UnibusError):
-    """The device's room memory cannot be read; starting without it would forget it."""
 
 
 class Head(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ from unibus.client.changes import genesis, successor
 from unibus.client.connection import BusConnection
 from unibus.client.crypto import new_room_key, open_room_key, seal_room_key
 from unibus.client.envelope import EnvelopeError, Opened, Opener, Sealer
+from unibus.client.errors import RollbackError, RoomError
 from unibus.client.heads import HeadMemory
 from unibus.core import naming
 from unibus.core.apimodels import RoomChange
@@ -41,6 +42,19 @@ from unibus.core.roomchain import (
     is_leave,
     verify_chain,
 )
+
+__all__ = [
+    "ADMISSION_TIMEOUT",
+    "HISTORY_BATCH",
+    "PUBLISH_ATTEMPTS",
+    "PUBLISH_BUDGET",
+    "Message",
+    "RollbackError",
+    "Room",
+    "RoomError",
+    "Undeliverable",
+    "create_room",
+]
 
 _log = get_logger("unibus.client")
 HISTORY_BATCH: Final = 256
@@ -75,16 +89,6 @@ _RETRIABLE: Final = (
     nats.js.errors.ServiceUnavailableError,
 )
 """Publish failures after which the message may or may not be stored: send it again."""
-
-
-class RoomError(UnibusError):
-    """The room's chain, keys or membership do not allow what was asked."""
-
-
-class RollbackError(RoomError):
-    """The server presents an older chain than this device verified or than the room's
-    signed traffic shows: a rollback (or a server still lagging). Nothing is published
-    under the older epoch, whose key a removed member may hold."""
 
 
 class Message(msgspec.Struct, frozen=True):

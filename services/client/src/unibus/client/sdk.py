@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 from unibus.client.api import ApiClient
 from unibus.client.blobs import (
-    BlobError,
     BlobOpener,
     BlobRef,
     Progress,
@@ -29,6 +28,7 @@ from unibus.client.blobs import (
     sealed_size,
 )
 from unibus.client.connection import BusConnection
+from unibus.client.errors import BlobError
 from unibus.client.heads import HeadMemory
 from unibus.client.profile import read_stack_info
 from unibus.client.room import Room, create_room

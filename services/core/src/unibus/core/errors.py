@@ -1,7 +1,11 @@
-"""The shared library's exception hierarchy.
+"""The shared library's exception hierarchy, all of it.
 
 Services translate these into HTTP statuses or callout denial reasons at their edge
 only; inside the library they carry enough structure to decide without parsing text.
+Four classes live beside the code that raises them, because they carry that code's
+reason codes (marked with their module); every other class is defined here. The SDK's
+errors extend this tree (``unibus.client.errors``), the migration's too
+(``unibus.migrate.job``).
 
 * UnibusError
   + ConfigError            a setting or a rendered configuration is unusable
@@ -10,16 +14,20 @@ only; inside the library they carry enough structure to decide without parsing t
     - NkeyError            malformed nkey, seed, checksum or hex key
     - JWTError             malformed, oversized, badly signed or unexpected JWT
     - XKeyError            an ``xkv1`` box that cannot be opened
+    - ChainError           a room state chain that does not verify        (roomchain)
+    - RequestSignatureError  an API request whose signature is refused    (signing)
   + InvalidNameError       a value that cannot be a subject token, KV key or consumer name
   + InvalidHandleError     a user handle that is empty, unprintable or too long
   + CertificateError       certificate material missing, unreadable or refused
   + StoreError             anything the Store could not do
     - NotFoundError        no such record (storage-agnostic)
+    - RecordError          a stored record that does not decode          (models)
     - ConflictError        a create-only or compare-and-set write lost
     - StoreUnavailableError  the backend did not answer in time or failed
     - AssetMissingError    a bucket/stream that provisioning should have made is absent
   + ProvisioningError      provisioning or scaling could not finish within its budget
   + StackError             the local stack could not start, stop or be found
+  + PrivateFileError       a secret file readable by others, or unsafe to write  (files)
 """
 
 from __future__ import annotations
