@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from unibus.core import envnames
 from unibus.core.errors import ConfigError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
 from unibus.core.settings import EnvReader
@@ -46,38 +47,38 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         env = EnvReader(environ)
-        host, port = env.host_port("UNIBUS_AUTHCALLOUT_METRICS_ADDR", default=DEFAULT_METRICS_ADDR)
-        urls = env.items("UNIBUS_NATS_URLS")
+        host, port = env.host_port(envnames.AUTHCALLOUT_METRICS_ADDR, default=DEFAULT_METRICS_ADDR)
+        urls = env.items(envnames.NATS_URLS)
         if not urls:
             raise ConfigError(
                 "UNIBUS_NATS_URLS is required: the cluster's URLs, this node's first",
-                setting="UNIBUS_NATS_URLS",
+                setting=envnames.NATS_URLS,
             )
         settings = cls(
             nats_urls=urls,
-            ca_file=env.optional_path("UNIBUS_CA_FILE"),
-            callout_seed=env.path("UNIBUS_CALLOUT_SEED_FILE"),
-            issuer_seed=env.path("UNIBUS_ISSUER_SEED_FILE"),
-            xkey_seed=env.path("UNIBUS_XKEY_SEED_FILE"),
-            internal_seed=env.path("UNIBUS_INTERNAL_SEED_FILE"),
-            system_seed=env.path("UNIBUS_SYSTEM_SEED_FILE"),
+            ca_file=env.optional_path(envnames.CA_FILE),
+            callout_seed=env.path(envnames.CALLOUT_SEED_FILE),
+            issuer_seed=env.path(envnames.ISSUER_SEED_FILE),
+            xkey_seed=env.path(envnames.XKEY_SEED_FILE),
+            internal_seed=env.path(envnames.INTERNAL_SEED_FILE),
+            system_seed=env.path(envnames.SYSTEM_SEED_FILE),
             jwt_ttl=env.number(
-                "UNIBUS_JWT_TTL", default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
+                envnames.JWT_TTL, default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
             ),
             max_rooms=read_max_rooms(env),
             metrics_host=host,
             metrics_port=port,
             max_staleness=env.number(
-                "UNIBUS_VIEW_MAX_STALENESS", default=2.0, minimum=0.5, maximum=30.0
+                envnames.VIEW_MAX_STALENESS, default=2.0, minimum=0.5, maximum=30.0
             ),
             stale_grace=env.number(
-                "UNIBUS_AUTHCALLOUT_STALE_GRACE", default=1.0, minimum=0.0, maximum=1.5
+                envnames.AUTHCALLOUT_STALE_GRACE, default=1.0, minimum=0.0, maximum=1.5
             ),
             catch_up=env.number(
-                "UNIBUS_AUTHCALLOUT_CATCH_UP", default=0.5, minimum=0.05, maximum=1.5
+                envnames.AUTHCALLOUT_CATCH_UP, default=0.5, minimum=0.05, maximum=1.5
             ),
-            concurrency=env.integer("UNIBUS_AUTHCALLOUT_CONCURRENCY", default=256, minimum=1),
-            log_json=env.boolean("UNIBUS_LOG_JSON", default=True),
+            concurrency=env.integer(envnames.AUTHCALLOUT_CONCURRENCY, default=256, minimum=1),
+            log_json=env.boolean(envnames.LOG_JSON, default=True),
         )
         settings.heartbeat_check()
         return settings
@@ -87,5 +88,5 @@ class Settings:
             raise ConfigError(
                 "UNIBUS_VIEW_MAX_STALENESS must be at least twice the view heartbeat "
                 f"({self.heartbeat}s)",
-                setting="UNIBUS_VIEW_MAX_STALENESS",
+                setting=envnames.VIEW_MAX_STALENESS,
             )

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unibus.controlplane.quota import DEFAULT_BLOB_BUDGET
+from unibus.core import envnames
 from unibus.core.connect import is_loopback_host
 from unibus.core.errors import ConfigError, NkeyError, PostureError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.settings import EnvReader
+
+__all__ = ["DEFAULT_MAX_BLOB_BYTES", "DEFAULT_PORT", "Settings"]
 
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
@@ -34,9 +37,9 @@ class Settings:
     skew: float = 60.0
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     max_rooms: int = DEFAULT_MAX_ROOMS
+    """Rooms per user (``unibus.core.limits``, shared with the callout)."""
     blob_budget: int = DEFAULT_BLOB_BUDGET
     """Blob bytes one user may upload through this node per hour (``quota``)."""
-    """Rooms per user (``unibus.core.limits``, shared with the callout)."""
     op_timeout: float = 2.0
     quorum_max_age: float = 0.5
     bootstrap_admin: str | None = None
@@ -49,49 +52,49 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         env = EnvReader(environ)
-        urls = env.items("UNIBUS_NATS_URLS")
+        urls = env.items(envnames.NATS_URLS)
         if not urls:
-            raise ConfigError("UNIBUS_NATS_URLS is required", setting="UNIBUS_NATS_URLS")
-        host, port = env.host_port("UNIBUS_API_ADDR", default=f"127.0.0.1:{DEFAULT_PORT}")
+            raise ConfigError("UNIBUS_NATS_URLS is required", setting=envnames.NATS_URLS)
+        host, port = env.host_port(envnames.API_ADDR, default=f"127.0.0.1:{DEFAULT_PORT}")
         metrics_host, metrics_port = env.host_port(
-            "UNIBUS_API_METRICS_ADDR", default="127.0.0.1:9470"
+            envnames.API_METRICS_ADDR, default="127.0.0.1:9470"
         )
-        admin = env.optional_str("UNIBUS_BOOTSTRAP_ADMIN")
+        admin = env.optional_str(envnames.BOOTSTRAP_ADMIN)
         if admin is not None:
             try:
                 admin = canonical_user_key(admin)
             except NkeyError:
                 raise ConfigError(
                     "UNIBUS_BOOTSTRAP_ADMIN must be a user public key (U… or 64 hex)",
-                    setting="UNIBUS_BOOTSTRAP_ADMIN",
+                    setting=envnames.BOOTSTRAP_ADMIN,
                 ) from None
         settings = cls(
             nats_urls=urls,
-            ca_file=env.optional_path("UNIBUS_CA_FILE"),
-            internal_seed=env.path("UNIBUS_INTERNAL_SEED_FILE"),
-            system_seed=env.path("UNIBUS_SYSTEM_SEED_FILE"),
+            ca_file=env.optional_path(envnames.CA_FILE),
+            internal_seed=env.path(envnames.INTERNAL_SEED_FILE),
+            system_seed=env.path(envnames.SYSTEM_SEED_FILE),
             host=host,
             port=port,
-            tls_cert=env.optional_path("UNIBUS_API_TLS_CERT"),
-            tls_key=env.optional_path("UNIBUS_API_TLS_KEY"),
+            tls_cert=env.optional_path(envnames.API_TLS_CERT),
+            tls_key=env.optional_path(envnames.API_TLS_KEY),
             metrics_host=metrics_host,
             metrics_port=metrics_port,
-            node=env.string("UNIBUS_NODE_NAME", default=""),
-            cluster_size=env.integer("UNIBUS_CLUSTER_SIZE", default=len(urls), minimum=1),
-            skew=env.number("UNIBUS_API_SKEW", default=60.0, minimum=1.0, maximum=3600.0),
+            node=env.string(envnames.NODE_NAME, default=""),
+            cluster_size=env.integer(envnames.CLUSTER_SIZE, default=len(urls), minimum=1),
+            skew=env.number(envnames.API_SKEW, default=60.0, minimum=1.0, maximum=3600.0),
             max_blob_bytes=env.integer(
-                "UNIBUS_MAX_BLOB_BYTES", default=DEFAULT_MAX_BLOB_BYTES, minimum=1
+                envnames.MAX_BLOB_BYTES, default=DEFAULT_MAX_BLOB_BYTES, minimum=1
             ),
             max_rooms=read_max_rooms(env),
             blob_budget=env.integer(
-                "UNIBUS_BLOB_BUDGET_BYTES", default=DEFAULT_BLOB_BUDGET, minimum=1
+                envnames.BLOB_BUDGET_BYTES, default=DEFAULT_BLOB_BUDGET, minimum=1
             ),
-            op_timeout=env.number("UNIBUS_OP_TIMEOUT", default=2.0, minimum=0.1, maximum=60.0),
+            op_timeout=env.number(envnames.OP_TIMEOUT, default=2.0, minimum=0.1, maximum=60.0),
             quorum_max_age=env.number(
-                "UNIBUS_API_QUORUM_MAX_AGE", default=0.5, minimum=0.0, maximum=5.0
+                envnames.API_QUORUM_MAX_AGE, default=0.5, minimum=0.0, maximum=5.0
             ),
             bootstrap_admin=admin,
-            log_json=env.boolean("UNIBUS_LOG_JSON", default=True),
+            log_json=env.boolean(envnames.LOG_JSON, default=True),
         )
         settings.check_posture()
         return settings
@@ -100,11 +103,11 @@ class Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 "set both UNIBUS_API_TLS_CERT and UNIBUS_API_TLS_KEY, or neither",
-                setting="UNIBUS_API_TLS_CERT",
+                setting=envnames.API_TLS_CERT,
             )
         if self.tls_cert is None and not (is_loopback_host(self.host) and self.cluster_size == 1):
             raise PostureError(
                 "plain HTTP is allowed only for a single-node stack on loopback: set "
                 "UNIBUS_API_TLS_CERT/UNIBUS_API_TLS_KEY (the node's data-plane certificate)",
-                setting="UNIBUS_API_TLS_CERT",
+                setting=envnames.API_TLS_CERT,
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from unibus.core import naming
+from unibus.core import envnames, naming
 from unibus.core.settings import EnvReader
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "read_max_rooms",
 ]
 
-MAX_ROOMS_ENV: Final = "UNIBUS_MAX_ROOMS"
+MAX_ROOMS_ENV: Final = envnames.MAX_ROOMS
 DEFAULT_MAX_ROOMS: Final = 256
 """Rooms per user: at the cap the user JWT is ~340 KB, well under the 1 MB payload limit."""
 _MAX_ROOMS_CEILING: Final = 1024

@@ -37,19 +37,18 @@ from typing import Final
 from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.errors import ConfigError
 from unibus.core.files import make_private_dirs, write_private
+from unibus.stack import topology
 from unibus.stack.certs import CertLayout, NodeSpec
 from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import ADMIN_PUB, auth_identities, ensure_material
 from unibus.stack.natsconf import (
     AuthIdentities,
-    ClientTLS,
-    ClusterConfig,
     NatsToggles,
     NodeConfig,
-    RouteTLS,
     render_node_config,
     write_node_config,
 )
+from unibus.stack.topology import NodePlacement, RoutePlacement, ServicePlacement
 
 __all__ = [
     "API_PORT",
@@ -74,6 +73,7 @@ __all__ = [
 DEFAULT_COMPOSE_DIR: Final = Path(".unibus-compose")
 CONTAINER_ROOT: Final = Path("/etc/unibus")
 """Where every container mounts its role's material (read-only)."""
+CONTAINER_CERTS: Final = CertLayout.at(CONTAINER_ROOT / "certs")
 STORE_DIR: Final = Path("/data/jetstream")
 CLIENT_PORT: Final = 4222
 ROUTE_PORT: Final = 6222
@@ -237,34 +237,22 @@ def node_config(
     ``route_secret_file`` is the host path: the secret is read at render time and only
     the rendered config (mounted read-only) carries it.
     """
-    certs = CertLayout.at(CONTAINER_ROOT / "certs")
-    return NodeConfig(
-        server_name=node.name,
+    placement = NodePlacement(
+        name=node.name,
         listen_host="0.0.0.0",  # noqa: S104 - inside the container; publishing decides exposure
-        listen_port=CLIENT_PORT,
+        client_port=CLIENT_PORT,
         store_dir=STORE_DIR,
-        client_tls=ClientTLS(
-            cert_file=certs.server_cert(node.name), key_file=certs.server_key(node.name)
-        ),
-        auth=auth,
-        cluster=ClusterConfig(
-            name=CLUSTER_NAME,
+        certs=CONTAINER_CERTS,
+        route=RoutePlacement(
+            cluster_name=CLUSTER_NAME,
             listen_host="0.0.0.0",  # noqa: S104 - the route port is published to peers only
             listen_port=ROUTE_PORT,
             advertise=f"{node.route_host}:{ROUTE_PORT}",
             routes=tuple(f"{peer.route_host}:{ROUTE_PORT}" for peer in nodes),
             secret_file=route_secret_file,
-            tls=RouteTLS(
-                cert_file=certs.route_cert(node.name),
-                key_file=certs.route_key(node.name),
-                ca_file=certs.route_ca_cert,
-            ),
         ),
     )
-
-
-def _container_path(relative: str) -> str:
-    return str(CONTAINER_ROOT / relative)
+    return topology.node_config(placement, auth)
 
 
 def service_env(
@@ -276,31 +264,17 @@ def service_env(
     node comes first (it is tried first).
     """
     own_first = [node, *(n for n in nats_hosts if n != node)]
-    common = {
-        "UNIBUS_NATS_URLS": ",".join(f"tls://{nats_hosts[n]}:{CLIENT_PORT}" for n in own_first),
-        "UNIBUS_CA_FILE": _container_path("certs/client-ca.pem"),
-        "UNIBUS_INTERNAL_SEED_FILE": _container_path("identities/internal.seed"),
-        "UNIBUS_SYSTEM_SEED_FILE": _container_path("identities/system.seed"),
-        "UNIBUS_NODE_NAME": node,
-    }
-    if service == "authcallout":
-        return {
-            **common,
-            "UNIBUS_CALLOUT_SEED_FILE": _container_path("identities/callout.seed"),
-            "UNIBUS_ISSUER_SEED_FILE": _container_path("identities/issuer.seed"),
-            "UNIBUS_XKEY_SEED_FILE": _container_path("identities/xkey.seed"),
-            "UNIBUS_AUTHCALLOUT_METRICS_ADDR": CALLOUT_METRICS,
-        }
-    if service == "controlplane":
-        return {
-            **common,
-            "UNIBUS_CLUSTER_SIZE": str(cluster_size),
-            "UNIBUS_API_ADDR": f"0.0.0.0:{API_PORT}",
-            "UNIBUS_API_METRICS_ADDR": API_METRICS,
-            "UNIBUS_API_TLS_CERT": _container_path(f"certs/nodes/{node}/server.pem"),
-            "UNIBUS_API_TLS_KEY": _container_path(f"certs/nodes/{node}/server-key.pem"),
-        }
-    raise ConfigError(f"unknown service {service!r}")
+    placement = ServicePlacement(
+        node=node,
+        nats_urls=[f"tls://{nats_hosts[n]}:{CLIENT_PORT}" for n in own_first],
+        certs=CONTAINER_CERTS,
+        identities=CONTAINER_ROOT / "identities",
+        cluster_size=cluster_size,
+        api_addr=f"0.0.0.0:{API_PORT}",
+        api_metrics_addr=API_METRICS,
+        callout_metrics_addr=CALLOUT_METRICS,
+    )
+    return topology.service_env(service, placement)
 
 
 def _env_text(env: Mapping[str, str]) -> str:

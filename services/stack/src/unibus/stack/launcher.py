@@ -26,6 +26,7 @@ from typing import Final
 from nats.aio.client import Client as NATS
 
 from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
+from unibus.core import envnames
 from unibus.core.bootstrap import provision_cluster
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StackError
@@ -33,24 +34,28 @@ from unibus.core.log import get_logger
 from unibus.core.nkeys import read_seed_file
 from unibus.core.provisioning import Provisioning, ProvisionReport
 from unibus.core.retry import retry_until
+from unibus.stack import topology
 from unibus.stack.certs import NodeSpec
 from unibus.stack.layout import StackLayout, StackSpec, stack_info
 from unibus.stack.material import auth_identities, ensure_material
 from unibus.stack.natsconf import (
     AuthIdentities,
-    ClientTLS,
-    ClusterConfig,
     NatsToggles,
     NodeConfig,
-    RouteTLS,
     render_node_config,
     write_node_config,
+)
+from unibus.stack.topology import (
+    SERVICES,
+    NodePlacement,
+    RoutePlacement,
+    ServicePlacement,
+    service_env,
 )
 
 STOP_TIMEOUT: Final = 10.0
 HAND_OVER: Final = 2.0
 """Seconds a planned stop leaves between lame duck (leaderships handed over) and SIGTERM."""
-SERVICES: Final = ("authcallout", "controlplane")
 _log = get_logger("unibus.stack")
 
 
@@ -174,36 +179,28 @@ class LocalStack:
         name = self.spec.node_names[index]
         ports = self.spec.ports[index]
         bind = self.spec.bind
-        certs = self.layout.certs
-        cluster = None
+        route = None
         if self.spec.size > 1:
-            cluster = ClusterConfig(
-                name=self.spec.cluster_name,
+            route = RoutePlacement(
+                cluster_name=self.spec.cluster_name,
                 listen_host=bind,
                 listen_port=ports.route,
                 advertise=f"{bind}:{ports.route}",
                 routes=tuple(f"{bind}:{p.route}" for p in self.spec.ports),
                 secret_file=self.layout.route_secret,
-                tls=RouteTLS(
-                    cert_file=certs.route_cert(name),
-                    key_file=certs.route_key(name),
-                    ca_file=certs.route_ca_cert,
-                ),
             )
-        return NodeConfig(
-            server_name=name,
+        placement = NodePlacement(
+            name=name,
             listen_host=bind,
-            listen_port=ports.client,
+            client_port=ports.client,
             store_dir=self.layout.node_store(name),
-            client_tls=ClientTLS(
-                cert_file=certs.server_cert(name), key_file=certs.server_key(name)
-            ),
-            auth=self.auth_identities(),
-            cluster=cluster,
+            certs=self.layout.certs,
+            route=route,
             monitor_port=ports.monitor,
             log_file=self.layout.node_log(name),
             pid_file=self.layout.node_pid(name),
         )
+        return topology.node_config(placement, self.auth_identities())
 
     # -- processes ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -272,31 +269,30 @@ class LocalStack:
 
     # -- unibus services -------------------------------------------------------------------------
     def service_env(self, node: str) -> dict[str, str]:
-        """What one node's services are configured with: file paths, never secrets."""
+        """What one node's services are configured with: file paths, never secrets.
+
+        Both services of a node share one environment here (each reads its own names),
+        under the operator's own ``UNIBUS_*`` settings.
+        """
         names = self.spec.node_names
         own_first = (node, *(n for n in names if n != node))
         ports = self.spec.ports[names.index(node)]
-        env = {k: v for k, v in self._environ.items() if k.startswith("UNIBUS_")}
-        env.update(
-            {
-                "PATH": os.environ.get("PATH", ""),
-                "UNIBUS_NATS_URLS": ",".join(self.client_url(n) for n in own_first),
-                "UNIBUS_CA_FILE": str(self.layout.certs.client_ca_cert),
-                "UNIBUS_CALLOUT_SEED_FILE": str(self.layout.identity("callout")),
-                "UNIBUS_ISSUER_SEED_FILE": str(self.layout.identity("issuer")),
-                "UNIBUS_XKEY_SEED_FILE": str(self.layout.identity("xkey")),
-                "UNIBUS_INTERNAL_SEED_FILE": str(self.layout.identity("internal")),
-                "UNIBUS_SYSTEM_SEED_FILE": str(self.layout.identity("system")),
-                "UNIBUS_AUTHCALLOUT_METRICS_ADDR": f"127.0.0.1:{ports.callout_metrics}",
-                "UNIBUS_NODE_NAME": node,
-                "UNIBUS_CLUSTER_SIZE": str(self.spec.size),
-                "UNIBUS_API_ADDR": f"{self.spec.bind}:{ports.api}",
-                "UNIBUS_API_METRICS_ADDR": f"127.0.0.1:{ports.api_metrics}",
-                "UNIBUS_API_TLS_CERT": str(self.layout.certs.server_cert(node)),
-                "UNIBUS_API_TLS_KEY": str(self.layout.certs.server_key(node)),
-                "UNIBUS_BOOTSTRAP_ADMIN": read_seed_file(self.layout.identity("admin")).public_key,
-            }
+        placement = ServicePlacement(
+            node=node,
+            nats_urls=[self.client_url(n) for n in own_first],
+            certs=self.layout.certs,
+            identities=self.layout.identities,
+            cluster_size=self.spec.size,
+            api_addr=f"{self.spec.bind}:{ports.api}",
+            api_metrics_addr=f"127.0.0.1:{ports.api_metrics}",
+            callout_metrics_addr=f"127.0.0.1:{ports.callout_metrics}",
         )
+        env = {k: v for k, v in self._environ.items() if k.startswith(envnames.PREFIX)}
+        env["PATH"] = os.environ.get("PATH", "")
+        for service in SERVICES:
+            env.update(service_env(service, placement))
+        admin = read_seed_file(self.layout.identity("admin")).public_key
+        env[envnames.BOOTSTRAP_ADMIN] = admin
         return env
 
     def start_service(self, service: str, node: str) -> None:
