@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -52,6 +52,7 @@ from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.provisioning import Asset, AssetKind, AssetStatus, asset_status
 from unibus.core.retry import retry_until
+from unibus.core.store import Store
 from unibus.migrate.legacy import SQLiteStore
 
 T = TypeVar("T")
@@ -147,18 +148,10 @@ def users_table(users: Sequence[UserRecord]) -> str:
 
 
 # -- parser ------------------------------------------------------------------------------------
-def _add_timeout_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="give up after this long; until then every step is retried, e.g. while "
-        f"a new leader is elected (default {DEFAULT_TIMEOUT:g})",
-    )
-
-
-def _add_db_arg(parser: argparse.ArgumentParser) -> None:
+def _add_shared_args(
+    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    add_target_args(parser)
     parser.add_argument(
         "--db",
         type=Path,
@@ -167,6 +160,16 @@ def _add_db_arg(parser: argparse.ArgumentParser) -> None:
         help="work on a legacy membershipd SQLite file instead of the live bucket "
         "(user add creates it when missing)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up after this long; until then every step is retried, e.g. while "
+        f"a new leader is elected (default {DEFAULT_TIMEOUT:g})",
+    )
+    add_json_arg(parser)
+    parser.set_defaults(handler=handler)
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
@@ -196,22 +199,14 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         metavar="{" + ",".join(ROLES) + "}",
         help="member (default) or admin",
     )
-    add_target_args(add)
-    _add_db_arg(add)
-    _add_timeout_arg(add)
-    add_json_arg(add)
-    add.set_defaults(handler=_add)
+    _add_shared_args(add, _add)
 
     listing = sub.add_parser(
         "list",
         help="every allowlisted user with role and status",
         description="Print every user of UNIBUS_users (key, handle, role, status).",
     )
-    add_target_args(listing)
-    _add_db_arg(listing)
-    _add_timeout_arg(listing)
-    add_json_arg(listing)
-    listing.set_defaults(handler=_list)
+    _add_shared_args(listing, _list)
 
     revoke = sub.add_parser(
         "revoke",
@@ -220,16 +215,51 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         "user changes nothing and succeeds.",
     )
     revoke.add_argument("key", metavar="KEY", help="U… public key or 64 hex digits")
-    add_target_args(revoke)
-    _add_db_arg(revoke)
-    _add_timeout_arg(revoke)
-    add_json_arg(revoke)
-    revoke.set_defaults(handler=_revoke)
+    _add_shared_args(revoke, _revoke)
 
 
-# -- the live bucket ---------------------------------------------------------------------------
+# -- where the allowlist lives ----------------------------------------------------------------
+class _Retry(Protocol):
+    """``_Session.retry`` or ``_once``; a protocol because a ``Callable`` cannot be generic."""
+
+    async def __call__(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        give_up_on: tuple[type[BaseException], ...] = ...,
+    ) -> T: ...
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a backend adds to a write's report, worded as each backend always printed it."""
+
+    json: dict[str, Any]
+    after_change: str = ""
+    after_noop: str = ""
+    lines: tuple[str, ...] = ()
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """What a verb needs besides the ``Store``; the contract suite keeps the stores alike."""
+
+    store: Store
+    retry: _Retry
+    report_extra: Callable[[], Awaitable[_Extra]]
+    """Called after the write and before the store closes: the live report reads the bus."""
+    name: str
+    """The allowlist as messages name it: the bucket, or the file."""
+    located: str = ""
+    missing_hint: str = ""
+
+
 @dataclass(frozen=True)
 class _Session:
+    """The live bucket: each step is retried until ``--timeout`` while a leader is elected."""
+
     nc: NATS
     store: JetStreamStore
     cluster_size: int
@@ -254,22 +284,29 @@ class _Session:
             give_up_on=give_up_on,
         )
 
-    async def replication(self) -> AssetStatus | None:
-        """The users bucket's replication now; ``None`` if its leader does not answer.
-
-        Best effort after a committed write: it gets at least one full attempt even when
-        the write used up the budget.
-        """
+    async def report_extra(self) -> _Extra:
+        # Best effort after a committed write: the replication read gets at least one
+        # full attempt even when the write used up the budget.
         js = self.nc.jetstream(timeout=OP_TIMEOUT)
+        status: AssetStatus | None
         try:
-            return await retry_until(
+            status = await retry_until(
                 f"{naming.USERS_BUCKET} replication",
                 lambda: asset_status(js, USERS_ASSET, cluster_size=self.cluster_size),
                 budget=min(REPLICATION_BUDGET, max(ATTEMPT_TIMEOUT, self.remaining())),
                 attempt_timeout=ATTEMPT_TIMEOUT,
             )
         except Exception:  # noqa: BLE001 - the write is done; the report is best effort
-            return None
+            status = None
+        return _Extra(
+            json={"replication": replication_json(status)},
+            after_noop="; nothing changed",
+            lines=(replication_line(status),),
+            warning=None
+            if status is not None
+            else f"warning: {naming.USERS_BUCKET}'s replication could not be read after the "
+            "operation; check `unibus status`",
+        )
 
 
 def check_timeout(timeout: float) -> float:
@@ -307,6 +344,42 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[_Session]:
         await nc.close()
 
 
+async def _once(
+    what: str,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    give_up_on: tuple[type[BaseException], ...] = _NO_RETRY,
+) -> T:
+    # A local file has no leader to wait for: a failure is already the answer.
+    return await operation()
+
+
+@asynccontextmanager
+async def _backend(args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[_Backend]:
+    if args.db is None:
+        async with _session(args) as session:
+            yield _Backend(
+                store=session.store,
+                retry=session.retry,
+                report_extra=session.report_extra,
+                name=naming.USERS_BUCKET,
+                missing_hint=" (see `unibus user list`)",
+            )
+        return
+    path: Path = args.db
+    store = await SQLiteStore.open(path, create=create)
+
+    async def file_extra() -> _Extra:
+        return _Extra(json={"db": str(path)}, after_change=f" in {path}")
+
+    try:
+        yield _Backend(
+            store=store, retry=_once, report_extra=file_extra, name=str(path), located=f" in {path}"
+        )
+    finally:
+        await store.close()
+
+
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     # Logs go to stderr (structlog's default is stdout, where --json output goes); the
     # per-attempt retry notes stay below the level shown, so a failure ends in one line.
@@ -318,20 +391,18 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def _add(args: argparse.Namespace) -> int:
     record = new_user(args.key, args.handle, args.role)
     check_timeout(args.timeout)
-    if args.db is not None:
-        return _run(_db_add(args, record))
     return _run(_add_async(args, record))
 
 
 async def _add_async(args: argparse.Namespace, record: UserRecord) -> int:
-    async with _session(args) as session:
-        store = session.store
+    async with _backend(args, create=True) as backend:
+        store = backend.store
         try:
-            written = await session.retry(f"add user {record.key}", lambda: store.add_user(record))
+            written = await backend.retry(f"add user {record.key}", lambda: store.add_user(record))
         except ConflictError:
             # Either the key was there before, or an earlier attempt of this run landed
             # and only its acknowledgement was lost: the stored record tells which.
-            stored = await session.retry(
+            stored = await backend.retry(
                 f"read user {record.key}",
                 lambda: store.get_user(record.key),
                 give_up_on=(NotFoundError, AssetMissingError, RecordError),
@@ -340,32 +411,30 @@ async def _add_async(args: argparse.Namespace, record: UserRecord) -> int:
                 existing = stored.value
                 state = "" if existing.is_active else ", revoked"
                 raise ConflictError(
-                    f"user {record.key} already exists (role {existing.role.value}{state}); "
-                    "a re-add never changes a role"
+                    f"user {record.key} already exists{backend.located} "
+                    f"(role {existing.role.value}{state}); a re-add never changes a role"
                 ) from None
             written = stored
-        replication = await session.replication()
-    _report(args, "added", written, replication)
+        extra = await backend.report_extra()
+    _report(args, "added", written, extra)
     return 0
 
 
 # -- list --------------------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
     check_timeout(args.timeout)
-    if args.db is not None:
-        return _run(_db_list(args))
     return _run(_list_async(args))
 
 
 async def _list_async(args: argparse.Namespace) -> int:
-    async with _session(args) as session:
-        users = await session.retry("list users", session.store.list_users)
+    async with _backend(args) as backend:
+        users = await backend.retry("list users", backend.store.list_users)
     if args.json:
         print_json([user_json(u) for u in users])
     elif users:
         print(users_table(users))
     else:
-        print(f"no users in {naming.USERS_BUCKET}")
+        print(f"no users in {backend.name}")
     return 0
 
 
@@ -373,31 +442,28 @@ async def _list_async(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     key = canonical_user_key(args.key)
     check_timeout(args.timeout)
-    if args.db is not None:
-        return _run(_db_revoke(args, key))
     return _run(_revoke_async(args, key))
 
 
 async def _revoke_async(args: argparse.Namespace, key: str) -> int:
-    async with _session(args) as session:
-        store = session.store
+    async with _backend(args) as backend:
+        store = backend.store
         try:
-            before = await session.retry(f"read user {key}", lambda: store.get_user(key))
+            before = await backend.retry(f"read user {key}", lambda: store.get_user(key))
         except NotFoundError:
             raise NotFoundError(
-                f"no user {key} in {naming.USERS_BUCKET}; nothing to revoke "
-                "(see `unibus user list`)"
+                f"no user {key} in {backend.name}; nothing to revoke{backend.missing_hint}"
             ) from None
         if before.value.is_active:
             # set_user_status is idempotent: a retry after a lost ack finds it revoked.
-            after = await session.retry(
+            after = await backend.retry(
                 f"revoke user {key}", lambda: store.set_user_status(key, Status.REVOKED)
             )
         else:
             after = before
-        replication = await session.replication()
+        extra = await backend.report_extra()
     changed = before.value.is_active
-    _report(args, "revoked" if changed else "already revoked", after, replication, changed=changed)
+    _report(args, "revoked" if changed else "already revoked", after, extra, changed=changed)
     return 0
 
 
@@ -405,7 +471,7 @@ def _report(
     args: argparse.Namespace,
     result: str,
     written: Versioned[UserRecord],
-    replication: AssetStatus | None,
+    extra: _Extra,
     *,
     changed: bool = True,
 ) -> None:
@@ -417,84 +483,17 @@ def _report(
                 "changed": changed,
                 "user": user_json(user),
                 "revision": written.revision,
-                "replication": replication_json(replication),
+                **extra.json,
             }
         )
     else:
         what = f"{user.key} (handle {user.handle!r}, role {user.role.value}, {user.status.value})"
-        print(f"{result} {what}" if changed else f"{what} was {result}; nothing changed")
-        print(replication_line(replication))
-    if replication is None:
         print(
-            f"warning: {naming.USERS_BUCKET}'s replication could not be read after the "
-            "operation; check `unibus status`",
-            file=sys.stderr,
+            f"{result} {what}{extra.after_change}"
+            if changed
+            else f"{what} was {result}{extra.after_noop}"
         )
-
-
-# -- a legacy SQLite file (--db) -----------------------------------------------------------------
-async def _db_add(args: argparse.Namespace, record: UserRecord) -> int:
-    store = await SQLiteStore.open(args.db, create=True)
-    try:
-        try:
-            written = await store.add_user(record)
-        except ConflictError:
-            existing = (await store.get_user(record.key)).value
-            state = "" if existing.is_active else ", revoked"
-            raise ConflictError(
-                f"user {record.key} already exists in {args.db} (role {existing.role.value}"
-                f"{state}); a re-add never changes a role"
-            ) from None
-    finally:
-        await store.close()
-    _db_report(args, "added", written)
-    return 0
-
-
-async def _db_list(args: argparse.Namespace) -> int:
-    store = await SQLiteStore.open(args.db)
-    try:
-        users = await store.list_users()
-    finally:
-        await store.close()
-    if args.json:
-        print_json([user_json(u) for u in users])
-    elif users:
-        print(users_table(users))
-    else:
-        print(f"no users in {args.db}")
-    return 0
-
-
-async def _db_revoke(args: argparse.Namespace, key: str) -> int:
-    store = await SQLiteStore.open(args.db)
-    try:
-        try:
-            before = await store.get_user(key)
-        except NotFoundError:
-            raise NotFoundError(f"no user {key} in {args.db}; nothing to revoke") from None
-        after = await store.set_user_status(key, Status.REVOKED)
-    finally:
-        await store.close()
-    changed = before.value.is_active
-    _db_report(args, "revoked" if changed else "already revoked", after, changed=changed)
-    return 0
-
-
-def _db_report(
-    args: argparse.Namespace, result: str, written: Versioned[UserRecord], *, changed: bool = True
-) -> None:
-    user = written.value
-    if args.json:
-        print_json(
-            {
-                "result": result,
-                "changed": changed,
-                "user": user_json(user),
-                "revision": written.revision,
-                "db": str(args.db),
-            }
-        )
-    else:
-        what = f"{user.key} (handle {user.handle!r}, role {user.role.value}, {user.status.value})"
-        print(f"{result} {what} in {args.db}" if changed else f"{what} was {result}")
+        for line in extra.lines:
+            print(line)
+    if extra.warning is not None:
+        print(extra.warning, file=sys.stderr)
