@@ -236,7 +236,7 @@ async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_
     await at_carol.ready(alice_room)
     await alice_room.publish(b"epoch 1, for everyone")
     await at_bob.receive(b"epoch 1, for everyone")
-    (bob_epoch_1_key,) = bob_room._keys.values()
+    (bob_epoch_1_key,) = bob_room.held_keys.values()
     reconnects, generation = bob.bus.reconnects, bob.bus.generation
 
     await alice_room.remove(bob.key)
@@ -360,7 +360,7 @@ async def test_sealed_keys_written_straight_into_the_kv_are_never_used_and_their
     at_carol = Listener(carol_room)
     await at_carol.ready(alice_room)
     await _admitted(bob, room_id)
-    genuine_key = carol_room._keys[(1, carol_room.state.key_id)]
+    genuine_key = carol_room.key_for(1, carol_room.state.key_id)
     store = await deployment.store()
     subject = naming.room_subject(room_id)
 
@@ -412,7 +412,7 @@ async def test_sealed_keys_written_straight_into_the_kv_are_never_used_and_their
 
     await carol_room.refresh()
 
-    assert carol_room._keys == {(1, carol_room.state.key_id): genuine_key}
+    assert dict(carol_room.held_keys) == {(1, carol_room.state.key_id): genuine_key}
     await publish_under(by_member, member_key, b"under a key a member forged")
     await publish_under(junk_signed, junk_key, b"under a key with a junk signature")
     assert await _counted(carol_room, 2) == {"unknown_epoch": 2}
@@ -431,7 +431,7 @@ async def test_sealed_keys_written_straight_into_the_kv_are_never_used_and_their
     with pytest.raises(RoomError, match="disagrees with the room's signed chain"):
         await carol_room.refresh()
     assert carol_room.state.epoch == 1
-    assert (2, next_epoch.key_id) not in carol_room._keys
+    assert (2, next_epoch.key_id) not in carol_room.held_keys
     await publish_under(next_epoch, next_key, b"under a forged epoch")
     counts = await _counted(carol_room, 3)
     assert counts == {"unknown_epoch": 2, "not_member": 1}
@@ -504,7 +504,7 @@ async def test_tampered_replayed_and_forged_sender_messages_are_counted_never_de
     [genuine] = [m.envelope for m in at_carol.messages if m.data == b"genuine 1"]
     subject = naming.room_subject(room_id)
     state = bob_room.state
-    room_key = bob_room._keys[(state.epoch, state.key_id)]
+    room_key = bob_room.key_for(state.epoch, state.key_id)
 
     flipped = bytearray(decode_envelope(genuine).ciphertext)
     flipped[0] ^= 0x01

@@ -69,8 +69,8 @@ def _room(*members: str) -> bytes:
 
 def test_lookup_admits_an_active_user_with_its_rooms_and_the_applied_stamp() -> None:
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
 
     found = view.lookup(ALICE)
 
@@ -88,16 +88,16 @@ def test_a_stamp_round_trips_with_and_without_its_grant() -> None:
 def test_a_connection_keeps_its_grant_only_while_the_state_gives_the_same() -> None:
     """What a callout that starts judges every live connection by (the start-up sweep)."""
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 3))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
     granted = view.lookup(ALICE).stamp
     assert view.still_grants(ALICE, granted)
     assert not view.still_grants(BOB, granted)  # bob has no user record: unknown
 
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 8))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 8))
     assert not view.still_grants(ALICE, granted)  # removed from the room meanwhile
 
-    view._apply(
+    view.apply(
         naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE, Status.REVOKED), 9)
     )
     assert not view.still_grants(ALICE, view.lookup(ALICE).stamp)
@@ -106,9 +106,7 @@ def test_a_connection_keeps_its_grant_only_while_the_state_gives_the_same() -> N
 
 def test_lookup_denies_unknown_and_revoked_users() -> None:
     view = _view()
-    view._apply(
-        naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB, Status.REVOKED), 1)
-    )
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB, Status.REVOKED), 1))
 
     assert view.lookup(ALICE).reason is Reason.UNKNOWN_KEY
     assert view.lookup(BOB).reason is Reason.REVOKED
@@ -116,7 +114,7 @@ def test_lookup_denies_unknown_and_revoked_users() -> None:
 
 def test_lookup_fails_closed_while_the_view_is_not_proven_fresh() -> None:
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
     view.mark_disconnected()
 
     assert view.lookup(ALICE).reason is Reason.STORE_UNAVAILABLE
@@ -125,17 +123,17 @@ def test_lookup_fails_closed_while_the_view_is_not_proven_fresh() -> None:
 
 def test_an_undecodable_user_record_denies_that_user() -> None:
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, b"{not json", 2))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, b"{not json", 2))
 
     assert view.lookup(ALICE).reason is Reason.UNKNOWN_KEY
 
 
 def test_revocation_is_a_change_for_that_user_only() -> None:
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
 
-    change = view._apply(
+    change = view.apply(
         naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE, Status.REVOKED), 2)
     )
 
@@ -148,23 +146,19 @@ def test_revocation_is_a_change_for_that_user_only() -> None:
 def test_a_new_user_and_an_unchanged_rewrite_are_not_changes() -> None:
     view = _view()
     assert (
-        view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
-        is None
+        view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1)) is None
     )
     assert (
-        view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 2))
-        is None
+        view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 2)) is None
     )
 
 
 def test_membership_changes_name_the_added_and_removed_members() -> None:
     view = _view()
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 1))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 1))
 
-    added = view._apply(
-        naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 2)
-    )
-    removed = view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 3))
+    added = view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 2))
+    removed = view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE), 3))
 
     assert added is not None
     assert added.users == frozenset({BOB})
@@ -177,9 +171,9 @@ def test_membership_changes_name_the_added_and_removed_members() -> None:
 
 def test_barrier_entries_advance_the_applied_revision_without_changing_anything() -> None:
     view = _view()
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 1))
 
-    change = view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BARRIER_KEY, b"", 9))
+    change = view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BARRIER_KEY, b"", 9))
 
     assert change is None
     assert view.lookup(ALICE).stamp.users == 9
@@ -189,7 +183,7 @@ def test_the_first_admin_claim_is_a_marker_not_a_user_record() -> None:
     view = _view()
 
     # Whatever it holds, even a valid record, it never becomes a user.
-    change = view._apply(
+    change = view.apply(
         naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, FIRST_ADMIN_CLAIM, _user(ALICE), 1)
     )
 
@@ -200,10 +194,10 @@ def test_the_first_admin_claim_is_a_marker_not_a_user_record() -> None:
 
 def test_a_deleted_room_removes_its_members_access() -> None:
     view = _view()
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 1))
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB), 1))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 1))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, BOB, _user(BOB), 1))
 
-    change = view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, None, 2, "DEL"))
+    change = view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, None, 2, "DEL"))
 
     assert change is not None
     assert change.users == frozenset({ALICE, BOB})
@@ -288,14 +282,14 @@ def _view_on(tails: _Tails) -> DirectoryView:
 async def test_a_decision_waits_until_the_view_applied_what_the_streams_held_on_arrival() -> None:
     tails = _Tails(users=5, rooms=9)
     view = _view_on(tails)
-    view._apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
 
     waiting = asyncio.create_task(view.until_current(time.monotonic(), 5.0))
     await asyncio.sleep(0.05)
     assert not waiting.done(), "decided before the view caught up with the rooms stream"
     # Alice is removed at revision 9, which another callout may already have acted on.
-    view._apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 9))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(BOB), 9))
 
     assert await asyncio.wait_for(waiting, 1.0)
     assert view.lookup(ALICE).rooms == ()

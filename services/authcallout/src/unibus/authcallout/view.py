@@ -351,7 +351,7 @@ class DirectoryView:
                     # outage delivers what changed meanwhile, so it still disconnects the
                     # users it affects.
                     initial = not self._loaded[bucket].is_set()
-                    change = self._apply(bucket, entry)
+                    change = self.apply(bucket, entry)
                     if entry.pending == 0 and follower.caught_up:
                         self._loaded[bucket].set()
                     if change is not None and not initial and self._on_change is not None:
@@ -359,7 +359,12 @@ class DirectoryView:
             finally:
                 self._followers.pop(bucket, None)
 
-    def _apply(self, bucket: str, entry: KvEntry) -> Change | None:
+    def apply(self, bucket: str, entry: KvEntry) -> Change | None:
+        """Apply one KV entry of ``bucket``: what the watches do for every entry they get.
+
+        Public so the view's rules can be driven entry by entry without a server; the
+        returned ``Change`` is what the service kicks connections for.
+        """
         state = self._state
         revision = entry.revision or 0
         change: Change | None = None

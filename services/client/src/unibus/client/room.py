@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime
 import time
+import types
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -214,8 +215,14 @@ class Room:
                 continue
             self._keys[(sealed.epoch, sealed.key_id)] = key
 
-    def _key(self, epoch: int, key_id: str) -> bytes | None:
+    def key_for(self, epoch: int, key_id: str) -> bytes | None:
+        """The verified room key of ``(epoch, key_id)`` this device holds, if any."""
         return self._keys.get((epoch, key_id))
+
+    @property
+    def held_keys(self) -> Mapping[tuple[int, str], bytes]:
+        """Every verified room key this device holds, by ``(epoch, key_id)`` (read-only)."""
+        return types.MappingProxyType(self._keys)
 
     # -- membership -------------------------------------------------------------------------------
     async def invite(self, *users: str) -> None:
@@ -296,7 +303,7 @@ class Room:
         self._admitted_on = None
 
     def _require_key(self, epoch: int, key_id: str) -> bytes:
-        key = self._key(epoch, key_id)
+        key = self.key_for(epoch, key_id)
         if key is None:
             raise RoomError(f"no verified key for epoch {epoch}; is this identity a member?")
         return key
@@ -351,7 +358,7 @@ class Room:
         if not self._probed_history:
             await self._probe_newest_message()
         state = self.state
-        if is_leave(state) and self._key(state.epoch, state.key_id) is None:
+        if is_leave(state) and self.key_for(state.epoch, state.key_id) is None:
             await self._rekey_after_leave()
         newest = self._heads.newest_epoch(self.room_id)
         if newest > self.state.epoch:
@@ -508,7 +515,7 @@ class Room:
     ) -> Opened | None:
         """The message, or ``None`` (counted unless its reason is ``quiet``)."""
         try:
-            return opener.open(data, room_key=self._key, is_member=self.is_member)
+            return opener.open(data, room_key=self.key_for, is_member=self.is_member)
         except EnvelopeError as exc:
             reason = exc.reason
         if reason in _REFETCH:
@@ -518,7 +525,7 @@ class Room:
                 refetched, reason = False, exc.reason  # junk: what is wrong with it, first
         if reason in _REFETCH and refetched:
             try:
-                return opener.open(data, room_key=self._key, is_member=self.is_member)
+                return opener.open(data, room_key=self.key_for, is_member=self.is_member)
             except EnvelopeError as exc:
                 reason = exc.reason
             if reason in _REFETCH:
@@ -590,7 +597,7 @@ class Room:
         Raises:
             EnvelopeError: the envelope is refused (``reason`` says why).
         """
-        opened = Opener(self.room_id).open(data, room_key=self._key, is_member=self.is_member)
+        opened = Opener(self.room_id).open(data, room_key=self.key_for, is_member=self.is_member)
         return Message(opened.plaintext, opened.sender, opened.epoch, opened.msg_id, envelope=data)
 
     async def subscribe(
