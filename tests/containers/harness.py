@@ -27,7 +27,19 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_STATE = Path(os.environ.get("UNIBUS_DOCKER_STATE", "/var/tmp/unibus-docker"))
 DEFAULT_DOCKER_CONFIG = DOCKER_STATE / "docker-config"
-UNIBUS_IMAGE = os.environ.get("UNIBUS_IMAGE", "unibus/unibus:local")
+# One image per role (images/unibus/Dockerfile targets), under the variables compose.yaml
+# reads; UNIBUS_IMAGE is the CLI image (stage, provision).
+IMAGE_VARIABLES = {
+    "tools": "UNIBUS_IMAGE",
+    "authcallout": "UNIBUS_AUTHCALLOUT_IMAGE",
+    "controlplane": "UNIBUS_CONTROLPLANE_IMAGE",
+    "migrate": "UNIBUS_MIGRATE_IMAGE",
+}
+IMAGES = {
+    role: os.environ.get(variable, f"unibus/{'unibus' if role == 'tools' else role}:local")
+    for role, variable in IMAGE_VARIABLES.items()
+}
+UNIBUS_IMAGE = IMAGES["tools"]
 NATS_IMAGE = "nats:2.15.1"
 PROJECT_PREFIX = "unibus-ct-"
 DOCKER = shutil.which("docker") or "docker"
@@ -54,7 +66,7 @@ def engine_problem() -> str | None:
         return f"no container engine reachable ({last}); run ./scripts/containers"
     if docker("compose", "version", timeout=20).returncode != 0:
         return "docker compose v2 is missing; run ./scripts/containers (or set DOCKER_CONFIG)"
-    for image in (NATS_IMAGE, UNIBUS_IMAGE):
+    for image in (NATS_IMAGE, *IMAGES.values()):
         if docker("image", "inspect", image, timeout=20).returncode != 0:
             return f"image {image} is missing; run ./scripts/containers"
     return None
@@ -105,6 +117,7 @@ class ComposeStack:
     # -- docker compose ---------------------------------------------------------------------
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
+        env.update({variable: IMAGES[role] for role, variable in IMAGE_VARIABLES.items()})
         env["UNIBUS_IMAGE"] = self.image
         base = DOCKER_STATE / "python-base"
         if "UNIBUS_PYTHON_BASE" not in env and base.is_file():

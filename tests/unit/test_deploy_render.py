@@ -11,7 +11,7 @@ from cryptography import x509
 
 from unibus.cli.main import main
 from unibus.core.errors import ConfigError
-from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, plan, render
+from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, host_compose, plan, render
 from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,8 +103,69 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
     commands = [step["command"] for step in report["steps"]]
     assert len(commands) == 12
     assert commands[0] == "ssh root@203.0.113.10 'mkdir -p /opt/unibus'"
-    assert commands[2].startswith("docker save nats:2.15.1 unibus/unibus:local | ssh root@")
+    assert commands[2].startswith(
+        "docker save nats:2.15.1 unibus/unibus:local unibus/authcallout:local "
+        "unibus/controlplane:local | ssh root@"
+    )
     assert commands[3].endswith("-p unibus up -d'")
+
+
+def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -> None:
+    """No service runs the CLI image; the plan loads every image the hosts name, no other."""
+    topology = Topology.parse(EXAMPLE_TOPOLOGY)
+    services = host_compose(topology.hosts[0], topology)["services"]
+    assert {name: service["image"] for name, service in services.items()} == {
+        "stage": "unibus/unibus:local",
+        "provision": "unibus/unibus:local",
+        "n1": "nats:2.15.1",
+        "authcallout": "unibus/authcallout:local",
+        "controlplane": "unibus/controlplane:local",
+    }
+    text = (out / "n1" / "compose.yaml").read_text()
+    assert 'image: "unibus/authcallout:local"' in text
+    load = [step for step in plan(topology, out) if step.what == "load the images"]
+    assert len(load) == 3
+    assert set(load[0].argv[2:]) == {service["image"] for service in services.values()}
+
+
+@pytest.mark.parametrize(
+    ("cluster", "images"),
+    [
+        # A topology from before the split: `image` still names the CLI image, the
+        # services' images sit beside it (same registry, namespace and tag).
+        (
+            'image = "registry.example.org:5000/ops/unibus:1.4"',
+            {
+                "tools": "registry.example.org:5000/ops/unibus:1.4",
+                "authcallout": "registry.example.org:5000/ops/authcallout:1.4",
+                "controlplane": "registry.example.org:5000/ops/controlplane:1.4",
+            },
+        ),
+        (
+            'image = "ops/unibus:2"\ncontrolplane_image = "ops/api:7"',
+            {
+                "tools": "ops/unibus:2",
+                "authcallout": "ops/authcallout:2",
+                "controlplane": "ops/api:7",
+            },
+        ),
+    ],
+)
+def test_service_images_default_to_siblings_of_the_cli_image(
+    cluster: str, images: dict[str, str]
+) -> None:
+    text = EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{cluster}\n")
+    assert Topology.parse(text).images() == images
+
+
+def test_a_digest_pinned_cli_image_needs_the_service_images_named() -> None:
+    pinned = 'image = "ops/unibus@sha256:' + "0" * 64 + '"'
+    text = EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{pinned}\n")
+    with pytest.raises(ConfigError, match=r"cluster\.authcallout_image"):
+        Topology.parse(text)
+    named = f'{pinned}\nauthcallout_image = "ops/a@sha256:1"\ncontrolplane_image = "ops/c:1"'
+    topology = Topology.parse(EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{named}\n"))
+    assert topology.images()["authcallout"] == "ops/a@sha256:1"
 
 
 def test_apply_before_render_says_to_render(tmp_path: Path) -> None:

@@ -18,6 +18,22 @@ hostname, ``localhost`` and ``127.0.0.1``.
 ``plan`` lists the commands that ship a rendered directory to its host and start it;
 ``unibus deploy apply`` prints them, and runs them only with ``--yes``.
 
+Images: one per role, as ``images/unibus/Dockerfile`` builds them. The topology's
+``cluster.image`` keeps its meaning: the image with the ``unibus`` CLI (the tools image),
+which runs the ``stage`` and ``provision`` one-shots. The services run
+``cluster.authcallout_image`` and ``cluster.controlplane_image``, both optional: when
+absent, each is derived from ``cluster.image`` with the same registry, namespace and tag
+and the repository named after the role, so ``unibus/unibus:local`` gives
+``unibus/authcallout:local`` and ``registry.example.org/ops/unibus:1.4`` gives
+``registry.example.org/ops/controlplane:1.4``. A topology written before the split thus
+needs no edit. A digest-pinned ``cluster.image`` derives nothing: the two fields are then
+required. ``plan`` ships exactly the images the host compose files name (no migrate image:
+the migration runs from the operator's machine, ``unibus migrate``).
+
+>>> sorted(Topology.parse(EXAMPLE_TOPOLOGY).images().items())  # doctest: +NORMALIZE_WHITESPACE
+[('authcallout', 'unibus/authcallout:local'), ('controlplane', 'unibus/controlplane:local'),
+ ('tools', 'unibus/unibus:local')]
+
 >>> topology = Topology.parse(EXAMPLE_TOPOLOGY)
 >>> [host.name for host in topology.hosts]
 ['n1', 'n2', 'n3']
@@ -58,11 +74,13 @@ __all__ = [
     "Topology",
     "plan",
     "render",
+    "role_image",
 ]
 
 CLUSTER_SIZE: Final = 3
 MATERIAL_DIR: Final = "_material"
-DEFAULT_IMAGE: Final = "unibus/unibus:local"
+DEFAULT_IMAGE: Final = "unibus/unibus:local"  # the tools image (cluster.image)
+SERVICE_ROLES: Final = ("authcallout", "controlplane")
 NATS_IMAGE: Final = "nats:2.15.1"
 EXAMPLE_TOPOLOGY: Final = """
 [cluster]
@@ -111,6 +129,16 @@ class Topology:
     ssh_user: str = "root"
     remote_dir: str = "/opt/unibus"
     image: str = DEFAULT_IMAGE
+    authcallout_image: str | None = None
+    controlplane_image: str | None = None
+
+    def images(self) -> dict[str, str]:
+        """The image of each role on a host: ``tools`` (stage, provision) and the services."""
+        explicit = {"authcallout": self.authcallout_image, "controlplane": self.controlplane_image}
+        return {
+            "tools": self.image,
+            **{role: explicit[role] or role_image(self.image, role) for role in SERVICE_ROLES},
+        }
 
     @classmethod
     def load(cls, path: Path) -> Topology:
@@ -148,12 +176,43 @@ class Topology:
         ssh_user = _string(cluster, "ssh_user", "root", source)
         if not ssh_user.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{source}: cluster.ssh_user must be a plain user name")
-        return cls(
+        role_images = {
+            role: _string(cluster, f"{role}_image", None, source)
+            for role in SERVICE_ROLES
+            if f"{role}_image" in cluster
+        }
+        topology = cls(
             hosts=hosts,
             ssh_user=ssh_user,
             remote_dir=remote_dir,
             image=_string(cluster, "image", DEFAULT_IMAGE, source),
+            authcallout_image=role_images.get("authcallout"),
+            controlplane_image=role_images.get("controlplane"),
         )
+        try:
+            topology.images()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        return topology
+
+
+def role_image(tools_image: str, role: str) -> str:
+    """The image of ``role`` beside ``tools_image``: same registry, namespace and tag.
+
+    >>> role_image("unibus/unibus:local", "authcallout")
+    'unibus/authcallout:local'
+    >>> role_image("localhost:5000/unibus", "controlplane")
+    'localhost:5000/controlplane'
+    """
+    if "@" in tools_image:
+        raise ConfigError(
+            f"cluster.image {tools_image!r} is pinned by digest, so the service images cannot "
+            f"be derived from it: set cluster.{role}_image"
+        )
+    slash = tools_image.rfind("/")
+    colon = tools_image.rfind(":")
+    tag = tools_image[colon:] if colon > slash else ""
+    return f"{tools_image[: slash + 1]}{role}{tag}"
 
 
 def _string(table: Mapping[str, Any], key: str, default: str | None, where: str) -> str:
@@ -246,16 +305,15 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
     peers = [h for h in topology.hosts if h.name != node]
     urls = [f"--nats-url=tls://{node}:{CLIENT_PORT}"]
     urls += [f"--nats-url=tls://{h.private_ip}:{CLIENT_PORT}" for h in peers]
-    unibus_image = topology.image
+    images = topology.images()
     service = {
-        "image": unibus_image,
         "restart": "unless-stopped",
         "depends_on": {"provision": {"condition": "service_completed_successfully"}},
     }
     return {
         "services": {
             "stage": {
-                "image": unibus_image,
+                "image": images["tools"],
                 "user": "0:0",
                 "network_mode": "none",
                 "restart": "no",
@@ -290,7 +348,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 "depends_on": {"stage": {"condition": "service_completed_successfully"}},
             },
             "provision": {
-                "image": unibus_image,
+                "image": images["tools"],
                 # Retried: the peers may come up minutes after this host.
                 "restart": "on-failure",
                 "command": [
@@ -310,6 +368,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 },
             },
             "authcallout": {
+                "image": images["authcallout"],
                 **service,
                 "command": ["python", "-m", "unibus.authcallout"],
                 "env_file": [f"env/authcallout-{node}.env"],
@@ -317,6 +376,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 "healthcheck": _healthcheck(_CALLOUT_HEALTH),
             },
             "controlplane": {
+                "image": images["controlplane"],
                 **service,
                 "command": ["python", "-m", "unibus.controlplane"],
                 "env_file": [f"env/controlplane-{node}.env"],
@@ -452,7 +512,7 @@ def plan(topology: Topology, out: Path, *, ship_images: bool = True) -> list[Ste
                 Step(
                     host.name,
                     "load the images",
-                    ("docker", "save", NATS_IMAGE, topology.image),
+                    ("docker", "save", NATS_IMAGE, *dict.fromkeys(topology.images().values())),
                     ("ssh", destination, "docker load"),
                 )
             )
