@@ -63,6 +63,14 @@ from unibus.stack.compose import (
     render_configs,
     role_files,
 )
+from unibus.stack.containers import (
+    API_HEALTH,
+    CALLOUT_HEALTH,
+    NATS_STOP_GRACE,
+    NATS_STOP_SIGNAL,
+    SERVICE_COMMANDS,
+    health_test,
+)
 from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import auth_identities, ensure_material
 from unibus.stack.natsconf import NatsToggles
@@ -278,25 +286,14 @@ def _scalar(value: Any) -> str:
 
 
 def _healthcheck(code: str) -> dict[str, Any]:
+    # Slower than compose.yaml's: a host may wait minutes for its peers to come up.
     return {
-        "test": ["CMD", "python", "-c", code],
+        "test": health_test(code),
         "interval": "10s",
         "timeout": "5s",
         "start_period": "120s",
         "retries": 3,
     }
-
-
-_CALLOUT_HEALTH: Final = (
-    "import sys, urllib.request as u; "
-    "t = u.urlopen('http://127.0.0.1:9471/metrics', timeout=3).read().decode(); "
-    "sys.exit(0 if 'unibus_authcallout_view_fresh 1.0' in t else 1)"
-)
-_API_HEALTH: Final = (
-    "import ssl, urllib.request as u; "
-    "c = ssl.create_default_context(cafile='/etc/unibus/certs/client-ca.pem'); "
-    "u.urlopen('https://localhost:8470/healthz', timeout=3, context=c)"
-)
 
 
 def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
@@ -336,8 +333,8 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
             node: {
                 "image": NATS_IMAGE,
                 "restart": "unless-stopped",
-                "stop_signal": "SIGUSR2",
-                "stop_grace_period": "60s",
+                "stop_signal": NATS_STOP_SIGNAL,
+                "stop_grace_period": NATS_STOP_GRACE,
                 "command": ["--config", f"/etc/unibus/nodes/{node}/nats-server.conf"],
                 "ports": [
                     f"{host.public_ip}:{CLIENT_PORT}:{CLIENT_PORT}",
@@ -370,19 +367,19 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
             "authcallout": {
                 "image": images["authcallout"],
                 **service,
-                "command": ["python", "-m", "unibus.authcallout"],
+                "command": list(SERVICE_COMMANDS["authcallout"]),
                 "env_file": [f"env/authcallout-{node}.env"],
                 "volumes": ["material-callout:/etc/unibus:ro"],
-                "healthcheck": _healthcheck(_CALLOUT_HEALTH),
+                "healthcheck": _healthcheck(CALLOUT_HEALTH),
             },
             "controlplane": {
                 "image": images["controlplane"],
                 **service,
-                "command": ["python", "-m", "unibus.controlplane"],
+                "command": list(SERVICE_COMMANDS["controlplane"]),
                 "env_file": [f"env/controlplane-{node}.env"],
                 "ports": [f"{host.public_ip}:{API_PORT}:{API_PORT}"],
                 "volumes": ["material-api:/etc/unibus:ro"],
-                "healthcheck": _healthcheck(_API_HEALTH),
+                "healthcheck": _healthcheck(API_HEALTH),
             },
         },
         "volumes": {
