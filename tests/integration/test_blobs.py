@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from tests.integration.harness import StackFactory, bounded
-from unibus.controlplane.blobs import (
+from unibus.controlplane.objectstore import (
     DEFAULT_CHUNK_SIZE,
     BlobDigestMismatch,
     BlobInfo,
@@ -376,7 +376,7 @@ _MEMORY_PROBE = """
 import asyncio, hashlib, json, random, re, resource, sys
 from pathlib import Path
 
-from unibus.controlplane.blobs import open_blob, put_blob
+from unibus.controlplane.objectstore import open_blob, put_blob
 from unibus.core.connect import NatsTarget, connect
 
 SIZE = 64 * 1024 * 1024

@@ -17,7 +17,7 @@ import pytest_asyncio
 from tests.integration.harness import StackFactory, eventually, vm_hwm_kib
 from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import genesis, successor
-from unibus.controlplane.app import SIGNED_ROUTES
+from unibus.controlplane.openapi import SIGNED_ROUTES
 from unibus.core.models import Role
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
 from unibus.core.signing import body_digest, sign_request

@@ -20,6 +20,8 @@ from unibus.core.log import get_logger
 from unibus.core.process import run_service
 from unibus.core.retry import retry_until
 
+__all__ = ["main", "serve"]
+
 _log = get_logger("unibus.controlplane")
 
 

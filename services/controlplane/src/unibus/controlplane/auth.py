@@ -19,6 +19,8 @@ from unibus.core.models import Role, UserRecord
 from unibus.core.signing import RequestSignatureError, VerifiedRequest, verify_request
 from unibus.core.store import Store
 
+__all__ = ["Caller", "authenticate", "require_admin"]
+
 
 @dataclass(frozen=True)
 class Caller:

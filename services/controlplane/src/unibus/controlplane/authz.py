@@ -13,6 +13,8 @@ from unibus.core.models import UserRecord
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.store import Store
 
+__all__ = ["Decision", "check_user"]
+
 
 class Decision(enum.StrEnum):
     ALLOWED = "allowed"

@@ -18,6 +18,19 @@ from unibus.core.errors import (
 from unibus.core.models import RecordError
 from unibus.core.roomchain import ChainError
 
+__all__ = [
+    "ApiError",
+    "bad_request",
+    "conflict",
+    "forbidden",
+    "from_library",
+    "not_found",
+    "over_quota",
+    "too_large",
+    "unauthorized",
+    "unavailable",
+]
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:

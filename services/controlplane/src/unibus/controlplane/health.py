@@ -28,6 +28,8 @@ from unibus.core.naming import CALLOUT_ACCOUNT
 from unibus.core.store import Store
 from unibus.core.sysreq import server_ping
 
+__all__ = ["HEALTH_TTL", "HealthCache", "health_report", "public_view"]
+
 
 async def _posture(sys_nc: NATS, node: str, cluster_size: int) -> dict[str, Any]:
     replies = await server_ping(sys_nc, "VARZ", expected=cluster_size, timeout=1.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+__all__ = ["ApiMetrics"]
+
 
 class ApiMetrics:
     def __init__(self) -> None:

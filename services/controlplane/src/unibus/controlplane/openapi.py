@@ -1,4 +1,8 @@
-"""The OpenAPI document, generated from the route table and the msgspec wire models."""
+"""The signed routes as one table, and the OpenAPI document generated from it.
+
+:data:`SIGNED_ROUTES` is both what ``app.build_app`` serves and what ``/openapi.json``
+describes (with the msgspec wire models as schemas), so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
 
-from unibus.core.apimodels import ErrorView
+from unibus.controlplane.routes.blobs import download_blob, upload_blob
+from unibus.controlplane.routes.health import full_health
+from unibus.controlplane.routes.rooms import (
+    add_member,
+    create_room,
+    get_room,
+    leave_room,
+    list_rooms,
+    new_room_id,
+    rekey,
+    remove_member,
+    room_keys,
+)
+from unibus.controlplane.routes.users import add_user, get_user, list_users, revoke_user
+from unibus.controlplane.wire import json_response
+from unibus.core.apimodels import (
+    BlobView,
+    ErrorView,
+    NewRoom,
+    NewUser,
+    RoomChange,
+    RoomId,
+    RoomView,
+    SealedKeyView,
+    UserView,
+)
+
+__all__ = ["SECURITY_HEADERS", "SIGNED_ROUTES", "RouteDoc", "openapi", "openapi_document"]
 
 _ERRORS = {
     "400": "bad input",
@@ -32,13 +65,17 @@ SECURITY_HEADERS = (
 
 @dataclass(frozen=True)
 class RouteDoc:
+    """One signed route: what ``app`` mounts and what the document says about it."""
+
     method: str
     path: str
     handler: Callable[..., Awaitable[Any]]
     summary: str
     body: Any
+    """The request body's wire type; ``None`` for none, ``bytes`` for a streamed one."""
     response: Any
     status: int = 200
+    """The status of success."""
 
 
 def _schema_ref(value: Any, types: list[Any]) -> dict[str, Any]:
@@ -127,3 +164,99 @@ def _content(schema: dict[str, Any], value: Any) -> dict[str, Any]:
 
 def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+SIGNED_ROUTES: tuple[RouteDoc, ...] = (
+    RouteDoc(
+        "GET", "/v1/health", full_health, "The whole health report (admin)", None, dict[str, Any]
+    ),
+    RouteDoc("POST", "/v1/users", add_user, "Add a user (admin)", NewUser, UserView, 201),
+    RouteDoc("GET", "/v1/users", list_users, "List users (admin)", None, list[UserView]),
+    RouteDoc("GET", "/v1/users/{key}", get_user, "Look up a user's key and handle", None, UserView),
+    RouteDoc(
+        "POST", "/v1/users/{key}/revoke", revoke_user, "Revoke a user (admin)", None, UserView
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/room-ids",
+        new_room_id,
+        "Get a fresh room id to sign a genesis with",
+        None,
+        RoomId,
+        201,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/rooms",
+        create_room,
+        "Create a room from a signed genesis",
+        NewRoom,
+        RoomView,
+        201,
+    ),
+    RouteDoc("GET", "/v1/rooms", list_rooms, "The caller's room ids", None, list[str]),
+    RouteDoc(
+        "GET",
+        "/v1/rooms/{room_id}",
+        get_room,
+        "A room and its signed chain (members)",
+        None,
+        RoomView,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/members",
+        add_member,
+        "Add members (owner/room admin)",
+        RoomChange,
+        RoomView,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/members/{key}/remove",
+        remove_member,
+        "Remove a member with a complete rekey",
+        RoomChange,
+        RoomView,
+    ),
+    RouteDoc("POST", "/v1/rooms/{room_id}/rekey", rekey, "Start a new epoch", RoomChange, RoomView),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/leave",
+        leave_room,
+        "Leave a room (any member but the owner; hands out no key)",
+        RoomChange,
+        RoomView,
+    ),
+    RouteDoc(
+        "GET",
+        "/v1/rooms/{room_id}/keys",
+        room_keys,
+        "The caller's sealed keys, every epoch",
+        None,
+        list[SealedKeyView],
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/blobs",
+        upload_blob,
+        "Upload an encrypted blob (streamed)",
+        bytes,
+        BlobView,
+        201,
+    ),
+    RouteDoc(
+        "GET",
+        "/v1/rooms/{room_id}/blobs/{blob_id}",
+        download_blob,
+        "Download a blob (streamed)",
+        None,
+        bytes,
+    ),
+)
+"""Every route that needs a signed request, in the order the document lists them."""
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json`` (unsigned)."""
+    return json_response(openapi_document(SIGNED_ROUTES))

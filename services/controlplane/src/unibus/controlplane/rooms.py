@@ -29,6 +29,16 @@ from unibus.core.models import (
 from unibus.core.roomchain import RoomState, check_sealed_key, check_transition, verify_chain
 from unibus.core.store import Store
 
+__all__ = [
+    "MAX_SEALED_BYTES",
+    "ChangeKind",
+    "change_room",
+    "create_room",
+    "read_room",
+    "room_view",
+    "sealed_keys",
+]
+
 MAX_SEALED_BYTES = 1024
 """A sealed 32-byte key is ~80 bytes; anything far larger is not a sealed key."""
 

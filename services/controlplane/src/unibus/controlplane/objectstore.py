@@ -53,6 +53,18 @@ from unibus.core.errors import (
 )
 from unibus.core.log import get_logger
 
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MAX_NAME_LENGTH",
+    "BlobDigestMismatch",
+    "BlobInfo",
+    "BlobNotFound",
+    "BlobTooLarge",
+    "delete_blob",
+    "open_blob",
+    "put_blob",
+]
+
 DEFAULT_CHUNK_SIZE: Final = 128 * 1024
 """nats-py's and nats.go's default chunk size."""
 MAX_NAME_LENGTH: Final = 255
@@ -72,7 +84,7 @@ _CAS_ATTEMPTS: Final = 8
 _EMPTY_SHA256: Final = hashlib.sha256(b"").digest()
 _ZERO_TIME: Final = "0001-01-01T00:00:00Z"
 
-_log = get_logger("unibus.controlplane.blobs")
+_log = get_logger("unibus.controlplane.objectstore")
 _nuid = NUID()
 
 
