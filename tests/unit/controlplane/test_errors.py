@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.controlplane.harness import Api, ApiFactory, error_of
-from unibus.controlplane.errors import ApiError, from_library
+from unibus.controlplane.errors import HttpError, from_library
 from unibus.core.errors import (
     AssetMissingError,
     ConflictError,
@@ -122,7 +122,7 @@ async def test_an_unexpected_error_is_a_500_without_a_traceback_and_not_a_retrya
 
 
 def test_an_api_error_carries_its_status_code_and_message() -> None:
-    error = ApiError(418, "teapot", "short and stout")
+    error = HttpError(418, "teapot", "short and stout")
 
     assert (error.status, error.code, error.message, str(error)) == (
         418,

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from unibus.controlplane.auth import authenticate
 from unibus.controlplane.context import Context, Handler
-from unibus.controlplane.errors import ApiError, from_library, not_found
+from unibus.controlplane.errors import HttpError, from_library, not_found
 from unibus.controlplane.health import HealthCache, health_report
 from unibus.controlplane.middleware import MetricsMiddleware
 from unibus.controlplane.openapi import SIGNED_ROUTES, openapi
@@ -75,7 +75,7 @@ def build_app(context: Context) -> Any:
     )
 
     async def api_error(request: Request, exc: Exception) -> Response:
-        error = exc if isinstance(exc, ApiError) else ApiError(500, "internal_error", "failed")
+        error = exc if isinstance(exc, HttpError) else HttpError(500, "internal_error", "failed")
         if error.code == "replay":
             context.metrics.replays.inc()
         return error_response(error)
@@ -90,7 +90,7 @@ def build_app(context: Context) -> Any:
         # of a store proven unavailable, not of a failure nobody understands.
         _log.error("unhandled error", error=type(exc).__name__)
         return error_response(
-            ApiError(500, "internal_error", "the server could not complete the request")
+            HttpError(500, "internal_error", "the server could not complete the request")
         )
 
     async def not_found_handler(request: Request, exc: Exception) -> Response:
@@ -98,10 +98,10 @@ def build_app(context: Context) -> Any:
 
     async def method_handler(request: Request, exc: Exception) -> Response:
         return error_response(
-            ApiError(405, "method_not_allowed", "method not allowed on this route")
+            HttpError(405, "method_not_allowed", "method not allowed on this route")
         )
 
-    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(HttpError, api_error)
     app.add_exception_handler(UnibusError, library_error)
     app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(404, not_found_handler)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from unibus.controlplane.authz import Decision, check_user
-from unibus.controlplane.errors import ApiError, unauthorized, unavailable
+from unibus.controlplane.errors import HttpError, unauthorized, unavailable
 from unibus.core.errors import ConflictError, StoreError
 from unibus.core.models import Role, UserRecord
 from unibus.core.signing import RequestSignatureError, VerifiedRequest, verify_request
@@ -67,4 +67,4 @@ async def authenticate(request: Request, store: Store, *, skew: float) -> Caller
 
 def require_admin(caller: Caller) -> None:
     if not caller.is_admin:
-        raise ApiError(403, "forbidden", "administrators only")
+        raise HttpError(403, "forbidden", "administrators only")

@@ -19,7 +19,7 @@ from unibus.core.models import RecordError
 from unibus.core.roomchain import ChainError
 
 __all__ = [
-    "ApiError",
+    "HttpError",
     "bad_request",
     "conflict",
     "forbidden",
@@ -32,7 +32,13 @@ __all__ = [
 ]
 
 
-class ApiError(Exception):
+class HttpError(UnibusError):
+    """A refusal the API sends as is: an HTTP ``status``, a stable ``code``, a message.
+
+    Raised by handlers and by ``from_library``; the SDK's ``unibus.client.ApiError`` is
+    what a caller receives for it.
+    """
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -40,47 +46,49 @@ class ApiError(Exception):
         self.message = message
 
 
-def bad_request(message: str, code: str = "bad_request") -> ApiError:
-    return ApiError(400, code, message)
+def bad_request(message: str, code: str = "bad_request") -> HttpError:
+    return HttpError(400, code, message)
 
 
-def unauthorized(message: str, code: str = "unauthorized") -> ApiError:
-    return ApiError(401, code, message)
+def unauthorized(message: str, code: str = "unauthorized") -> HttpError:
+    return HttpError(401, code, message)
 
 
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, "forbidden", message)
+def forbidden(message: str) -> HttpError:
+    return HttpError(403, "forbidden", message)
 
 
-def not_found(message: str) -> ApiError:
-    return ApiError(404, "not_found", message)
+def not_found(message: str) -> HttpError:
+    return HttpError(404, "not_found", message)
 
 
-def conflict(message: str) -> ApiError:
-    return ApiError(409, "conflict", message)
+def conflict(message: str) -> HttpError:
+    return HttpError(409, "conflict", message)
 
 
-def too_large(message: str) -> ApiError:
-    return ApiError(413, "too_large", message)
+def too_large(message: str) -> HttpError:
+    return HttpError(413, "too_large", message)
 
 
-def over_quota(message: str) -> ApiError:
-    return ApiError(429, "quota", message)
+def over_quota(message: str) -> HttpError:
+    return HttpError(429, "quota", message)
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "store_unavailable", message)
+def unavailable(message: str) -> HttpError:
+    return HttpError(503, "store_unavailable", message)
 
 
-def from_library(exc: UnibusError) -> ApiError:
+def from_library(exc: UnibusError) -> HttpError:
     """Translate a library error; unknown ones are a store problem, never a 500."""
+    if isinstance(exc, HttpError):
+        return exc
     if isinstance(exc, NotFoundError):
         return not_found(str(exc))
     if isinstance(exc, ConflictError):
         return conflict(str(exc))
     if isinstance(exc, ChainError):
         status = 403 if exc.reason == "not_allowed" else 400
-        return ApiError(status, f"chain_{exc.reason}", str(exc))
+        return HttpError(status, f"chain_{exc.reason}", str(exc))
     if isinstance(exc, InvalidNameError | IdentityError):
         return bad_request(str(exc))
     if isinstance(exc, StoreUnavailableError | AssetMissingError | RecordError):

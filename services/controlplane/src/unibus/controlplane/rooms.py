@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from unibus.controlplane.errors import ApiError, bad_request, forbidden
+from unibus.controlplane.errors import HttpError, bad_request, forbidden
 from unibus.core import naming
 from unibus.core.apimodels import NewRoom, RoomChange, RoomView, SealedKey, SealedKeyView
 from unibus.core.errors import NotFoundError
@@ -133,7 +133,7 @@ async def _require_active(store: Store, keys: Sequence[str]) -> None:
 async def _require_room_capacity(store: Store, keys: Sequence[str], cap: int) -> None:
     for key in keys:
         if len(await store.rooms_of(key)) >= cap:
-            raise ApiError(409, "room_cap", f"a user can be in at most {cap} rooms")
+            raise HttpError(409, "room_cap", f"a user can be in at most {cap} rooms")
 
 
 async def create_room(

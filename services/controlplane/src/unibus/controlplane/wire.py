@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from unibus.controlplane.auth import Caller
-from unibus.controlplane.errors import ApiError, bad_request, too_large, unauthorized
+from unibus.controlplane.errors import HttpError, bad_request, too_large, unauthorized
 from unibus.core.apimodels import ErrorView
 from unibus.core.errors import NkeyError
 from unibus.core.nkeys import canonical_user_key
@@ -47,11 +47,11 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 
-def error_response(error: ApiError) -> Response:
+def error_response(error: HttpError) -> Response:
     return json_response(ErrorView(error=error.code, message=error.message), error.status)
 
 
-async def refuse_too_large(request: Request, limit: int, what: str = "a blob") -> ApiError:
+async def refuse_too_large(request: Request, limit: int, what: str = "a blob") -> HttpError:
     """The 413 to raise, once a bounded part of what the client is still sending is drained."""
     # A client still sending would see a reset instead of our answer: read (and drop) a
     # bounded amount of what it is sending first, then answer 413.

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from unibus.controlplane.auth import Caller, require_admin
 from unibus.controlplane.context import Context
-from unibus.controlplane.errors import ApiError, bad_request, not_found
+from unibus.controlplane.errors import HttpError, bad_request, not_found
 from unibus.controlplane.wire import decode_body, expect_no_body, json_response, user_key
 from unibus.core.apimodels import NewUser, UserView
 from unibus.core.errors import ConflictError, InvalidHandleError, NotFoundError
@@ -33,7 +33,7 @@ async def add_user(request: Request, context: Context, caller: Caller) -> Respon
     try:
         await context.store.add_user(user)
     except ConflictError:
-        raise ApiError(409, "conflict", "user exists; a re-add never changes a role") from None
+        raise HttpError(409, "conflict", "user exists; a re-add never changes a role") from None
     return json_response(_user_view(user, full=True), 201)
 
 
