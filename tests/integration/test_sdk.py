@@ -307,7 +307,9 @@ async def test_a_removed_member_is_kicked_cannot_resubscribe_and_cannot_decrypt_
             envelope, room_key=bob_room.key_for, is_member=bob_room.is_member
         )
     with pytest.raises(EnvelopeError) as no_key:
-        Opener(bob_room.room_id).open(envelope, room_key=bob_room.key_for, is_member=lambda *_: True)
+        Opener(bob_room.room_id).open(
+            envelope, room_key=bob_room.key_for, is_member=lambda *_: True
+        )
     assert no_key.value.reason == "unknown_epoch"
     # Even trying the only key he ever had: the new epoch's key is a fresh one.
     with pytest.raises(EnvelopeError) as wrong_key:

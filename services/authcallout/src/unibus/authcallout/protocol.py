@@ -28,7 +28,7 @@ from typing import Any, Final, TypeGuard
 
 from unibus.authcallout.permissions import Permissions
 from unibus.authcallout.reasons import Reason
-from unibus.core import jwt, naming
+from unibus.core import jwt, limits, naming
 from unibus.core.errors import JWTError, NkeyError, XKeyError
 from unibus.core.nkeys import KeyPair, Prefix, decode_public, encode_public, verify
 from unibus.core.xkeys import CurveKeyPair
@@ -45,7 +45,7 @@ __all__ = [
     "verify_client",
 ]
 
-MAX_REQUEST_BYTES: Final = 64 * 1024
+MAX_REQUEST_BYTES: Final = limits.MAX_CALLOUT_REQUEST_BYTES
 """Larger payloads are dropped unread: a client can inflate ``connect_opts`` at will."""
 
 XKEY_HEADER: Final = "Nats-Server-Xkey"

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from unibus.core import envnames
+from unibus.core import envnames, limits
 from unibus.core.errors import ConfigError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
 from unibus.core.settings import EnvReader
 
-DEFAULT_JWT_TTL = 300.0
+DEFAULT_JWT_TTL = limits.DEFAULT_JWT_TTL
 DEFAULT_METRICS_ADDR = "127.0.0.1:9471"
 
 

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from unibus.core import limits
+
 __all__ = ["DEFAULT_BLOB_BUDGET", "UploadBudget"]
 
-DEFAULT_BLOB_BUDGET: Final = 1024 * 1024 * 1024
+DEFAULT_BLOB_BUDGET: Final = limits.DEFAULT_BLOB_BUDGET_BYTES
 """Bytes per user, per node and per hour."""
 _WINDOW: Final = 3600.0
 _MAX_USERS: Final = 100_000

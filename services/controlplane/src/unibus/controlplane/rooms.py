@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from unibus.controlplane.errors import HttpError, bad_request, forbidden
-from unibus.core import naming
+from unibus.core import limits, naming
 from unibus.core.apimodels import NewRoom, RoomChange, RoomView, SealedKey, SealedKeyView
 from unibus.core.errors import NotFoundError
 from unibus.core.models import (
@@ -39,7 +39,7 @@ __all__ = [
     "sealed_keys",
 ]
 
-MAX_SEALED_BYTES = 1024
+MAX_SEALED_BYTES = limits.MAX_SEALED_KEY_BYTES
 """A sealed 32-byte key is ~80 bytes; anything far larger is not a sealed key."""
 
 

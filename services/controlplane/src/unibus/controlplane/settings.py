@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unibus.controlplane.quota import DEFAULT_BLOB_BUDGET
-from unibus.core import envnames
+from unibus.core import envnames, limits
 from unibus.core.connect import is_loopback_host
 from unibus.core.errors import ConfigError, NkeyError, PostureError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
@@ -17,7 +17,7 @@ from unibus.core.settings import EnvReader
 __all__ = ["DEFAULT_MAX_BLOB_BYTES", "DEFAULT_PORT", "Settings"]
 
 DEFAULT_PORT = 8470
-DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BLOB_BYTES = limits.DEFAULT_MAX_BLOB_BYTES
 
 
 @dataclass(frozen=True)

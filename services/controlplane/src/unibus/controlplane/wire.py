@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from unibus.controlplane.auth import Caller
 from unibus.controlplane.errors import HttpError, bad_request, too_large, unauthorized
+from unibus.core import limits
 from unibus.core.apimodels import ErrorView
 from unibus.core.errors import NkeyError
 from unibus.core.nkeys import canonical_user_key
@@ -33,7 +34,7 @@ __all__ = [
     "user_key",
 ]
 
-MAX_JSON_BODY = 1024 * 1024
+MAX_JSON_BODY = limits.MAX_API_JSON_BODY
 _DRAIN_AT_LEAST = 1024 * 1024
 """Bytes of a refused body read and dropped so that the client can still read the 413."""
 _NO_BODY_LIMIT = 64

@@ -1,8 +1,10 @@
-"""Caps that more than one process enforces, each read from one place.
+"""Every cap, size and time-to-live of unibus, each stated in one place.
 
-The control plane refuses a change that would put a user past a cap, and the callout
-grants within the same cap; were they read separately, they could disagree (the API once
-hard-coded a room cap the callout read from the environment).
+The control plane refuses a change that would put a user past a cap, the callout grants
+within the same cap, and the SDK refuses to send what the servers would refuse; were
+these read separately, they could disagree (the API once hard-coded a room cap the
+callout read from the environment). Settings that an operator may change read their
+defaults from here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from unibus.core.settings import EnvReader
 
 __all__ = [
     "ASSET_BYTES",
+    "DEFAULT_BLOB_BUDGET_BYTES",
+    "DEFAULT_JWT_TTL",
+    "DEFAULT_MAX_BLOB_BYTES",
     "DEFAULT_MAX_ROOMS",
+    "HISTORY_DUPLICATE_WINDOW",
+    "HISTORY_MAX_AGE",
     "HISTORY_MAX_PER_ROOM",
+    "MAX_API_JSON_BODY",
+    "MAX_CALLOUT_REQUEST_BYTES",
     "MAX_ENVELOPE_BYTES",
     "MAX_HANDLE_LEN",
     "MAX_ROOMS_ENV",
+    "MAX_SEALED_KEY_BYTES",
+    "NONCE_TTL",
     "read_max_rooms",
 ]
 
@@ -41,6 +52,26 @@ MAX_ENVELOPE_BYTES: Final = 1 << 20
 """One encrypted room message as stored (the SDK refuses to send more; the stream too)."""
 HISTORY_MAX_PER_ROOM: Final = 100_000
 """Messages the history keeps per room: a member flooding a room evicts that room's oldest."""
+HISTORY_MAX_AGE: Final = 30 * 86_400.0
+"""Seconds the history keeps a message (SPEC §4)."""
+HISTORY_DUPLICATE_WINDOW: Final = 120.0
+"""Seconds within which the history stores a message id once (the SDK's publish retries
+fall well inside it)."""
+MAX_SEALED_KEY_BYTES: Final = 1024
+"""One sealed room key as the API stores it (a sealed box is 80 bytes; the rest is slack
+for a future algorithm, not room for arbitrary data)."""
+DEFAULT_MAX_BLOB_BYTES: Final = 64 * 1024 * 1024
+"""One blob upload (``UNIBUS_MAX_BLOB_BYTES``)."""
+DEFAULT_BLOB_BUDGET_BYTES: Final = 1024 * 1024 * 1024
+"""Blob bytes one user may upload through one API node per hour (``UNIBUS_BLOB_BUDGET_BYTES``)."""
+MAX_API_JSON_BODY: Final = 1024 * 1024
+"""One JSON request body of the API."""
+MAX_CALLOUT_REQUEST_BYTES: Final = 64 * 1024
+"""One authorization request as the servers send it to the callout."""
+NONCE_TTL: Final = 600.0
+"""Seconds the API remembers a request nonce: at least twice the skew window plus drift."""
+DEFAULT_JWT_TTL: Final = 300.0
+"""Seconds a user JWT the callout issues stays valid (``UNIBUS_JWT_TTL``)."""
 
 _MIB: Final = 1024 * 1024
 ASSET_BYTES: Final = {

@@ -27,7 +27,6 @@ from unibus.core.retry import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BUDGET, retry_unt
 MIN_REPLICAS: Final = 1
 MAX_REPLICAS: Final = 5
 HA_REPLICAS: Final = 3
-DAY: Final = 86_400.0
 _ERR_STREAM_NOT_FOUND: Final = 10059
 _MAX_STORED_MESSAGE: Final = limits.MAX_ENVELOPE_BYTES + 4096
 """The envelope, and room for its headers (the message id)."""
@@ -78,9 +77,9 @@ class Provisioning:
     """What to create; the defaults are SPEC §4's."""
 
     replicas: int = HA_REPLICAS
-    history_max_age: float = 30 * DAY
-    history_duplicate_window: float = 120.0
-    nonce_ttl: float = 600.0
+    history_max_age: float = limits.HISTORY_MAX_AGE
+    history_duplicate_window: float = limits.HISTORY_DUPLICATE_WINDOW
+    nonce_ttl: float = limits.NONCE_TTL
     """Kept at least twice the request skew window plus clock drift."""
     asset_bytes: Mapping[str, int] = field(default_factory=lambda: dict(limits.ASSET_BYTES))
     """Storage reserved for each asset (``limits.ASSET_BYTES``); -1: unlimited."""
