@@ -101,6 +101,33 @@ async def bounded(seconds: float) -> AsyncIterator[None]:
         yield
 
 
+@asynccontextmanager
+async def probing(
+    attempt: Callable[[], Awaitable[object]], *, every: float = 0.2
+) -> AsyncIterator[list[tuple[float, BaseException | None]]]:
+    """Run ``attempt`` every ``every`` seconds while the block runs, as an outside probe
+    would; yields the outcomes as (start time, the exception or None)."""
+    outcomes: list[tuple[float, BaseException | None]] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                await attempt()
+                outcomes.append((began, None))
+            except Exception as exc:  # noqa: BLE001 - the outcome is what is asserted
+                outcomes.append((began, exc))
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - began)))
+
+    task = asyncio.create_task(probe())
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        await task
+
+
 async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     """Run the ``unibus`` command in a child process; (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(

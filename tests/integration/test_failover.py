@@ -11,12 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.harness import StackFactory, bounded, eventually, user_record
+from tests.integration.harness import (
+    StackFactory,
+    bounded,
+    eventually,
+    probing,
+    user_record,
+)
 from unibus.client.api import ApiClient
 from unibus.client.connection import AccessDeniedError, BusConnection
 from unibus.client.sdk import Client
@@ -88,30 +93,11 @@ async def _connect_once(stack: LocalStack, who: KeyPair, nodes: tuple[str, ...])
         await nc.close()
 
 
-@contextlib.asynccontextmanager
-async def _probing(
+def _probing(
     stack: LocalStack, who: KeyPair, nodes: tuple[str, ...]
-) -> AsyncIterator[list[tuple[float, BaseException | None]]]:
+) -> contextlib.AbstractAsyncContextManager[list[tuple[float, BaseException | None]]]:
     """Connect ``who`` every 200 ms while the block runs; yields the outcomes."""
-    outcomes: list[tuple[float, BaseException | None]] = []
-    stop = asyncio.Event()
-
-    async def probe() -> None:
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                await _connect_once(stack, who, nodes)
-                outcomes.append((began, None))
-            except Exception as exc:  # noqa: BLE001 - the outcome is what is asserted
-                outcomes.append((began, exc))
-            await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - began)))
-
-    task = asyncio.create_task(probe())
-    try:
-        yield outcomes
-    finally:
-        stop.set()
-        await task
+    return probing(lambda: _connect_once(stack, who, nodes))
 
 
 async def test_a_follower_delivers_every_change_in_order_across_the_loss_of_the_leader(

@@ -28,12 +28,25 @@ def _verb_modules() -> list[ModuleType]:
         keys,
         migrate,
         provision,
+        rollout,
         rooms,
         stack,
         users,
     )
 
-    return [stack, users, rooms, clientcheck, certs, keys, migrate, compose, provision, deploy]
+    return [
+        stack,
+        rollout,
+        users,
+        rooms,
+        clientcheck,
+        certs,
+        keys,
+        migrate,
+        compose,
+        provision,
+        deploy,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

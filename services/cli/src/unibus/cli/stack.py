@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -19,12 +20,15 @@ from unibus.cli._common import (
     resolve_target,
 )
 from unibus.core.connect import connect
-from unibus.core.errors import StackError
-from unibus.core.health import asset_statuses, node_statuses
+from unibus.core.errors import StackError, UnibusError
 from unibus.core.log import configure_logging
 from unibus.core.provisioning import scale
+from unibus.stack.clusterstate import observe
+from unibus.stack.drivers import LocalDriver
 from unibus.stack.launcher import LocalStack, stop_stack
 from unibus.stack.layout import DEFAULT_BASE_PORT, DEFAULT_DIR, StackLayout, StackSpec
+from unibus.stack.rollout import rollout
+from unibus.stack.supervise import RolloutLog, RolloutResult, read_request, write_result
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
@@ -113,9 +117,12 @@ def _up(args: argparse.Namespace) -> int:
 
 async def _run_foreground(stack: LocalStack) -> int:
     stop = asyncio.Event()
+    roll = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # `unibus rollout --dir` asks through SIGHUP (unibus.stack.supervise).
+    loop.add_signal_handler(signal.SIGHUP, roll.set)
     progress(f"starting {stack.spec.size} node(s) in {stack.layout.root} ...")
     info = await stack.up(progress=progress)
     try:
@@ -127,9 +134,22 @@ async def _run_foreground(stack: LocalStack) -> int:
         print(f"  stack     {stack.layout.stack_file}")
         print("Ctrl-C (or `unibus down`) stops everything.", flush=True)
         while not stop.is_set():
+            if roll.is_set():
+                roll.clear()
+                # A node restarted by the rollout is not a node that died: the watch below
+                # resumes only once the rollout is over.
+                rolling = asyncio.create_task(_serve_rollout(stack))
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait([rolling, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not rolling.done():
+                    rolling.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await rolling
+                continue
             try:
                 async with asyncio.timeout(1.0):
-                    await stop.wait()
+                    await _either(stop, roll)
             except TimeoutError:
                 if dead := stack.exited():
                     progress(f"node(s) exited unexpectedly: {', '.join(dead)}; stopping")
@@ -138,6 +158,51 @@ async def _run_foreground(stack: LocalStack) -> int:
     finally:
         progress("stopping ...")
         stack.stop()
+
+
+async def _either(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _serve_rollout(stack: LocalStack) -> None:
+    request = read_request(stack.layout)
+    if request is None:
+        return
+    log = RolloutLog(stack.layout)
+
+    def say(message: str) -> None:
+        log(message)
+        progress(f"rollout: {message}")
+
+    try:
+        nc = await connect(stack.target(), name="unibus-rollout")
+        try:
+            sys_nc = await connect(stack.target("system"), name="unibus-rollout")
+            try:
+                report = await rollout(
+                    LocalDriver(stack), nc, sys_nc, node_bound=request.node_bound, progress=say
+                )
+            finally:
+                await sys_nc.close()
+        finally:
+            await nc.close()
+    except UnibusError as exc:
+        say(f"failed: {exc}")
+        write_result(stack.layout, RolloutResult(id=request.id, ok=False, error=str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - reported to the requester, then `up` goes on
+        say(f"failed: {type(exc).__name__}: {exc}")
+        write_result(
+            stack.layout,
+            RolloutResult(id=request.id, ok=False, error=f"{type(exc).__name__}: {exc}"),
+        )
+        return
+    write_result(stack.layout, RolloutResult(id=request.id, ok=True, report=report.to_json()))
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -162,30 +227,17 @@ async def _status_async(args: argparse.Namespace) -> int:
     expected = len(target.urls)
     sys_nc = await connect(sys_target, name="unibus-status", max_reconnect_attempts=3)
     try:
-        nodes = await node_statuses(sys_nc, expected=expected)
+        nc = await connect(target, name="unibus-status", max_reconnect_attempts=3)
+        try:
+            state = await observe(nc, sys_nc, expected=expected)
+        finally:
+            await nc.close()
     finally:
         await sys_nc.close()
-    nc = await connect(target, name="unibus-status", max_reconnect_attempts=3)
-    try:
-        assets = await asset_statuses(nc.jetstream(timeout=3.0), cluster_size=expected)
-    finally:
-        await nc.close()
-    unhealthy = (
-        len(nodes) < expected
-        or any(a.degraded for a in assets)
-        or any(n.meta_leader is None for n in nodes)
-        or any(n.routes < expected - 1 for n in nodes)
-        or (expected > 1 and any(not n.route_tls for n in nodes))
-    )
+    nodes, assets = state.nodes, state.assets
+    unhealthy = not state.healthy
     if args.json:
-        print_json(
-            {
-                "healthy": not unhealthy,
-                "expected_nodes": expected,
-                "nodes": [dataclasses.asdict(n) for n in nodes],
-                "assets": [dataclasses.asdict(a) for a in assets],
-            }
-        )
+        print_json(state.to_json())
     else:
         print(f"nodes ({len(nodes)}/{expected} answering):")
         for n in nodes:
@@ -198,6 +250,8 @@ async def _status_async(args: argparse.Namespace) -> int:
         print("assets:")
         for a in assets:
             print(f"  {a.summary()}")
+        for problem in state.problems():
+            print(f"problem: {problem}", file=sys.stderr)
         print("healthy" if not unhealthy else "DEGRADED", file=sys.stderr)
     return 2 if unhealthy else 0
 

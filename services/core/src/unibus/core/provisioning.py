@@ -225,6 +225,8 @@ class AssetStatus:
     degraded: bool
     peers: tuple[str, ...] = field(default=())
     missing: bool = False
+    unanswered: bool = False
+    """No leader answered for it in time (an election, or lost quorum)."""
 
     @classmethod
     def absent(cls, asset: Asset) -> AssetStatus:
@@ -240,9 +242,16 @@ class AssetStatus:
             missing=True,
         )
 
+    @classmethod
+    def leaderless(cls, asset: Asset) -> AssetStatus:
+        """An asset whose leader did not answer: what a caller sees mid-election."""
+        return dataclasses.replace(cls.absent(asset), missing=False, unanswered=True)
+
     def summary(self) -> str:
         if self.missing:
             return f"{self.name}: MISSING (run provisioning)"
+        if self.unanswered:
+            return f"{self.name}: NO LEADER ANSWERS (an election, or quorum lost)"
         return (
             f"{self.name}: R{self.replicas} leader={self.leader or '-'} "
             f"followers_current={self.followers_current}/{self.followers} msgs={self.messages}"

@@ -71,18 +71,22 @@ from unibus.stack.containers import (
     SERVICE_COMMANDS,
     health_test,
 )
+from unibus.stack.drivers import ComposeNode
 from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import auth_identities, ensure_material
 from unibus.stack.natsconf import NatsToggles
+from unibus.stack.topology import SERVICES
 
 __all__ = [
     "EXAMPLE_TOPOLOGY",
     "Host",
     "Step",
     "Topology",
+    "format_plan",
     "plan",
     "render",
     "role_image",
+    "rollout_nodes",
 ]
 
 CLUSTER_SIZE: Final = 3
@@ -526,6 +530,31 @@ def plan(topology: Topology, out: Path, *, ship_images: bool = True) -> list[Ste
             )
         )
     return steps
+
+
+def rollout_nodes(topology: Topology) -> list[ComposeNode]:
+    """Each host's node as ``unibus rollout`` drives it: its compose project over ssh."""
+    remote = topology.remote_dir
+    compose = (
+        "docker",
+        "compose",
+        "--project-directory",
+        remote,
+        "-f",
+        f"{remote}/compose.yaml",
+        "-p",
+        "unibus",
+    )
+    return [
+        ComposeNode(
+            name=host.name,
+            compose=compose,
+            node_service=host.name,
+            services=SERVICES,
+            ssh=f"{topology.ssh_user}@{host.public_ip}",
+        )
+        for host in topology.hosts
+    ]
 
 
 def format_plan(steps: Sequence[Step]) -> list[str]:

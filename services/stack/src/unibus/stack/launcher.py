@@ -336,7 +336,8 @@ class LocalStack:
         for service, node in list(self._services):
             self.stop_service(service, node)
 
-    def _ready(self, service: str, node: str) -> bool:
+    def service_ready(self, service: str, node: str) -> bool:
+        """The callout has a fresh view; the API answers /healthz over TLS."""
         ports = self.spec.ports[self.spec.node_names.index(node)]
         if service == "authcallout":
             return _metric_is_one(ports.callout_metrics, "unibus_authcallout_view_fresh")
@@ -346,7 +347,7 @@ class LocalStack:
         """Wait until every callout has a fresh view and every API answers /healthz."""
         deadline = time.monotonic() + budget
         for (service, node), proc in list(self._services.items()):
-            while not await asyncio.to_thread(self._ready, service, node):
+            while not await asyncio.to_thread(self.service_ready, service, node):
                 if proc.poll() is not None:
                     raise StackError(
                         f"{service} on {node} exited with status {proc.returncode}; "
