@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from unibus.cli import deploy as cli_deploy
 from unibus.cli.main import main
 from unibus.core.errors import ConfigError
 from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, host_compose, plan, render
@@ -85,6 +86,48 @@ def test_host_compose_publishes_clients_publicly_routes_privately_with_restart_p
     assert stack["nats_urls"][0] == "tls://203.0.113.10:4222"
 
 
+def _cluster_down(monkeypatch: pytest.MonkeyPatch, *, answers: bool = False) -> None:
+    # No sockets in unit tests: whether the cluster answers is decided here.
+    async def cluster_answers(*_: object, **__: object) -> bool:
+        return answers
+
+    monkeypatch.setattr(cli_deploy, "cluster_answers", cluster_answers)
+
+
+def test_an_update_of_a_running_cluster_ships_everything_then_rolls_one_node_at_a_time(
+    out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cluster_down(monkeypatch, answers=True)
+    topology = REPO / "deploy" / "topology.example.toml"
+    code = main(["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["update"] is True
+    commands = [step["command"] for step in report["steps"]]
+    assert len(commands) == 9, "mkdir, copy and load per host; no host started at once"
+    assert not any(" up -d" in command for command in commands)
+    rollout = report["rollout"]
+    stops = [line for line in rollout if line.endswith(" stop n1'") or " stop n" in line]
+    assert stops, rollout
+    order = [line.split("]")[0].strip("[") for line in rollout if "up -d --no-deps" in line]
+    assert order == ["n1", "n2", "n3"]
+    assert rollout.index(next(line for line in rollout if line.startswith("[n1] wait"))) < (
+        rollout.index(next(line for line in rollout if line.startswith("[n2]")))
+    )
+
+
+def test_apply_with_start_starts_every_host_even_when_a_node_answers(
+    out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cluster_down(monkeypatch, answers=True)
+    topology = REPO / "deploy" / "topology.example.toml"
+    argv = ["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"]
+    assert main([*argv, "--start"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["update"] is False
+    assert sum(" up -d" in step["command"] for step in report["steps"]) == 3
+
+
 def test_apply_without_yes_prints_the_plan_and_runs_nothing(
     out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -95,11 +138,14 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
 
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
+    _cluster_down(monkeypatch)
     topology = REPO / "deploy" / "topology.example.toml"
     code = main(["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dry_run"] is True
+    assert report["update"] is False
+    assert report["rollout"] == []
     commands = [step["command"] for step in report["steps"]]
     assert len(commands) == 12
     assert commands[0] == "ssh root@203.0.113.10 'mkdir -p /opt/unibus'"

@@ -3,20 +3,35 @@
 ``render`` writes OUT/<host>/ (compose.yaml, env/, material/) for each host and keeps
 the CA keys and the admin seed in OUT/_material/ on this machine. ``apply`` prints the
 commands that ship each directory and start it (ssh/scp), and runs them only with
-``--yes``.
+``--yes``. When the cluster already answers, ``apply`` ships without starting and then
+rolls the hosts one at a time (``unibus rollout``): an update never restarts all three
+nodes at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 from pathlib import Path
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.cli.rollout import cluster_answers, drive, driver_plan, print_report
+from unibus.client.profile import read_stack_info
 from unibus.core.errors import StackError
-from unibus.stack.deploy import MATERIAL_DIR, Step, Topology, format_plan, plan, render
+from unibus.stack.deploy import (
+    MATERIAL_DIR,
+    Step,
+    Topology,
+    format_plan,
+    plan,
+    render,
+    rollout_nodes,
+)
+from unibus.stack.drivers import ComposeDriver
 from unibus.stack.natsconf import NatsToggles
+from unibus.stack.rollout import DEFAULT_NODE_BOUND
 
 _RENDER_EPILOG = """\
 example:
@@ -59,13 +74,29 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         "apply",
         help="print the plan that ships OUT/<host>/ to each host (runs it with --yes)",
         description="Print, host by host, the ssh/scp commands that copy the rendered "
-        "directory, load the images and run `docker compose up -d`. Nothing is run "
-        "without --yes.",
+        "directory, load the images and run `docker compose up -d`. If the cluster "
+        "already answers (an update), the hosts are not started at once: the new files "
+        "and images are shipped, then the nodes are rolled one at a time, each waiting "
+        "for full replication (`unibus rollout`). Nothing is run without --yes.",
     )
     apply.add_argument("--topology", type=Path, required=True, help="topology TOML")
     apply.add_argument("--out", type=Path, required=True, help="the rendered directory")
     apply.add_argument(
         "--no-images", action="store_true", help="do not ship images (the hosts pull them)"
+    )
+    apply.add_argument(
+        "--start",
+        action="store_true",
+        help="start every host at once, as a first deployment does, even if some node "
+        "answers (to bring up a cluster that is down or only partly started)",
+    )
+    apply.add_argument(
+        "--node-bound",
+        type=float,
+        default=DEFAULT_NODE_BOUND,
+        metavar="SECONDS",
+        help="in an update, how long one node may take to come back "
+        f"(default {DEFAULT_NODE_BOUND:g})",
     )
     apply.add_argument("--yes", action="store_true", help="run the plan instead of printing it")
     add_json_arg(apply)
@@ -104,16 +135,26 @@ def _run(step: Step) -> None:
 
 def _apply(args: argparse.Namespace) -> int:
     topology = Topology.load(args.topology)
-    steps = plan(topology, args.out, ship_images=not args.no_images)
+    out = args.out.expanduser().absolute()
+    info = read_stack_info(out / MATERIAL_DIR)
+    update = not args.start and asyncio.run(cluster_answers(info))
+    steps = plan(topology, out, ship_images=not args.no_images, start=not update)
+    driver = ComposeDriver(rollout_nodes(topology))
+    rollout_plan = driver_plan(driver) if update else []
     if args.json:
         print_json(
             {
                 "dry_run": not args.yes,
+                "update": update,
                 "steps": [{"host": s.host, "what": s.what, "command": s.shell()} for s in steps],
+                "rollout": rollout_plan,
             }
         )
     else:
         print("\n".join(format_plan(steps)))
+        if update:
+            print("the cluster answers: an update. Then, one node at a time (unibus rollout):")
+            print("\n".join(f"    {line}" for line in rollout_plan))
     if not args.yes:
         if not args.json:
             print("dry run: nothing was run; pass --yes to run these commands")
@@ -121,4 +162,7 @@ def _apply(args: argparse.Namespace) -> int:
     for step in steps:
         progress(f"[{step.host}] {step.what} ...")
         _run(step)
+    if update:
+        report = asyncio.run(drive(driver, info, args.node_bound))
+        print_report(report.to_json(), as_json=args.json)
     return 0

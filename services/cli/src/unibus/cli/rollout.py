@@ -99,7 +99,7 @@ def _rollout(args: argparse.Namespace) -> int:
     return _local(args)
 
 
-def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
+def print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
@@ -119,7 +119,7 @@ def _local(args: argparse.Namespace) -> int:
     result = follow_rollout(layout, request, deadline=deadline, on_line=progress)
     if not result.ok:
         raise StackError(result.error or "the rollout failed")
-    _print_report(result.report or {"nodes": []}, as_json=args.json)
+    print_report(result.report or {"nodes": []}, as_json=args.json)
     return 0
 
 
@@ -132,7 +132,30 @@ def _targets(info: StackInfo, ca: Path | None = None) -> tuple[NatsTarget, NatsT
     return internal, system
 
 
-async def _drive(driver: ComposeDriver, info: StackInfo, node_bound: float) -> RolloutReport:
+def driver_plan(driver: ComposeDriver) -> list[str]:
+    """What a rollout through ``driver`` runs, host by host, for printing before acting."""
+    plan = [f"[all] {step}" for step in driver.prepare_steps()]
+    for node in driver.nodes:
+        plan += [f"[{node}] {step}" for step in driver.steps(node)]
+        plan.append(f"[{node}] wait: every asset at full replication, callout and API ready")
+    return plan
+
+
+async def cluster_answers(info: StackInfo, *, budget: float = 10.0) -> bool:
+    """Whether any node of ``info`` admits the internal identity within ``budget``."""
+    internal, _ = _targets(info)
+    try:
+        async with asyncio.timeout(budget):
+            nc = await connect(
+                internal, name="unibus-probe", connect_timeout=3.0, max_reconnect_attempts=1
+            )
+    except Exception:  # noqa: BLE001 - unreachable, refused or hung: it does not answer
+        return False
+    await nc.close()
+    return True
+
+
+async def drive(driver: ComposeDriver, info: StackInfo, node_bound: float) -> RolloutReport:
     internal, system = _targets(info)
     nc = await connect(internal, name="unibus-rollout")
     try:
@@ -175,8 +198,8 @@ def _compose(args: argparse.Namespace) -> int:
             for node in info.nodes
         ]
     )
-    report = asyncio.run(_drive(driver, info, args.node_bound))
-    _print_report(report.to_json(), as_json=args.json)
+    report = asyncio.run(drive(driver, info, args.node_bound))
+    print_report(report.to_json(), as_json=args.json)
     return 0
 
 
@@ -187,10 +210,7 @@ def _remote(args: argparse.Namespace) -> int:
     out = args.out.expanduser().absolute()
     info = read_stack_info(out / MATERIAL_DIR)
     driver = ComposeDriver(rollout_nodes(topology))
-    plan = [f"[all] {step}" for step in driver.prepare_steps()]
-    for node in driver.nodes:
-        plan += [f"[{node}] {step}" for step in driver.steps(node)]
-        plan.append(f"[{node}] wait: every asset at full replication, callout and API ready")
+    plan = driver_plan(driver)
     if not args.yes:
         if args.json:
             print_json({"dry_run": True, "plan": plan})
@@ -198,6 +218,6 @@ def _remote(args: argparse.Namespace) -> int:
             print("\n".join(plan))
             print("dry run: nothing was run; pass --yes to roll the hosts one at a time")
         return 0
-    report = asyncio.run(_drive(driver, info, args.node_bound))
-    _print_report(report.to_json(), as_json=args.json)
+    report = asyncio.run(drive(driver, info, args.node_bound))
+    print_report(report.to_json(), as_json=args.json)
     return 0

@@ -478,8 +478,14 @@ class Step:
         return f"{text} | {shlex.join(self.pipe_to)}" if self.pipe_to else text
 
 
-def plan(topology: Topology, out: Path, *, ship_images: bool = True) -> list[Step]:
-    """The commands that copy each host's directory and start its stack, host by host."""
+def plan(
+    topology: Topology, out: Path, *, ship_images: bool = True, start: bool = True
+) -> list[Step]:
+    """The commands that copy each host's directory and start its stack, host by host.
+
+    ``start=False`` ships only: a running cluster is then updated by a rollout, one node
+    at a time, never by starting every host at once (which could drop it below quorum).
+    """
     out = out.expanduser().absolute()
     steps: list[Step] = []
     remote = topology.remote_dir
@@ -517,6 +523,8 @@ def plan(topology: Topology, out: Path, *, ship_images: bool = True) -> list[Ste
                     ("ssh", destination, "docker load"),
                 )
             )
+        if not start:
+            continue
         steps.append(
             Step(
                 host.name,
