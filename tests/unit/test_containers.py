@@ -29,7 +29,7 @@ def compose_yaml() -> dict[str, Any]:
 
 
 def _host_services() -> dict[str, Any]:
-    topology = Topology.parse(EXAMPLE_TOPOLOGY)
+    topology = Topology.parse(EXAMPLE_TOPOLOGY, allow_placeholders=True)
     services = host_compose(topology.hosts[0], topology)["services"]
     assert isinstance(services, dict)
     return services

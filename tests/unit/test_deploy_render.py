@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from unibus.cli import deploy as cli_deploy
@@ -16,16 +17,29 @@ from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, host_compose, plan, 
 from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
+# The example as an operator edits it: `deploy render` refuses the example's placeholders
+# (tests/unit/test_deploy_topology.py).
+TOPOLOGY = EXAMPLE_TOPOLOGY.replace("203.0.113.", "100.64.0.").replace(
+    ".example.org", ".unibus.test"
+)
+
+
+@pytest.fixture
+def topology_file(tmp_path: Path) -> Path:
+    path = tmp_path / "topology.toml"
+    path.write_text(TOPOLOGY)
+    return path
 
 
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
-    render(Topology.parse(EXAMPLE_TOPOLOGY), tmp_path / "out", toggles=NatsToggles())
+    render(Topology.parse(TOPOLOGY), tmp_path / "out", toggles=NatsToggles())
     return tmp_path / "out"
 
 
-def test_the_shipped_example_topology_parses() -> None:
-    topology = Topology.load(REPO / "deploy" / "topology.example.toml")
+def test_the_shipped_example_topology_parses_once_its_placeholders_are_allowed() -> None:
+    text = (REPO / "deploy" / "topology.example.toml").read_text()
+    topology = Topology.parse(text, allow_placeholders=True)
     assert [h.private_ip for h in topology.hosts] == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
 
 
@@ -34,14 +48,14 @@ def test_the_shipped_example_topology_parses() -> None:
     [
         (lambda t: t.split('[[hosts]]\nname = "n3"')[0], "exactly 3"),
         (lambda t: t.replace("10.0.0.11", "10.0.0.300"), "is not an IP"),
-        (lambda t: t.replace('"n2.example.org"', '"n1.example.org"'), "own hostname"),
+        (lambda t: t.replace('"n2.unibus.test"', '"n1.unibus.test"'), "already"),
         (lambda t: t.replace('name = "n2"', 'name = "N 2"'), "node name"),
         (lambda t: t.replace('"/opt/unibus"', '"opt; rm -rf /"'), "remote_dir"),
     ],
 )
 def test_a_bad_topology_is_refused_with_the_field_to_fix(edit: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Topology.parse(edit(EXAMPLE_TOPOLOGY))  # type: ignore[operator]
+        Topology.parse(edit(TOPOLOGY))  # type: ignore[operator]
 
 
 def test_each_host_receives_only_its_node_and_never_a_ca_key_or_the_admin_seed(
@@ -68,7 +82,7 @@ def test_routes_run_over_private_addresses_and_certificates_carry_every_address(
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     sans = {str(v) for v in names.get_values_for_type(x509.IPAddress)}
     sans |= set(names.get_values_for_type(x509.DNSName))
-    assert {"203.0.113.10", "10.0.0.10", "n1.example.org", "n1", "127.0.0.1"} <= sans
+    assert {"100.64.0.10", "10.0.0.10", "n1.unibus.test", "n1", "127.0.0.1"} <= sans
     env = (out / "n1" / "env" / "authcallout-n1.env").read_text()
     assert "UNIBUS_NATS_URLS=tls://n1:4222,tls://10.0.0.11:4222,tls://10.0.0.12:4222" in env
 
@@ -76,14 +90,23 @@ def test_routes_run_over_private_addresses_and_certificates_carry_every_address(
 def test_host_compose_publishes_clients_publicly_routes_privately_with_restart_policies(
     out: Path,
 ) -> None:
-    text = (out / "n3" / "compose.yaml").read_text()
-    assert '"203.0.113.12:4222:4222"' in text
-    assert '"10.0.0.12:6222:6222"' in text
-    assert '"203.0.113.12:6222' not in text
-    assert text.count('restart: "unless-stopped"') == 3
-    assert "\nname:" not in text
+    document = yaml.safe_load((out / "n3" / "compose.yaml").read_text())
+    services = document["services"]
+    assert services["n3"]["ports"] == [
+        "100.64.0.12:4222:4222",
+        "10.0.0.12:4222:4222",
+        "10.0.0.12:6222:6222",
+    ]
+    assert services["controlplane"]["ports"] == ["100.64.0.12:8470:8470"]
+    restarts = {name: service["restart"] for name, service in services.items()}
+    assert sorted(n for n, r in restarts.items() if r == "unless-stopped") == [
+        "authcallout",
+        "controlplane",
+        "n3",
+    ]
+    assert "name" not in document, "the project name is chosen where it runs"
     stack = json.loads((out / "_material" / "stack.json").read_text())
-    assert stack["nats_urls"][0] == "tls://203.0.113.10:4222"
+    assert stack["nats_urls"][0] == "tls://100.64.0.10:4222"
 
 
 def _cluster_down(monkeypatch: pytest.MonkeyPatch, *, answers: bool = False) -> None:
@@ -95,11 +118,13 @@ def _cluster_down(monkeypatch: pytest.MonkeyPatch, *, answers: bool = False) -> 
 
 
 def test_an_update_of_a_running_cluster_ships_everything_then_rolls_one_node_at_a_time(
-    out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    out: Path,
+    topology_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _cluster_down(monkeypatch, answers=True)
-    topology = REPO / "deploy" / "topology.example.toml"
-    code = main(["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"])
+    code = main(["deploy", "apply", "--topology", str(topology_file), "--out", str(out), "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["update"] is True
@@ -117,11 +142,13 @@ def test_an_update_of_a_running_cluster_ships_everything_then_rolls_one_node_at_
 
 
 def test_apply_with_start_starts_every_host_even_when_a_node_answers(
-    out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    out: Path,
+    topology_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _cluster_down(monkeypatch, answers=True)
-    topology = REPO / "deploy" / "topology.example.toml"
-    argv = ["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"]
+    argv = ["deploy", "apply", "--topology", str(topology_file), "--out", str(out), "--json"]
     assert main([*argv, "--start"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["update"] is False
@@ -129,7 +156,10 @@ def test_apply_with_start_starts_every_host_even_when_a_node_answers(
 
 
 def test_apply_without_yes_prints_the_plan_and_runs_nothing(
-    out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    out: Path,
+    topology_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The dry run never starts a process: no ssh, no scp, no docker."""
 
@@ -139,8 +169,7 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
     _cluster_down(monkeypatch)
-    topology = REPO / "deploy" / "topology.example.toml"
-    code = main(["deploy", "apply", "--topology", str(topology), "--out", str(out), "--json"])
+    code = main(["deploy", "apply", "--topology", str(topology_file), "--out", str(out), "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dry_run"] is True
@@ -148,7 +177,7 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
     assert report["rollout"] == []
     commands = [step["command"] for step in report["steps"]]
     assert len(commands) == 12
-    assert commands[0] == "ssh root@203.0.113.10 'mkdir -p /opt/unibus'"
+    assert commands[0] == "ssh root@100.64.0.10 'mkdir -p /opt/unibus'"
     assert commands[2].startswith(
         "docker save nats:2.15.1 unibus/unibus:local unibus/authcallout:local "
         "unibus/controlplane:local | ssh root@"
@@ -158,7 +187,7 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
 
 def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -> None:
     """No service runs the CLI image; the plan loads every image the hosts name, no other."""
-    topology = Topology.parse(EXAMPLE_TOPOLOGY)
+    topology = Topology.parse(TOPOLOGY)
     services = host_compose(topology.hosts[0], topology)["services"]
     assert {name: service["image"] for name, service in services.items()} == {
         "stage": "unibus/unibus:local",
@@ -200,20 +229,20 @@ def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -
 def test_service_images_default_to_siblings_of_the_cli_image(
     cluster: str, images: dict[str, str]
 ) -> None:
-    text = EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{cluster}\n")
+    text = TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{cluster}\n")
     assert Topology.parse(text).images() == images
 
 
 def test_a_digest_pinned_cli_image_needs_the_service_images_named() -> None:
     pinned = 'image = "ops/unibus@sha256:' + "0" * 64 + '"'
-    text = EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{pinned}\n")
+    text = TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{pinned}\n")
     with pytest.raises(ConfigError, match=r"cluster\.authcallout_image"):
         Topology.parse(text)
     named = f'{pinned}\nauthcallout_image = "ops/a@sha256:1"\ncontrolplane_image = "ops/c:1"'
-    topology = Topology.parse(EXAMPLE_TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{named}\n"))
+    topology = Topology.parse(TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{named}\n"))
     assert topology.images()["authcallout"] == "ops/a@sha256:1"
 
 
 def test_apply_before_render_says_to_render(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unibus deploy render"):
-        plan(Topology.parse(EXAMPLE_TOPOLOGY), tmp_path)
+        plan(Topology.parse(TOPOLOGY), tmp_path)

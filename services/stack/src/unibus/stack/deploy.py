@@ -13,7 +13,14 @@
 
 Routes run between the private addresses with mutual TLS; clients and the API use the
 public address. Each node's certificates carry its name, public and private IP,
-hostname, ``localhost`` and ``127.0.0.1``.
+hostname, ``localhost`` and ``127.0.0.1``. Hosts without a private network (the seeds'
+own deployment) set ``cluster.routes = "public"``: routes, the services' connections to
+peer nodes and the published route port then use the public address, and
+``private_ip`` may be left out.
+
+A topology is refused before anything is rendered when it still holds the example's
+placeholders (documentation addresses, ``example.org`` names) or when two hosts share a
+name, an address or a hostname; every message names the host and the field to fix.
 
 ``plan`` lists the commands that ship a rendered directory to its host and start it;
 ``unibus deploy apply`` prints them, and runs them only with ``--yes``.
@@ -30,11 +37,17 @@ needs no edit. A digest-pinned ``cluster.image`` derives nothing: the two fields
 required. ``plan`` ships exactly the images the host compose files name (no migrate image:
 the migration runs from the operator's machine, ``unibus migrate``).
 
->>> sorted(Topology.parse(EXAMPLE_TOPOLOGY).images().items())  # doctest: +NORMALIZE_WHITESPACE
+The example's placeholders are refused (only tests and these examples allow them):
+
+>>> Topology.parse(EXAMPLE_TOPOLOGY)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+unibus.core.errors.ConfigError: topology: hosts[0] (n1): public_ip 203.0.113.10 is a placeholder...
+
+>>> topology = Topology.parse(EXAMPLE_TOPOLOGY, allow_placeholders=True)
+>>> sorted(topology.images().items())  # doctest: +NORMALIZE_WHITESPACE
 [('authcallout', 'unibus/authcallout:local'), ('controlplane', 'unibus/controlplane:local'),
  ('tools', 'unibus/unibus:local')]
-
->>> topology = Topology.parse(EXAMPLE_TOPOLOGY)
 >>> [host.name for host in topology.hosts]
 ['n1', 'n2', 'n3']
 """
@@ -119,20 +132,24 @@ hostname = "n3.example.org"
 """
 
 
+ROUTES: Final = ("private", "public")
+"""``cluster.routes``: which of each host's addresses the routes and peer connections use."""
+PLACEHOLDER_NETWORKS: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+"""Documentation addresses (RFC 5737, RFC 3849): the example's, never a real host's."""
+PLACEHOLDER_DOMAINS: Final = ("example.org", "example.com", "example.net", "example")
+"""Documentation names (RFC 2606): the example's ``n1.example.org``, never a real host's."""
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
     public_ip: str
-    private_ip: str
+    private_ip: str | None
+    """None only with ``cluster.routes = "public"`` (no private network)."""
     hostname: str
-
-    def addresses(self) -> NodeAddresses:
-        return NodeAddresses(
-            name=self.name,
-            route_host=self.private_ip,
-            ips=(self.public_ip, self.private_ip),
-            dns_names=(self.hostname,),
-        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,9 @@ class Topology:
     image: str = DEFAULT_IMAGE
     authcallout_image: str | None = None
     controlplane_image: str | None = None
+    routes: str = "private"
+    """``private``: routes and peer connections over the private addresses; ``public``:
+    over the public ones (hosts without a private network)."""
 
     def images(self) -> dict[str, str]:
         """The image of each role on a host: ``tools`` (stage, provision) and the services."""
@@ -151,6 +171,27 @@ class Topology:
             "tools": self.image,
             **{role: explicit[role] or role_image(self.image, role) for role in SERVICE_ROLES},
         }
+
+    def route_ip(self, host: Host) -> str:
+        """The address peers dial for ``host``: its routes, and its client port from the
+        services and provisioning of the other hosts."""
+        if self.routes == "public":
+            return host.public_ip
+        if host.private_ip is None:
+            raise ConfigError(
+                f'{host.name} has no private_ip: set it, or cluster.routes = "public"'
+            )
+        return host.private_ip
+
+    def node_addresses(self, host: Host) -> NodeAddresses:
+        """What ``host``'s node advertises, and every address its certificates carry."""
+        ips = (host.public_ip,) if host.private_ip is None else (host.public_ip, host.private_ip)
+        return NodeAddresses(
+            name=host.name,
+            route_host=self.route_ip(host),
+            ips=ips,
+            dns_names=(host.hostname,),
+        )
 
     @classmethod
     def load(cls, path: Path) -> Topology:
@@ -164,24 +205,38 @@ class Topology:
         return cls.parse(text, source=str(path))
 
     @classmethod
-    def parse(cls, text: str, *, source: str = "topology") -> Topology:
-        """Parse and validate; every problem names the host and the field to fix."""
+    def parse(
+        cls, text: str, *, source: str = "topology", allow_placeholders: bool = False
+    ) -> Topology:
+        """Parse and validate; every problem names the host and the field to fix.
+
+        ``allow_placeholders`` admits the example's documentation addresses and names:
+        for tests and examples only, since no real host has them.
+        """
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source} is not valid TOML: {exc}") from None
         cluster = data.get("cluster", {})
+        routes = _string(cluster, "routes", "private", f"{source}: cluster")
+        if routes not in ROUTES:
+            raise ConfigError(
+                f'{source}: cluster.routes must be "private" (routes over the private '
+                'network) or "public" (hosts without one), not ' + json.dumps(routes)
+            )
         raw_hosts = data.get("hosts", [])
         if not isinstance(raw_hosts, list) or len(raw_hosts) != CLUSTER_SIZE:
             raise ConfigError(
                 f"{source} must list exactly {CLUSTER_SIZE} [[hosts]] (one per VPS), "
                 f"found {len(raw_hosts) if isinstance(raw_hosts, list) else 0}"
             )
-        hosts = tuple(_host(entry, index, source) for index, entry in enumerate(raw_hosts))
-        for field in ("name", "public_ip", "private_ip", "hostname"):
-            values = [getattr(host, field) for host in hosts]
-            if len(set(values)) != len(values):
-                raise ConfigError(f"{source}: every host needs its own {field}")
+        hosts = tuple(
+            _host(entry, index, source, routes=routes) for index, entry in enumerate(raw_hosts)
+        )
+        if not allow_placeholders:
+            for index, host in enumerate(hosts):
+                _refuse_placeholders(host, f"{source}: hosts[{index}] ({host.name})")
+        _refuse_shared_addresses(hosts, source, routes=routes)
         remote_dir = _string(cluster, "remote_dir", "/opt/unibus", source)
         if not remote_dir.startswith("/") or any(c in remote_dir for c in " '\"$`\\;&|"):
             raise ConfigError(f"{source}: cluster.remote_dir must be a plain absolute path")
@@ -200,6 +255,7 @@ class Topology:
             image=_string(cluster, "image", DEFAULT_IMAGE, source),
             authcallout_image=role_images.get("authcallout"),
             controlplane_image=role_images.get("controlplane"),
+            routes=routes,
         )
         try:
             topology.images()
@@ -234,26 +290,90 @@ def _string(table: Mapping[str, Any], key: str, default: str | None, where: str)
     return value
 
 
-def _host(entry: Any, index: int, source: str) -> Host:
+def _ip(entry: Mapping[str, Any], field: str, where: str) -> str:
+    value = _string(entry, field, None, where)
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {field} {value!r} is not an IP") from None
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        raise ConfigError(f"{where}: {field} {value} is not a host's address: put the host's own")
+    return str(ip)  # one spelling per address, so duplicates are found
+
+
+def _host(entry: Any, index: int, source: str, *, routes: str) -> Host:
     where = f"{source}: hosts[{index}]"
+    fields = "name, public_ip, private_ip, hostname"
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where} must be a table with name, public_ip, private_ip, hostname")
+        raise ConfigError(f"{where} must be a table with {fields}")
+    if routes == "private" and "private_ip" not in entry:
+        raise ConfigError(
+            f"{where}: private_ip is missing; routes run over the private network. A host "
+            'without one: set cluster.routes = "public" (routes over the public addresses)'
+        )
     host = Host(
         name=_string(entry, "name", None, where),
-        public_ip=_string(entry, "public_ip", None, where),
-        private_ip=_string(entry, "private_ip", None, where),
-        hostname=_string(entry, "hostname", None, where),
+        public_ip=_ip(entry, "public_ip", where),
+        private_ip=_ip(entry, "private_ip", where) if "private_ip" in entry else None,
+        hostname=_string(entry, "hostname", None, where).lower().removesuffix("."),
     )
-    for field in ("public_ip", "private_ip"):
-        try:
-            ipaddress.ip_address(getattr(host, field))
-        except ValueError:
-            raise ConfigError(f"{where}: {field} {getattr(host, field)!r} is not an IP") from None
     try:
         NodeSpec(name=host.name, ips=(host.public_ip,), dns_names=(host.hostname,))
     except CertificateError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return host
+
+
+def _refuse_placeholders(host: Host, where: str) -> None:
+    """The unedited example must not render: its addresses belong to no host."""
+    for field in ("public_ip", "private_ip"):
+        value = getattr(host, field)
+        if value is not None and any(
+            ipaddress.ip_address(value) in network for network in PLACEHOLDER_NETWORKS
+        ):
+            raise ConfigError(
+                f"{where}: {field} {value} is a placeholder (a documentation address, as in "
+                f"deploy/topology.example.toml): put the host's real {field}"
+            )
+    if any(host.hostname == d or host.hostname.endswith(f".{d}") for d in PLACEHOLDER_DOMAINS):
+        raise ConfigError(
+            f"{where}: hostname {host.hostname} is a placeholder (a documentation name, as in "
+            "deploy/topology.example.toml): put the host's real DNS name"
+        )
+
+
+def _refuse_shared_addresses(hosts: Sequence[Host], source: str, *, routes: str) -> None:
+    """Every name, address and hostname belongs to one host, in one role.
+
+    A shared address would send routes or clients to the wrong node, and a certificate
+    would vouch for two nodes at once.
+    """
+    owners: dict[str, str] = {}
+    for index, host in enumerate(hosts):
+        label = f"hosts[{index}] ({host.name})"
+        claims = [("name", host.name), ("hostname", host.hostname), ("public_ip", host.public_ip)]
+        if host.private_ip is not None:
+            claims.append(("private_ip", host.private_ip))
+        mine: dict[str, str] = {}
+        for field, value in claims:
+            # A host's own name as its hostname is one name, not a conflict.
+            if value in mine and {field, mine[value]} != {"name", "hostname"}:
+                hint = (
+                    'with one address per host, set cluster.routes = "public" and leave '
+                    "private_ip out"
+                    if routes == "private"
+                    else "leave private_ip out"
+                )
+                raise ConfigError(
+                    f"{source}: {label}: private_ip {value} is also its public_ip; {hint}"
+                )
+            mine.setdefault(value, field)
+            if value in owners:
+                raise ConfigError(
+                    f"{source}: {label}: {field} {value} is already {owners[value]}; every "
+                    "name, address and hostname belongs to one host: correct one of them"
+                )
+        owners.update({value: f"{label}'s {field}" for value, field in mine.items()})
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -305,7 +425,14 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
     node = host.name
     peers = [h for h in topology.hosts if h.name != node]
     urls = [f"--nats-url=tls://{node}:{CLIENT_PORT}"]
-    urls += [f"--nats-url=tls://{h.private_ip}:{CLIENT_PORT}" for h in peers]
+    urls += [f"--nats-url=tls://{topology.route_ip(h)}:{CLIENT_PORT}" for h in peers]
+    # The peers' services and provisioning dial this node's client port at its route
+    # address; clients at its public one. The route port only at the route address.
+    route_ip = topology.route_ip(host)
+    node_ports = [
+        f"{ip}:{CLIENT_PORT}:{CLIENT_PORT}" for ip in dict.fromkeys((host.public_ip, route_ip))
+    ]
+    node_ports.append(f"{route_ip}:{ROUTE_PORT}:{ROUTE_PORT}")
     images = topology.images()
     service = {
         "restart": "unless-stopped",
@@ -340,11 +467,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 "stop_signal": NATS_STOP_SIGNAL,
                 "stop_grace_period": NATS_STOP_GRACE,
                 "command": ["--config", f"/etc/unibus/nodes/{node}/nats-server.conf"],
-                "ports": [
-                    f"{host.public_ip}:{CLIENT_PORT}:{CLIENT_PORT}",
-                    f"{host.private_ip}:{CLIENT_PORT}:{CLIENT_PORT}",
-                    f"{host.private_ip}:{ROUTE_PORT}:{ROUTE_PORT}",
-                ],
+                "ports": node_ports,
                 "volumes": ["material-nats:/etc/unibus:ro", "nats-data:/data"],
                 "depends_on": {"stage": {"condition": "service_completed_successfully"}},
             },
@@ -409,12 +532,12 @@ def render(
     """Write ``out/_material`` and one directory per host; returns the host directories."""
     out = out.expanduser().absolute()
     layout = StackLayout.at(out / MATERIAL_DIR)
-    nodes = [host.addresses() for host in topology.hosts]
+    nodes = [topology.node_addresses(host) for host in topology.hosts]
     ensure_material(layout, [node.cert_spec() for node in nodes], force=force)
     auth_identities(layout)  # fails early on a damaged identity
     written: list[Path] = []
     for host in topology.hosts:
-        nats_hosts = {h.name: h.name if h is host else h.private_ip for h in topology.hosts}
+        nats_hosts = {h.name: h.name if h is host else topology.route_ip(h) for h in topology.hosts}
         render_configs(layout, nodes, toggles, nats_hosts)
         host_dir = out / host.name
         material = host_dir / "material"
@@ -452,7 +575,7 @@ def _stack_info(layout: StackLayout, topology: Topology) -> StackInfo:
         NodeInfo(
             name=h.name,
             client_url=f"tls://{host_ip(h)}:{CLIENT_PORT}",
-            route_url=f"nats-route://{h.private_ip}:{ROUTE_PORT}",
+            route_url=f"nats-route://{topology.route_ip(h)}:{ROUTE_PORT}",
             monitor_port=8222,
         )
         for h in topology.hosts
