@@ -58,7 +58,9 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         description="Create material once (identities, route secret, certificates whose "
         "SANs are each host's name, public IP, private IP and hostname, plus localhost "
         "and 127.0.0.1) and render, per host, its nats config (routes over the private "
-        "addresses, mutual TLS), its services' env files and its compose.yaml.",
+        'addresses, or the public ones with cluster.routes = "public"; mutual TLS), its '
+        "services' env files and its compose.yaml. A topology that still holds the "
+        "example's placeholder addresses, or duplicate ones, is refused.",
         epilog=_RENDER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
