@@ -22,6 +22,7 @@ def _verb_modules() -> list[ModuleType]:
     # verb cannot stop the others from being listed.
     from unibus.cli import (
         certs,
+        chaoscheck,
         clientcheck,
         compose,
         deploy,
@@ -37,6 +38,7 @@ def _verb_modules() -> list[ModuleType]:
     return [
         stack,
         rollout,
+        chaoscheck,
         users,
         rooms,
         clientcheck,

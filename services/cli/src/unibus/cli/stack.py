@@ -9,7 +9,9 @@ import dataclasses
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unibus.cli._common import (
     Subparsers,
@@ -23,12 +25,21 @@ from unibus.core.connect import connect
 from unibus.core.errors import StackError, UnibusError
 from unibus.core.log import configure_logging
 from unibus.core.provisioning import scale
+from unibus.stack.chaos import PHASES, ChaosCheck, Deployment
 from unibus.stack.clusterstate import observe
 from unibus.stack.drivers import LocalDriver
 from unibus.stack.launcher import LocalStack, stop_stack
 from unibus.stack.layout import DEFAULT_BASE_PORT, DEFAULT_DIR, StackLayout, StackSpec
 from unibus.stack.rollout import rollout
-from unibus.stack.supervise import RolloutLog, RolloutResult, read_request, write_result
+from unibus.stack.supervise import (
+    KINDS,
+    Request,
+    RequestLog,
+    Result,
+    cancel_requested,
+    read_request,
+    write_result,
+)
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
@@ -117,12 +128,13 @@ def _up(args: argparse.Namespace) -> int:
 
 async def _run_foreground(stack: LocalStack) -> int:
     stop = asyncio.Event()
-    roll = asyncio.Event()
+    wake = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # `unibus rollout --dir` asks through SIGHUP (unibus.stack.supervise).
-    loop.add_signal_handler(signal.SIGHUP, roll.set)
+    # `unibus rollout --dir` and `unibus chaoscheck --dir` ask (and cancel) through SIGHUP
+    # (unibus.stack.supervise).
+    loop.add_signal_handler(signal.SIGHUP, wake.set)
     progress(f"starting {stack.spec.size} node(s) in {stack.layout.root} ...")
     info = await stack.up(progress=progress)
     try:
@@ -134,22 +146,16 @@ async def _run_foreground(stack: LocalStack) -> int:
         print(f"  stack     {stack.layout.stack_file}")
         print("Ctrl-C (or `unibus down`) stops everything.", flush=True)
         while not stop.is_set():
-            if roll.is_set():
-                roll.clear()
-                # A node restarted by the rollout is not a node that died: the watch below
-                # resumes only once the rollout is over.
-                rolling = asyncio.create_task(_serve_rollout(stack))
-                stopping = asyncio.create_task(stop.wait())
-                await asyncio.wait([rolling, stopping], return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                if not rolling.done():
-                    rolling.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await rolling
+            if wake.is_set():
+                wake.clear()
+                # A node the request stops is not a node that died: the watch below
+                # resumes only once the request is over.
+                while not stop.is_set() and (request := read_request(stack.layout)):
+                    await _serve_until_done(stack, request, stop, wake)
                 continue
             try:
                 async with asyncio.timeout(1.0):
-                    await _either(stop, roll)
+                    await _either(stop, wake)
             except TimeoutError:
                 if dead := stack.exited():
                     progress(f"node(s) exited unexpectedly: {', '.join(dead)}; stopping")
@@ -169,40 +175,119 @@ async def _either(*events: asyncio.Event) -> None:
             wait.cancel()
 
 
-async def _serve_rollout(stack: LocalStack) -> None:
-    request = read_request(stack.layout)
-    if request is None:
-        return
-    log = RolloutLog(stack.layout)
+async def _serve_until_done(
+    stack: LocalStack, request: Request, stop: asyncio.Event, wake: asyncio.Event
+) -> None:
+    """Serve ``request``; cancel it when its requester asks or when `unibus up` stops.
+
+    A cancelled request undoes its work before it answers (the chaos check thaws and
+    starts what it stopped), so it is awaited, not abandoned.
+    """
+    task = asyncio.create_task(_serve_request(stack, request))
+    while not task.done():
+        await _either_or(task, stop, wake)
+        if stop.is_set():
+            # Cancelled again and again: the chaos check still undoes what it did (that
+            # part ignores cancellation), but need not wait for health; all stops next.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        if wake.is_set():
+            wake.clear()
+            if cancel_requested(stack.layout, request.id):
+                progress(f"{request.kind}: cancelled by its requester; undoing")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _either_or(task: asyncio.Task[None], *events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _serve_request(stack: LocalStack, request: Request) -> None:
+    log = RequestLog(stack.layout)
 
     def say(message: str) -> None:
         log(message)
-        progress(f"rollout: {message}")
+        progress(f"{request.kind}: {message}")
 
+    if request.kind not in KINDS:
+        error = f"`unibus up` does not know {request.kind!r} requests: restart it on this version"
+        write_result(stack.layout, Result(id=request.id, ok=False, error=error))
+        return
+    check: ChaosCheck | None = None
     try:
-        nc = await connect(stack.target(), name="unibus-rollout")
-        try:
-            sys_nc = await connect(stack.target("system"), name="unibus-rollout")
-            try:
-                report = await rollout(
-                    LocalDriver(stack), nc, sys_nc, node_bound=request.node_bound, progress=say
-                )
-            finally:
-                await sys_nc.close()
-        finally:
-            await nc.close()
+        if request.kind == "chaoscheck":
+            check = _chaos_check(stack, request, say)
+            run = check.restore_everything() if request.options.get("restore") else check.run()
+            report = (await run).to_json()
+        else:
+            report = await _rollout(stack, request, say)
+    except asyncio.CancelledError:
+        say("interrupted")
+        write_result(
+            stack.layout,
+            Result(
+                id=request.id,
+                ok=False,
+                interrupted=True,
+                error=f"the {request.kind} was interrupted",
+                report=check.report.to_json() if check is not None else None,
+            ),
+        )
+        raise
     except UnibusError as exc:
         say(f"failed: {exc}")
-        write_result(stack.layout, RolloutResult(id=request.id, ok=False, error=str(exc)))
+        write_result(stack.layout, Result(id=request.id, ok=False, error=str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - reported to the requester, then `up` goes on
         say(f"failed: {type(exc).__name__}: {exc}")
         write_result(
             stack.layout,
-            RolloutResult(id=request.id, ok=False, error=f"{type(exc).__name__}: {exc}"),
+            Result(id=request.id, ok=False, error=f"{type(exc).__name__}: {exc}"),
         )
         return
-    write_result(stack.layout, RolloutResult(id=request.id, ok=True, report=report.to_json()))
+    write_result(stack.layout, Result(id=request.id, ok=True, report=report))
+
+
+async def _rollout(
+    stack: LocalStack, request: Request, say: Callable[[str], None]
+) -> dict[str, Any]:
+    nc = await connect(stack.target(), name="unibus-rollout")
+    try:
+        sys_nc = await connect(stack.target("system"), name="unibus-rollout")
+        try:
+            report = await rollout(
+                LocalDriver(stack), nc, sys_nc, node_bound=request.node_bound, progress=say
+            )
+        finally:
+            await sys_nc.close()
+    finally:
+        await nc.close()
+    return report.to_json()
+
+
+def _chaos_check(stack: LocalStack, request: Request, say: Callable[[str], None]) -> ChaosCheck:
+    phases = request.options.get("phases") or list(PHASES)
+    return ChaosCheck(
+        LocalDriver(stack),
+        Deployment.from_stack_info(stack.info()),
+        phases=[str(p) for p in phases],
+        bound=request.node_bound,
+        progress=say,
+    )
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -4,13 +4,36 @@ Each driver stops a node the planned way (lame duck: its clients and leaderships
 to the peers first), starts it with the current image and configuration, and says when
 the callout and the API beside it are ready. The rollout (``unibus.stack.rollout``) and
 the chaos check use them and never care which one they hold.
+
+For the chaos check (``unibus.stack.chaos``) each driver also does what a planned stop
+avoids, and undoes it: ``kill`` ends a node and its services abruptly (a crash),
+``revive`` starts again whatever of a node is not running, as it was (no new config);
+``isolate`` cuts a node off and ``heal`` joins it again. ``revive`` and ``heal`` are
+idempotent, so a restore can always run them, whatever was done before it.
+
+"Cut off" is the same everywhere: the node's nats-server, callout and API are frozen
+(SIGSTOP locally, ``docker compose pause`` under compose, here or over ssh) and thawed.
+Their sockets stay open and silent, which is what a partition looks like to the peers and
+to clients on the majority's side, where the check stands: the peers elect without the
+node, its connects and API go unanswered, and once thawed it must rejoin and catch up.
+
+Not ``docker network disconnect``: it removes the containers' interfaces, and with them,
+silently, every connection the node has, its own callout's and API's included (which a
+real partition, between hosts, leaves alone). nats-py and nats-server notice a dead
+connection only at their ping interval (two minutes), so after a heal the node's services
+stayed unready for over six minutes on the compose stack: an artifact of the tool, not
+of the cluster. (Moving the containers onto a network of their own instead keeps their
+published ports working, and per-host deployments route through those.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shlex
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -19,10 +42,25 @@ from unibus.core.errors import StackError
 from unibus.stack.launcher import LocalStack
 from unibus.stack.topology import SERVICES
 
-__all__ = ["ComposeDriver", "ComposeNode", "LocalDriver"]
+__all__ = ["ChaosSteps", "ComposeDriver", "ComposeNode", "LocalDriver", "compose_nodes"]
 
 _COMMAND_TIMEOUT: Final = 180.0
 """A compose stop waits for the lame duck (up to the 60 s grace); a start pulls nothing."""
+CUT_OFF: Final = (
+    "its nats-server, callout and API frozen: silent to its peers and to clients, as "
+    "across a partition seen from the majority's side (where the check stands), so its "
+    "connects and API go unanswered; thawed, it must rejoin and catch up"
+)
+
+
+@dataclass(frozen=True)
+class ChaosSteps:
+    """What the chaos check runs against one node, in words or commands (for its plan)."""
+
+    kill: tuple[str, ...]
+    revive: tuple[str, ...]
+    isolate: tuple[str, ...]
+    heal: tuple[str, ...]
 
 
 class LocalDriver:
@@ -62,6 +100,45 @@ class LocalDriver:
             lambda: all(self._stack.service_ready(service, node) for service in SERVICES)
         )
 
+    # -- chaos ------------------------------------------------------------------------------
+    cut_off: Final = f"{CUT_OFF} (SIGSTOP, SIGCONT)"
+
+    @staticmethod
+    def chaos_steps(node: str) -> ChaosSteps:
+        return ChaosSteps(
+            kill=(f"SIGKILL nats-server {node}, its authcallout and controlplane",),
+            revive=(f"start whatever of {node} is not running (same config)",),
+            isolate=(f"SIGSTOP nats-server {node}, its authcallout and controlplane",),
+            heal=(f"SIGCONT nats-server {node}, its authcallout and controlplane",),
+        )
+
+    def _pids(self, node: str) -> list[int]:
+        pids = [self._stack.pid(node), *(self._stack.service_pid(s, node) for s in SERVICES)]
+        return [pid for pid in pids if pid is not None]
+
+    async def kill(self, node: str) -> None:
+        await asyncio.to_thread(self._stack.stop_node, node, kill=True)
+        for service in SERVICES:
+            await asyncio.to_thread(self._stack.stop_service, service, node, kill=True)
+
+    async def revive(self, node: str) -> None:
+        if self._stack.pid(node) is None:
+            self._stack.start_node(node)
+            await self._stack.wait_ready(nodes=(node,))
+        for service in SERVICES:
+            if self._stack.service_pid(service, node) is None:
+                self._stack.start_service(service, node)
+
+    async def isolate(self, node: str) -> None:
+        for pid in self._pids(node):
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile: nothing to freeze
+                os.kill(pid, signal.SIGSTOP)
+
+    async def heal(self, node: str) -> None:
+        for pid in self._pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
 
 @dataclass(frozen=True)
 class ComposeNode:
@@ -77,11 +154,30 @@ class ComposeNode:
     """``user@host`` when the project lives on another machine."""
     stage_service: str = "stage"
 
+    @property
+    def containers(self) -> tuple[str, ...]:
+        """The compose services of the node, its own first."""
+        return (self.node_service, *self.services)
+
     def argv(self, *args: str) -> list[str]:
         command = [*self.compose, *args]
         if self.ssh is None:
             return command
         return ["ssh", "-o", "BatchMode=yes", self.ssh, shlex.join(command)]
+
+
+def compose_nodes(compose: Sequence[str], nodes: Sequence[str]) -> list[ComposeNode]:
+    """The nodes of the repository's ``compose.yaml`` (services ``nX``, ``authcallout-nX``,
+    ``controlplane-nX``) in one project on this machine; ``compose`` selects the project."""
+    return [
+        ComposeNode(
+            name=node,
+            compose=tuple(compose),
+            node_service=node,
+            services=tuple(f"{service}-{node}" for service in SERVICES),
+        )
+        for node in nodes
+    ]
 
 
 class ComposeDriver:
@@ -145,6 +241,52 @@ class ComposeDriver:
             if entry.get("State") == "running" and entry.get("Health") == "healthy":
                 healthy.add(entry.get("Service"))
         return healthy >= set(spec.services)
+
+    # -- chaos ------------------------------------------------------------------------------
+    cut_off: Final = f"{CUT_OFF} (docker compose pause, unpause)"
+
+    def chaos_steps(self, node: str) -> ChaosSteps:
+        spec = self._nodes[node]
+        return ChaosSteps(
+            kill=(shlex.join(spec.argv("kill", *spec.containers)),),
+            revive=(shlex.join(spec.argv("start", *spec.containers)),),
+            isolate=(shlex.join(spec.argv("pause", *spec.containers)),),
+            heal=(shlex.join(spec.argv("unpause", *spec.containers)),),
+        )
+
+    async def kill(self, node: str) -> None:
+        spec = self._nodes[node]
+        await _run(spec.argv("kill", *spec.containers))
+
+    async def revive(self, node: str) -> None:
+        spec = self._nodes[node]
+        await _run(spec.argv("start", *spec.containers))
+
+    async def _in_state(self, spec: ComposeNode, state: str) -> list[str]:
+        """The node's services whose container is in ``state`` (compose's word)."""
+        output = await _run(spec.argv("ps", "-a", "--format", "json", *spec.containers))
+        entries: list[dict[str, object]] = []
+        for line in output.splitlines():
+            line = line.strip()
+            # One object per line since compose 2.21; one array before (older hosts).
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+            elif line.startswith("["):
+                entries.extend(json.loads(line))
+        return [str(e.get("Service")) for e in entries if e.get("State") == state]
+
+    async def isolate(self, node: str) -> None:
+        spec = self._nodes[node]
+        # Only what runs: compose refuses to pause a paused container, and so a repeat.
+        running = await self._in_state(spec, "running")
+        if running:
+            await _run(spec.argv("pause", *running))
+
+    async def heal(self, node: str) -> None:
+        spec = self._nodes[node]
+        paused = await self._in_state(spec, "paused")
+        if paused:
+            await _run(spec.argv("unpause", *paused))
 
 
 async def _run(command: list[str], *, timeout: float = _COMMAND_TIMEOUT) -> str:
