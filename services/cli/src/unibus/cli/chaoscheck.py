@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.cli._deployment import (
+    add_deployment_args,
+    compose_deployment,
+    remote_deployment,
+)
 from unibus.client.profile import read_stack_info
 from unibus.core.errors import ConfigError, StackError
 from unibus.stack.chaos import (
@@ -36,9 +39,7 @@ from unibus.stack.chaos import (
     Deployment,
     plan,
 )
-from unibus.stack.compose import DEFAULT_COMPOSE_DIR
-from unibus.stack.deploy import MATERIAL_DIR, Topology, rollout_nodes
-from unibus.stack.drivers import ComposeDriver, LocalDriver, compose_nodes
+from unibus.stack.drivers import ComposeDriver, LocalDriver
 from unibus.stack.layout import DEFAULT_DIR, StackLayout
 from unibus.stack.supervise import follow, request
 
@@ -77,30 +78,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_argument_group("which cluster (a local stack unless told otherwise)")
-    where.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help=f"the stack's directory (default {DEFAULT_DIR}, or {DEFAULT_COMPOSE_DIR} "
-        "with --compose)",
-    )
-    where.add_argument("--compose", action="store_true", help="the compose stack on this machine")
-    where.add_argument(
-        "--compose-file",
-        type=Path,
-        default=Path("compose.yaml"),
-        help="with --compose: the compose file (default ./compose.yaml)",
-    )
-    where.add_argument(
-        "--project",
-        default=None,
-        help="with --compose: the compose project name (default: compose's own choice)",
-    )
-    where.add_argument("--topology", type=Path, default=None, help="hosts over ssh: the topology")
-    where.add_argument(
-        "--out", type=Path, default=None, help="with --topology: the rendered directory"
-    )
+    add_deployment_args(parser)
     parser.add_argument(
         "--phase",
         action="append",
@@ -165,27 +143,12 @@ def _finish(report: dict[str, Any], *, as_json: bool) -> int:
 
 # -- compose, here or on the hosts: the engine runs in this process -------------------------------
 def _compose(args: argparse.Namespace) -> int:
-    directory = (args.dir or DEFAULT_COMPOSE_DIR).expanduser().absolute()
-    info = read_stack_info(directory)
-    compose_file = args.compose_file.expanduser().absolute()
-    if not compose_file.is_file():
-        raise ConfigError(
-            f"{compose_file} not found: run from the repository, or pass --compose-file"
-        )
-    compose = ["docker", "compose", "-f", str(compose_file)]
-    compose += ["--env-file", str(directory / "compose.env")]
-    project = args.project or os.environ.get("COMPOSE_PROJECT_NAME")
-    if project:
-        compose += ["-p", project]
-    nodes = compose_nodes(compose, [node.name for node in info.nodes])
-    return _here(args, ComposeDriver(nodes), Deployment.from_stack_info(info))
+    driver, info = compose_deployment(args)
+    return _here(args, driver, Deployment.from_stack_info(info))
 
 
 def _remote(args: argparse.Namespace) -> int:
-    if args.topology is None or args.out is None:
-        raise ConfigError("a chaos check over ssh needs both --topology and --out")
-    info = read_stack_info(args.out.expanduser().absolute() / MATERIAL_DIR)
-    driver = ComposeDriver(rollout_nodes(Topology.load(args.topology)))
+    driver, info = remote_deployment(args, "a chaos check")
     return _here(args, driver, Deployment.from_stack_info(info))
 
 

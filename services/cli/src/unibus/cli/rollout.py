@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.cli._deployment import (
+    add_deployment_args,
+    compose_deployment,
+    remote_deployment,
+)
 from unibus.client.profile import StackInfo, read_stack_info
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import ConfigError, StackError
-from unibus.stack.compose import DEFAULT_COMPOSE_DIR
-from unibus.stack.deploy import MATERIAL_DIR, Topology, rollout_nodes
-from unibus.stack.drivers import ComposeDriver, ComposeNode
+from unibus.stack.drivers import ComposeDriver
 from unibus.stack.layout import DEFAULT_DIR, StackLayout
 from unibus.stack.rollout import DEFAULT_NODE_BOUND, RolloutReport, rollout
 from unibus.stack.supervise import follow_rollout, request_rollout
-from unibus.stack.topology import SERVICES
 
 _EPILOG = """\
 examples:
@@ -51,30 +52,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_argument_group("which cluster (a local stack unless told otherwise)")
-    where.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help=f"the stack's directory (default {DEFAULT_DIR}, or {DEFAULT_COMPOSE_DIR} "
-        "with --compose)",
-    )
-    where.add_argument("--compose", action="store_true", help="the compose stack on this machine")
-    where.add_argument(
-        "--compose-file",
-        type=Path,
-        default=Path("compose.yaml"),
-        help="with --compose: the compose file (default ./compose.yaml)",
-    )
-    where.add_argument(
-        "--project",
-        default=None,
-        help="with --compose: the compose project name (default: compose's own choice)",
-    )
-    where.add_argument("--topology", type=Path, default=None, help="hosts over ssh: the topology")
-    where.add_argument(
-        "--out", type=Path, default=None, help="with --topology: the rendered directory"
-    )
+    add_deployment_args(parser)
     parser.add_argument(
         "--node-bound",
         type=float,
@@ -169,47 +147,14 @@ async def drive(driver: ComposeDriver, info: StackInfo, node_bound: float) -> Ro
 
 
 def _compose(args: argparse.Namespace) -> int:
-    directory = (args.dir or DEFAULT_COMPOSE_DIR).expanduser().absolute()
-    info = read_stack_info(directory)
-    compose_file = args.compose_file.expanduser().absolute()
-    if not compose_file.is_file():
-        raise ConfigError(
-            f"{compose_file} not found: run from the repository, or pass --compose-file"
-        )
-    base = [
-        "docker",
-        "compose",
-        "-f",
-        str(compose_file),
-        "--env-file",
-        str(directory / "compose.env"),
-    ]
-    project = args.project or os.environ.get("COMPOSE_PROJECT_NAME")
-    if project:
-        base += ["-p", project]
-    driver = ComposeDriver(
-        [
-            ComposeNode(
-                name=node.name,
-                compose=tuple(base),
-                node_service=node.name,
-                services=tuple(f"{service}-{node.name}" for service in SERVICES),
-            )
-            for node in info.nodes
-        ]
-    )
+    driver, info = compose_deployment(args)
     report = asyncio.run(drive(driver, info, args.node_bound))
     print_report(report.to_json(), as_json=args.json)
     return 0
 
 
 def _remote(args: argparse.Namespace) -> int:
-    if args.topology is None or args.out is None:
-        raise ConfigError("a rollout over ssh needs both --topology and --out")
-    topology = Topology.load(args.topology)
-    out = args.out.expanduser().absolute()
-    info = read_stack_info(out / MATERIAL_DIR)
-    driver = ComposeDriver(rollout_nodes(topology))
+    driver, info = remote_deployment(args, "a rollout")
     plan = driver_plan(driver)
     if not args.yes:
         if args.json:
