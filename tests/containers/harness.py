@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from unibus.client.profile import StackInfo, read_stack_info
+from unibus.core.connect import NatsTarget, connect
 from unibus.stack.compose import ComposeSpec, render_compose_dir
 from unibus.stack.layout import free_ports
 from unibus.stack.natsconf import NatsToggles
@@ -213,3 +215,30 @@ class ComposeStack:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
+
+
+PROBE_BUDGET = 10.0
+
+
+async def admitted_within(target: NatsTarget, budget: float = PROBE_BUDGET) -> BaseException | None:
+    """One client connecting as a client library should: attempts bounded to 3 s, retried
+    for up to 10 s. A node in lame duck behind docker's port proxy accepts the TCP
+    connection and resets it; nats-py's connect can then hang, hence the bound. None when
+    admitted; the last error when never admitted, or at once when refused."""
+    deadline = time.monotonic() + budget
+    while True:
+        try:
+            async with asyncio.timeout(3.0):
+                nc = await connect(
+                    target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1
+                )
+            try:
+                await nc.flush(timeout=2.0)
+            finally:
+                await nc.close()
+        except Exception as exc:  # noqa: BLE001 - the outcome is asserted
+            if "authorization" in str(exc).lower() or time.monotonic() > deadline:
+                return exc
+            await asyncio.sleep(0.1)
+        else:
+            return None

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.containers.harness import docker
+from tests.containers.harness import admitted_within, docker
 from tests.containers.rehearsal import HOSTS, Rehearsal
 from unibus.client.api import ApiClient
 from unibus.client.sdk import Client
@@ -34,7 +34,6 @@ from unibus.stack.drivers import ComposeDriver
 from unibus.stack.rollout import RolloutReport, rollout
 
 pytestmark = pytest.mark.timeout(900)
-PROBE_BUDGET = 10.0
 NODE_BOUND = 240.0
 
 
@@ -125,29 +124,6 @@ def test_the_rehearsal_cold_starts_healthy_with_private_routes_and_passes_client
 # -- a rollout of the rehearsal, through each host's own compose project -------------------
 
 
-async def _probe(target: NatsTarget) -> BaseException | None:
-    """One client connecting as a client library should: attempts bounded to 3 s, retried
-    for up to 10 s (a node in lame duck may accept and then reset a connection). None when
-    admitted; the last error when never admitted, or at once when refused."""
-    deadline = time.monotonic() + PROBE_BUDGET
-    while True:
-        try:
-            async with asyncio.timeout(3.0):
-                nc = await connect(
-                    target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1
-                )
-            try:
-                await nc.flush(timeout=2.0)
-            finally:
-                await nc.close()
-        except Exception as exc:  # noqa: BLE001 - the outcome is asserted
-            if "authorization" in str(exc).lower() or time.monotonic() > deadline:
-                return exc
-            await asyncio.sleep(0.1)
-        else:
-            return None
-
-
 async def _roll_while_used(rehearsal: Rehearsal, probe_seed: Path) -> dict[str, Any]:
     info = rehearsal.info
     ca = Path(info.ca_file)
@@ -180,7 +156,7 @@ async def _roll_while_used(rehearsal: Rehearsal, probe_seed: Path) -> dict[str, 
         async def probe_every_200ms() -> None:
             while not rolling.done():
                 began = time.monotonic()
-                outcomes.append(await _probe(target))
+                outcomes.append(await admitted_within(target))
                 await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - began)))
 
         probing = asyncio.create_task(probe_every_200ms())

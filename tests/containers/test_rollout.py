@@ -17,45 +17,20 @@ from typing import Any
 
 import pytest
 
-from tests.containers.harness import REPO, ComposeStack, docker
+from tests.containers.harness import REPO, ComposeStack, admitted_within, docker
 from unibus.client.api import ApiClient
 from unibus.client.sdk import Client
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import NatsTarget
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 
 pytestmark = pytest.mark.timeout(900)
 NODES = ("n1", "n2", "n3")
-PROBE_BUDGET = 10.0
 
 
 def _started_at(stack: ComposeStack, service: str) -> str:
     result = docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(service))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-async def _probe(target: NatsTarget) -> BaseException | None:
-    """One client connecting as a client library should: attempts bounded to 3 s, retried
-    for up to 10 s. A node in lame duck behind docker's port proxy accepts the TCP
-    connection and resets it; nats-py's connect can then hang, hence the bound. None when
-    admitted; the last error when never admitted, or at once when refused."""
-    deadline = time.monotonic() + PROBE_BUDGET
-    while True:
-        try:
-            async with asyncio.timeout(3.0):
-                nc = await connect(
-                    target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1
-                )
-            try:
-                await nc.flush(timeout=2.0)
-            finally:
-                await nc.close()
-        except Exception as exc:  # noqa: BLE001 - the outcome is asserted
-            if "authorization" in str(exc).lower() or time.monotonic() > deadline:
-                return exc
-            await asyncio.sleep(0.1)
-        else:
-            return None
 
 
 async def _roll_while_used(stack: ComposeStack, probe_seed: Path) -> dict[str, Any]:
@@ -98,7 +73,7 @@ async def _roll_while_used(stack: ComposeStack, probe_seed: Path) -> dict[str, A
         async def probe_every_200ms() -> None:
             while not done.done():
                 began = time.monotonic()
-                outcomes.append(await _probe(target))
+                outcomes.append(await admitted_within(target))
                 await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - began)))
 
         probing = asyncio.create_task(probe_every_200ms())
