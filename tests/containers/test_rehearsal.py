@@ -10,6 +10,12 @@ projects, each with its own addresses (issue 13; ``tests/containers/rehearsal.py
 * Routes over the public addresses, no private network (the seeds' deployment): a cold
   start passes ``clientcheck``.
 
+* ``unibus.stack.chaos`` against the three projects: every invariant holds and the
+  cluster is restored.
+* A host lost with its volumes comes back empty under its name, with its old address:
+  ``unibus.stack.replace`` stages its material and starts it, its peers rebuild it, the
+  messages written before the loss are all there and ``clientcheck`` passes.
+
 The public variant runs first and is removed before the private one starts, so one
 rehearsal runs at a time.
 """
@@ -30,7 +36,11 @@ from unibus.client.api import ApiClient
 from unibus.client.sdk import Client
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+from unibus.stack.chaos import PHASES, ChaosCheck
+from unibus.stack.chaos import Deployment as ChaosTarget
+from unibus.stack.clusterstate import operator_connections
 from unibus.stack.drivers import ComposeDriver
+from unibus.stack.replace import ReplaceReport, replace
 from unibus.stack.rollout import RolloutReport, rollout
 
 pytestmark = pytest.mark.timeout(900)
@@ -220,3 +230,115 @@ def test_a_rollout_of_the_three_host_projects_loses_nothing_and_ends_with_every_
     assert len(result["acked"]) > 50, "the publisher barely ran"
     missing = set(result["acked"]) - set(result["stored"])
     assert not missing, f"{len(missing)} acknowledged messages lost"
+
+
+# -- the operator's chaos check, against the three hosts -----------------------------------------
+
+
+def test_chaoscheck_against_the_three_host_projects_holds_every_invariant_and_restores(
+    rehearsal: Rehearsal,
+) -> None:
+    """Each host's node, callout and API are stopped, frozen and started through that
+    host's own compose project, as `unibus chaoscheck --topology` does over ssh."""
+    rehearsal.wait_healthy()
+    said: list[str] = []
+    check = ChaosCheck(
+        ComposeDriver(rehearsal.compose_nodes()),
+        ChaosTarget.from_stack_info(rehearsal.info),
+        phases=list(PHASES),
+        bound=NODE_BOUND,
+        progress=said.append,
+    )
+
+    report = asyncio.run(check.run()).to_json()
+
+    assert report["ok"] is True, [
+        (phase["phase"], [i for i in phase["invariants"] if not i["held"]])
+        for phase in report["phases"]
+    ]
+    assert [phase["phase"] for phase in report["phases"]] == [*PHASES, "restore"]
+    status = rehearsal.wait_healthy()
+    assert all(a["replicas"] == 3 and not a["degraded"] for a in status["assets"])
+    _clientcheck(rehearsal)
+
+
+# -- a host lost with its disk, replaced under the same name --------------------------------------
+
+
+async def _write_then_replace(rehearsal: Rehearsal, lost: str, probe_seed: Path) -> dict[str, Any]:
+    info = rehearsal.info
+    ca = Path(info.ca_file)
+    member = KeyPair.generate(Prefix.USER)
+    prober = read_seed_file(probe_seed)
+    admin = ApiClient(info.api_urls, read_seed_file(Path(info.admin_seed_file)), ca_file=ca)
+    async with admin:
+        await admin.add_user(member.public_key, "before-the-loss")
+        await admin.add_user(prober.public_key, "probe")
+    client = await Client.open(
+        identity=member, nats_urls=info.nats_urls, api_urls=info.api_urls, ca_file=ca
+    )
+    try:
+        room = await client.create_room()
+        await room.wait_admitted()
+        written = [f"before the loss {i}".encode() for i in range(20)]
+        for data in written:
+            await room.publish(data)
+
+        # The host is gone: its containers and every volume (data and material alike).
+        lost_host = rehearsal.compose(lost, "down", "-v", "--timeout", "10")
+        assert lost_host.returncode == 0, lost_host.stderr
+        # A new machine with the old one's address; nothing of unibus on it yet.
+        machine = rehearsal.compose(lost, "up", "-d", "--no-deps", "vps")
+        assert machine.returncode == 0, machine.stderr
+
+        urls = tuple(info.nats_urls)
+        internal = NatsTarget(urls=urls, ca_file=ca, identity_file=Path(info.internal_id_file))
+        system = NatsTarget(urls=urls, ca_file=ca, identity_file=Path(info.sys_id_file))
+        said: list[str] = []
+        async with operator_connections(internal, system, name="rehearsal-replace") as (
+            nc,
+            sys_nc,
+        ):
+            report = await replace(
+                ComposeDriver(rehearsal.compose_nodes()),
+                lost,
+                nc,
+                sys_nc,
+                wipe=False,
+                node_bound=NODE_BOUND,
+                progress=said.append,
+            )
+        stored = [m.data async for m in room.history()]
+        through_it = NatsTarget(
+            urls=(info.nats_urls[HOSTS.index(lost)],), ca_file=ca, identity_file=probe_seed
+        )
+        admitted = await admitted_within(through_it)
+    finally:
+        await client.close()
+    return {
+        "report": report,
+        "said": said,
+        "written": written,
+        "stored": stored,
+        "admitted": admitted,
+    }
+
+
+def test_a_host_lost_with_its_volumes_is_replaced_under_its_name_and_rebuilt_by_its_peers(
+    rehearsal: Rehearsal, tmp_path: Path
+) -> None:
+    rehearsal.wait_healthy()
+    probe_seed = tmp_path / "probe.nk"
+    write_seed_file(probe_seed, KeyPair.generate(Prefix.USER).seed)
+
+    result = asyncio.run(_write_then_replace(rehearsal, "n3", probe_seed))
+
+    report: ReplaceReport = result["report"]
+    assert report.was_running is False, "the lost host's node still answered"
+    assert report.after.problems() == [], result["said"]
+    status = rehearsal.wait_healthy()
+    assert all(a["replicas"] == 3 and not a["degraded"] for a in status["assets"])
+    assert result["admitted"] is None, f"a connect through the new n3: {result['admitted']!r}"
+    missing = set(result["written"]) - set(result["stored"])
+    assert not missing, f"{len(missing)} messages written before the loss are gone"
+    _clientcheck(rehearsal)

@@ -149,6 +149,41 @@ async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@asynccontextmanager
+async def running_up(
+    root: Path, *, ready_within: float = 120.0
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``unibus up --dir root`` on free ports, until its stack file is written; stopped
+    (``unibus down``, then by its PID) when the block ends."""
+    up = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "unibus.cli",
+        "up",
+        "--dir",
+        str(root),
+        "--base-port",
+        str(free_port_block(60)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    layout = StackLayout.at(root)
+    try:
+
+        async def stack_file_written() -> bool:
+            if up.returncode is not None:
+                raise AssertionError(f"unibus up exited early ({up.returncode})")
+            return layout.stack_file.exists()
+
+        await eventually(stack_file_written, until=bool, timeout=ready_within, what="stack.json")
+        yield up
+    finally:
+        await run_cli("down", "--dir", str(root))
+        if up.returncode is None:
+            up.kill()
+        await up.wait()
+
+
 def free_port_block(size: int, *, attempts: int = 50) -> int:
     """A base port such that ``base .. base+size-1`` are all free right now."""
     rng = random.Random()

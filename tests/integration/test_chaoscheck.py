@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.deployment import Deployment
-from tests.integration.harness import bounded, eventually, free_port_block, run_cli
+from tests.integration.harness import bounded, run_cli, running_up
 from unibus.core import naming
 from unibus.stack.chaos import ChaosCheck
 from unibus.stack.chaos import Deployment as ChaosTarget
@@ -62,30 +62,6 @@ async def test_a_chaos_check_of_a_healthy_stack_holds_every_invariant_and_leaves
     await room.publish(b"still here")
 
 
-async def _up(root: Path) -> asyncio.subprocess.Process:
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "unibus.cli",
-        "up",
-        "--dir",
-        str(root),
-        "--base-port",
-        str(free_port_block(60)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    layout = StackLayout.at(root)
-
-    async def stack_file_written() -> bool:
-        if up.returncode is not None:
-            raise AssertionError(f"unibus up exited early ({up.returncode})")
-        return layout.stack_file.exists()
-
-    await eventually(stack_file_written, until=bool, timeout=120, what="stack.json")
-    return up
-
-
 async def _interrupted_at(
     args: list[str], marker: str, *, budget: float
 ) -> tuple[int, str, list[str]]:
@@ -123,9 +99,8 @@ async def test_unibus_chaoscheck_interrupted_during_stop_two_restores_the_stack(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "stack"
-    up = await _up(root)
     layout = StackLayout.at(root)
-    try:
+    async with running_up(root) as up:
         pids = {n: int(layout.node_pid(n).read_text()) for n in NODES}
 
         code, out, err = await run_cli("chaoscheck", "--dir", str(root), "--json")
@@ -154,8 +129,3 @@ async def test_unibus_chaoscheck_interrupted_during_stop_two_restores_the_stack(
         assert code == 0, err
         assert json.loads(out)["healthy"] is True
         assert time.monotonic() - started < 300
-    finally:
-        await run_cli("down", "--dir", str(root))
-        if up.returncode is None:
-            up.kill()
-        await up.wait()

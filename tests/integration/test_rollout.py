@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from tests.integration.deployment import Deployment
 from tests.integration.harness import (
     StackFactory,
     bounded,
-    eventually,
-    free_port_block,
     probing,
     run_cli,
+    running_up,
 )
 from unibus.client.room import Room
 from unibus.core.connect import NatsTarget, connect
@@ -145,27 +143,8 @@ async def test_a_rollout_of_a_degraded_cluster_is_refused_and_touches_nothing(
 
 async def test_unibus_rollout_rolls_the_stack_a_running_unibus_up_holds(tmp_path: Path) -> None:
     root = tmp_path / "stack"
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "unibus.cli",
-        "up",
-        "--dir",
-        str(root),
-        "--base-port",
-        str(free_port_block(60)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
     layout = StackLayout.at(root)
-    try:
-
-        async def stack_file_written() -> bool:
-            if up.returncode is not None:
-                raise AssertionError(f"unibus up exited early ({up.returncode})")
-            return layout.stack_file.exists()
-
-        await eventually(stack_file_written, until=bool, timeout=120, what="stack.json")
+    async with running_up(root) as up:
         before = {n: int(layout.node_pid(n).read_text()) for n in ("n1", "n2", "n3")}
 
         code, out, err = await run_cli("rollout", "--dir", str(root), "--json", timeout=600)
@@ -181,11 +160,6 @@ async def test_unibus_rollout_rolls_the_stack_a_running_unibus_up_holds(tmp_path
         code, out, err = await run_cli("status", "--dir", str(root), "--json")
         assert code == 0, err
         assert json.loads(out)["healthy"] is True
-    finally:
-        await run_cli("down", "--dir", str(root))
-        if up.returncode is None:
-            up.kill()
-        await up.wait()
 
 
 async def test_unibus_rollout_without_a_running_stack_says_how_to_start_one(

@@ -246,3 +246,27 @@ def test_a_digest_pinned_cli_image_needs_the_service_images_named() -> None:
 def test_apply_before_render_says_to_render(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unibus deploy render"):
         plan(Topology.parse(TOPOLOGY), tmp_path)
+
+
+def test_replace_over_ssh_without_yes_plans_one_host_ships_it_first_and_runs_nothing(
+    out: Path,
+    topology_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a dry run started {args!r}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    argv = ["replace", "n2", "--topology", str(topology_file), "--out", str(out), "--wipe"]
+    assert main([*argv, "--json"]) == 0
+    plan_lines = json.loads(capsys.readouterr().out)["plan"]
+    assert all(line.startswith("[n2]") for line in plan_lines), plan_lines
+    assert all("100.64.0.10" not in line and "100.64.0.12" not in line for line in plan_lines)
+    assert plan_lines[0].startswith("[n2] check: the other nodes answer")
+    copy = next(i for i, line in enumerate(plan_lines) if "scp -rp" in line)
+    wipe = next(i for i, line in enumerate(plan_lines) if "rm --stop --force n2" in line)
+    start = next(i for i, line in enumerate(plan_lines) if "up -d --no-deps n2" in line)
+    assert copy < wipe < start
+    assert plan_lines[-1] == "[n2] wait: every asset at full replication, callout and API ready"

@@ -12,13 +12,14 @@ import os
 from pathlib import Path
 
 from unibus.client.profile import StackInfo, read_stack_info
+from unibus.core.connect import NatsTarget
 from unibus.core.errors import ConfigError
 from unibus.stack.compose import DEFAULT_COMPOSE_DIR
 from unibus.stack.deploy import MATERIAL_DIR, Topology, rollout_nodes
 from unibus.stack.drivers import ComposeDriver, compose_nodes
 from unibus.stack.layout import DEFAULT_DIR
 
-__all__ = ["add_deployment_args", "compose_deployment", "remote_deployment"]
+__all__ = ["add_deployment_args", "compose_deployment", "remote_deployment", "targets"]
 
 
 def add_deployment_args(parser: argparse.ArgumentParser) -> None:
@@ -72,3 +73,12 @@ def remote_deployment(args: argparse.Namespace, verb: str) -> tuple[ComposeDrive
         raise ConfigError(f"{verb} over ssh needs both --topology and --out")
     info = read_stack_info(args.out.expanduser().absolute() / MATERIAL_DIR)
     return ComposeDriver(rollout_nodes(Topology.load(args.topology))), info
+
+
+def targets(info: StackInfo) -> tuple[NatsTarget, NatsTarget]:
+    """The internal identity and the system account of the deployment ``info`` describes."""
+    urls = tuple(info.nats_urls)
+    ca_file = Path(info.ca_file)
+    internal = NatsTarget(urls=urls, ca_file=ca_file, identity_file=Path(info.internal_id_file))
+    system = NatsTarget(urls=urls, ca_file=ca_file, identity_file=Path(info.sys_id_file))
+    return internal, system

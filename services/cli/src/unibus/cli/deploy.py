@@ -119,7 +119,8 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(step: Step) -> None:
+def run_step(step: Step) -> None:
+    """Run one step of a deploy plan; a failure says which and how to go on."""
     if step.pipe_to:
         producer = subprocess.Popen(step.argv, stdout=subprocess.PIPE)
         consumer = subprocess.run(step.pipe_to, stdin=producer.stdout, check=False)
@@ -163,7 +164,7 @@ def _apply(args: argparse.Namespace) -> int:
         return 0
     for step in steps:
         progress(f"[{step.host}] {step.what} ...")
-        _run(step)
+        run_step(step)
     if update:
         report = asyncio.run(drive(driver, info, args.node_bound))
         print_report(report.to_json(), as_json=args.json)

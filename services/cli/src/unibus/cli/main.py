@@ -29,6 +29,7 @@ def _verb_modules() -> list[ModuleType]:
         keys,
         migrate,
         provision,
+        replace,
         rollout,
         rooms,
         stack,
@@ -38,6 +39,7 @@ def _verb_modules() -> list[ModuleType]:
     return [
         stack,
         rollout,
+        replace,
         chaoscheck,
         users,
         rooms,

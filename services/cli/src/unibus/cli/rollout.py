@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
@@ -21,10 +20,12 @@ from unibus.cli._deployment import (
     add_deployment_args,
     compose_deployment,
     remote_deployment,
+    targets,
 )
 from unibus.client.profile import StackInfo, read_stack_info
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import connect
 from unibus.core.errors import ConfigError, StackError
+from unibus.stack.clusterstate import operator_connections
 from unibus.stack.drivers import ComposeDriver
 from unibus.stack.layout import DEFAULT_DIR, StackLayout
 from unibus.stack.rollout import DEFAULT_NODE_BOUND, RolloutReport, rollout
@@ -102,14 +103,6 @@ def _local(args: argparse.Namespace) -> int:
 
 
 # -- compose, here or on the hosts --------------------------------------------------------------
-def _targets(info: StackInfo, ca: Path | None = None) -> tuple[NatsTarget, NatsTarget]:
-    ca_file = ca or Path(info.ca_file)
-    urls = tuple(info.nats_urls)
-    internal = NatsTarget(urls=urls, ca_file=ca_file, identity_file=Path(info.internal_id_file))
-    system = NatsTarget(urls=urls, ca_file=ca_file, identity_file=Path(info.sys_id_file))
-    return internal, system
-
-
 def driver_plan(driver: ComposeDriver) -> list[str]:
     """What a rollout through ``driver`` runs, host by host, for printing before acting."""
     plan = [f"[all] {step}" for step in driver.prepare_steps()]
@@ -121,7 +114,7 @@ def driver_plan(driver: ComposeDriver) -> list[str]:
 
 async def cluster_answers(info: StackInfo, *, budget: float = 10.0) -> bool:
     """Whether any node of ``info`` admits the internal identity within ``budget``."""
-    internal, _ = _targets(info)
+    internal, _ = targets(info)
     try:
         async with asyncio.timeout(budget):
             nc = await connect(
@@ -134,16 +127,8 @@ async def cluster_answers(info: StackInfo, *, budget: float = 10.0) -> bool:
 
 
 async def drive(driver: ComposeDriver, info: StackInfo, node_bound: float) -> RolloutReport:
-    internal, system = _targets(info)
-    nc = await connect(internal, name="unibus-rollout")
-    try:
-        sys_nc = await connect(system, name="unibus-rollout")
-        try:
-            return await rollout(driver, nc, sys_nc, node_bound=node_bound, progress=progress)
-        finally:
-            await sys_nc.close()
-    finally:
-        await nc.close()
+    async with operator_connections(*targets(info), name="unibus-rollout") as (nc, sys_nc):
+        return await rollout(driver, nc, sys_nc, node_bound=node_bound, progress=progress)
 
 
 def _compose(args: argparse.Namespace) -> int:

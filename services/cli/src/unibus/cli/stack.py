@@ -26,10 +26,11 @@ from unibus.core.errors import StackError, UnibusError
 from unibus.core.log import configure_logging
 from unibus.core.provisioning import scale
 from unibus.stack.chaos import PHASES, ChaosCheck, Deployment
-from unibus.stack.clusterstate import observe
+from unibus.stack.clusterstate import observe, operator_connections
 from unibus.stack.drivers import LocalDriver
 from unibus.stack.launcher import LocalStack, stop_stack
 from unibus.stack.layout import DEFAULT_BASE_PORT, DEFAULT_DIR, StackLayout, StackSpec
+from unibus.stack.replace import replace
 from unibus.stack.rollout import rollout
 from unibus.stack.supervise import (
     KINDS,
@@ -233,6 +234,8 @@ async def _serve_request(stack: LocalStack, request: Request) -> None:
             check = _chaos_check(stack, request, say)
             run = check.restore_everything() if request.options.get("restore") else check.run()
             report = (await run).to_json()
+        elif request.kind == "replace":
+            report = await _replace(stack, request, say)
         else:
             report = await _rollout(stack, request, say)
     except asyncio.CancelledError:
@@ -265,18 +268,29 @@ async def _serve_request(stack: LocalStack, request: Request) -> None:
 async def _rollout(
     stack: LocalStack, request: Request, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    nc = await connect(stack.target(), name="unibus-rollout")
-    try:
-        sys_nc = await connect(stack.target("system"), name="unibus-rollout")
-        try:
-            report = await rollout(
-                LocalDriver(stack), nc, sys_nc, node_bound=request.node_bound, progress=say
-            )
-        finally:
-            await sys_nc.close()
-    finally:
-        await nc.close()
+    targets = stack.target(), stack.target("system")
+    async with operator_connections(*targets, name="unibus-rollout") as (nc, sys_nc):
+        report = await rollout(
+            LocalDriver(stack), nc, sys_nc, node_bound=request.node_bound, progress=say
+        )
     return report.to_json()
+
+
+async def _replace(
+    stack: LocalStack, request: Request, say: Callable[[str], None]
+) -> dict[str, Any]:
+    targets = stack.target(), stack.target("system")
+    async with operator_connections(*targets, name="unibus-replace") as (nc, sys_nc):
+        replaced = await replace(
+            LocalDriver(stack),
+            str(request.options.get("node", "")),
+            nc,
+            sys_nc,
+            wipe=bool(request.options.get("wipe")),
+            node_bound=request.node_bound,
+            progress=say,
+        )
+    return replaced.to_json()
 
 
 def _chaos_check(stack: LocalStack, request: Request, say: Callable[[str], None]) -> ChaosCheck:

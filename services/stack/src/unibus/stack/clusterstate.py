@@ -9,7 +9,9 @@ nodes, the internal identity for the assets), never from local settings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +19,11 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from unibus.core.connect import NatsTarget, connect
 from unibus.core.health import NodeStatus, node_statuses
 from unibus.core.provisioning import ASSETS, AssetStatus, asset_status
 
-__all__ = ["ClusterState", "observe"]
+__all__ = ["ClusterState", "observe", "operator_connections"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,20 @@ async def observe(nc: NATS, sys_nc: NATS, *, expected: int, timeout: float = 2.0
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
             assets.append(AssetStatus.leaderless(asset))
     return ClusterState(expected=expected, nodes=tuple(nodes), assets=tuple(assets))
+
+
+@contextlib.asynccontextmanager
+async def operator_connections(
+    internal: NatsTarget, system: NatsTarget, *, name: str
+) -> AsyncIterator[tuple[NATS, NATS]]:
+    """The two connections an operator tool acts through: the internal identity
+    (JetStream administration) and the system account (the nodes, the meta leader)."""
+    nc = await connect(internal, name=name)
+    try:
+        sys_nc = await connect(system, name=name)
+        try:
+            yield nc, sys_nc
+        finally:
+            await sys_nc.close()
+    finally:
+        await nc.close()

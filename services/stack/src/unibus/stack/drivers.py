@@ -11,6 +11,11 @@ avoids, and undoes it: ``kill`` ends a node and its services abruptly (a crash),
 ``isolate`` cuts a node off and ``heal`` joins it again. ``revive`` and ``heal`` are
 idempotent, so a restore can always run them, whatever was done before it.
 
+For a node replacement (``unibus.stack.replace``) each driver also ``wipe``s a stopped
+node's JetStream state, as a lost disk or a new host leaves it: the node's store
+directory locally, its data volume under compose. Nothing else of the node goes (its
+configuration and certificates are staged again from the operator's material).
+
 "Cut off" is the same everywhere: the node's nats-server, callout and API are frozen
 (SIGSTOP locally, ``docker compose pause`` under compose, here or over ssh) and thawed.
 Their sockets stay open and silent, which is what a partition looks like to the peers and
@@ -33,6 +38,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,8 +87,16 @@ class LocalDriver:
             f"start the authcallout and controlplane of {node}",
         ]
 
-    async def prepare(self) -> None:
+    async def prepare(self, nodes: Sequence[str] = ()) -> None:
         """Nothing to stage: a local node reads its material where it was written."""
+
+    def wipe_steps(self, node: str) -> list[str]:
+        return [f"delete {self._stack.layout.node_store(node)} (its JetStream state)"]
+
+    async def wipe(self, node: str) -> None:
+        if self._stack.pid(node) is not None:
+            raise StackError(f"{node} is running: stop it before its state is deleted")
+        await asyncio.to_thread(shutil.rmtree, self._stack.layout.node_store(node), True)
 
     async def stop(self, node: str) -> None:
         await asyncio.to_thread(self._stack.stop_node, node)
@@ -153,6 +167,8 @@ class ComposeNode:
     ssh: str | None = None
     """``user@host`` when the project lives on another machine."""
     stage_service: str = "stage"
+    data_volume: str = "nats-data"
+    """The compose volume (its key in the file) holding the node's JetStream state."""
 
     @property
     def containers(self) -> tuple[str, ...]:
@@ -160,9 +176,18 @@ class ComposeNode:
         return (self.node_service, *self.services)
 
     def argv(self, *args: str) -> list[str]:
-        command = [*self.compose, *args]
+        """``docker compose`` of the project with ``args``, where the project lives."""
+        return self.host_argv(*self.compose, *args)
+
+    @property
+    def docker(self) -> str:
+        """The docker command the project's compose runs as."""
+        return self.compose[0]
+
+    def host_argv(self, *command: str) -> list[str]:
+        """``command`` run where the project lives (over ssh for a remote host)."""
         if self.ssh is None:
-            return command
+            return list(command)
         return ["ssh", "-o", "BatchMode=yes", self.ssh, shlex.join(command)]
 
 
@@ -175,6 +200,7 @@ def compose_nodes(compose: Sequence[str], nodes: Sequence[str]) -> list[ComposeN
             compose=tuple(compose),
             node_service=node,
             services=tuple(f"{service}-{node}" for service in SERVICES),
+            data_volume=f"{node}-data",
         )
         for node in nodes
     ]
@@ -201,23 +227,50 @@ class ComposeDriver:
     def steps(self, node: str) -> list[str]:
         return [shlex.join(command) for command in self._commands(node)]
 
-    def prepare_steps(self) -> list[str]:
-        return [shlex.join(command) for command in self._stage_commands()]
+    def prepare_steps(self, nodes: Sequence[str] = ()) -> list[str]:
+        return [shlex.join(command) for command in self._stage_commands(nodes)]
 
-    def _stage_commands(self) -> list[list[str]]:
+    def _stage_commands(self, nodes: Sequence[str] = ()) -> list[list[str]]:
         # One staging per project: it copies the rendered material (configs, certificates)
         # into the volumes. Running nodes read their files only when they start, so each
         # picks up the new ones when its turn comes.
         seen: dict[tuple[tuple[str, ...], str | None], list[str]] = {}
         for spec in self._nodes.values():
+            if nodes and spec.name not in nodes:
+                continue
             key = (spec.compose, spec.ssh)
             if key not in seen:
                 seen[key] = spec.argv("run", "--rm", "--no-deps", spec.stage_service)
         return list(seen.values())
 
-    async def prepare(self) -> None:
-        for command in self._stage_commands():
+    async def prepare(self, nodes: Sequence[str] = ()) -> None:
+        """Stage the material of every project, or only of the projects of ``nodes``."""
+        for command in self._stage_commands(nodes):
             await _run(command)
+
+    # -- replacement ------------------------------------------------------------------------
+    def wipe_steps(self, node: str) -> list[str]:
+        spec = self._nodes[node]
+        return [
+            shlex.join(spec.argv("rm", "--stop", "--force", spec.node_service)),
+            f"docker volume rm the project's {spec.data_volume!r} volume (its name from "
+            f"`docker compose config`), on {spec.ssh or 'this machine'}",
+        ]
+
+    async def wipe(self, node: str) -> None:
+        spec = self._nodes[node]
+        # The container holds the volume: it goes first (the material volumes stay).
+        await _run(spec.argv("rm", "--stop", "--force", spec.node_service))
+        config = json.loads(await _run(spec.argv("config", "--format", "json")))
+        volume = config.get("volumes", {}).get(spec.data_volume) or {}
+        name = volume.get("name")
+        if not isinstance(name, str) or not name:
+            raise StackError(
+                f"the compose project of {node} declares no volume {spec.data_volume!r}: "
+                "is this the compose file `unibus compose init` or `deploy render` wrote?"
+            )
+        # --force: a volume already gone (a new host) is what we want, not an error.
+        await _run(spec.host_argv(spec.docker, "volume", "rm", "--force", name))
 
     async def stop(self, node: str) -> None:
         stop_node, stop_services, _ = self._commands(node)

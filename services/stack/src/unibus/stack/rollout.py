@@ -20,6 +20,7 @@ local processes, compose on this machine, or compose on a remote host over ssh.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ __all__ = [
     "RolloutRefusedError",
     "RolloutReport",
     "RolloutStalledError",
+    "observe_problems",
     "order_nodes",
     "rollout",
+    "wait_whole",
 ]
 
 DEFAULT_NODE_BOUND: Final = 300.0
@@ -61,8 +64,8 @@ class NodeDriver(Protocol):
         """What restarting ``node`` runs, in words or commands (printed before acting)."""
         ...
 
-    async def prepare(self) -> None:
-        """Once, before the first node: put the new config where the nodes will read it."""
+    async def prepare(self, nodes: Sequence[str] = ()) -> None:
+        """Put the current config where the nodes (all, or only ``nodes``) will read it."""
         ...
 
     async def stop(self, node: str) -> None:
@@ -148,7 +151,10 @@ def order_nodes(nodes: Sequence[str], meta_leader: str | None) -> list[str]:
     return rest + [n for n in nodes if n == meta_leader]
 
 
-async def _state(nc: NATS, sys_nc: NATS, expected: int) -> tuple[ClusterState | None, list[str]]:
+async def observe_problems(
+    nc: NATS, sys_nc: NATS, expected: int
+) -> tuple[ClusterState | None, list[str]]:
+    """The cluster's state and its problems; no state if it did not answer (and why)."""
     try:
         state = await observe(nc, sys_nc, expected=expected)
     except (UnibusError, TimeoutError, OSError) as exc:
@@ -177,7 +183,7 @@ async def rollout(
     """
     say = progress or (lambda _message: None)
     expected = len(driver.nodes)
-    state, problems = await _state(nc, sys_nc, expected)
+    state, problems = await observe_problems(nc, sys_nc, expected)
     if state is None or problems:
         raise RolloutRefusedError(problems)
     report = RolloutReport()
@@ -198,7 +204,15 @@ async def rollout(
         say(f"{node}: starting with the current image and config")
         await driver.start(node)
         say(f"{node}: waiting for full replication and its services (at most {node_bound:g}s)")
-        state = await _wait_whole(driver, node, nc, sys_nc, expected, node_bound, started, report)
+        done = [r.node for r in report.nodes]
+        state = await wait_whole(
+            driver,
+            node,
+            nc,
+            sys_nc,
+            deadline=started + node_bound,
+            stalled=functools.partial(RolloutStalledError, node, node_bound, done=done),
+        )
         seconds = time.monotonic() - started
         report.nodes.append(NodeResult(node, led, was_meta, seconds))
         say(f"{node}: back, cluster whole after {seconds:.1f}s")
@@ -206,24 +220,25 @@ async def rollout(
     return report
 
 
-async def _wait_whole(
+async def wait_whole(
     driver: NodeDriver,
     node: str,
     nc: NATS,
     sys_nc: NATS,
-    expected: int,
-    bound: float,
-    started: float,
-    report: RolloutReport,
+    *,
+    deadline: float,
+    stalled: Callable[[list[str]], StackError],
 ) -> ClusterState:
-    deadline = started + bound
+    """Poll until the cluster is healthy and ``node``'s services are ready; at
+    ``deadline`` (monotonic), raise ``stalled(what was last seen)``."""
+    expected = len(driver.nodes)
     seen: list[str] = []
     while True:
-        state, seen = await _state(nc, sys_nc, expected)
+        state, seen = await observe_problems(nc, sys_nc, expected)
         if state is not None and not seen:
             if await driver.services_ready(node):
                 return state
             seen = [f"{node}: its callout or API is not ready"]
         if time.monotonic() >= deadline:
-            raise RolloutStalledError(node, bound, seen, [r.node for r in report.nodes])
+            raise stalled(seen)
         await asyncio.sleep(_POLL)

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 REQUEST_VERSION: Final = 1
-KINDS: Final = ("rollout", "chaoscheck")
+KINDS: Final = ("rollout", "chaoscheck", "replace")
 _POLL: Final = 0.2
 
 
