@@ -184,12 +184,14 @@ class ComposeStack:
         return read_stack_info(self.directory)
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """The ``unibus`` command of the host venv, against this stack (``--dir``)."""
+        """The ``unibus`` command of the host venv, against this stack (``--dir``), with
+        the stack's images in its environment (for the verbs that run ``docker compose``)."""
         return subprocess.run(
             [sys.executable, "-m", "unibus.cli", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=self.environ(),
             check=False,
         )
 

@@ -3,7 +3,9 @@
 The rollout restarts every node container in turn (lame-duck stop, start, wait for full
 replication and the node's services) while an SDK member publishes and a fresh client
 connects every 200 ms: nothing acknowledged is lost, no connect is refused, and the
-cluster ends healthy with every asset at R3.
+cluster ends healthy with every asset at R3. A degraded cluster is refused. And
+`unibus replace --compose --wipe` gives a node a new, empty data volume, which its peers
+fill: the cluster ends healthy and ``clientcheck`` passes.
 """
 
 from __future__ import annotations
@@ -155,3 +157,41 @@ def test_a_compose_rollout_of_a_degraded_cluster_is_refused(stack: ComposeStack)
     finally:
         stack.start("n3")
     stack.wait_healthy()
+
+
+def _volume_created(stack: ComposeStack, key: str) -> str:
+    result = docker("volume", "inspect", "-f", "{{.CreatedAt}}", f"{stack.project}_{key}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_unibus_replace_compose_wipes_a_node_volume_and_its_peers_rebuild_it(
+    stack: ComposeStack,
+) -> None:
+    stack.wait_healthy()
+    before = _volume_created(stack, "n2-data")
+    where = [
+        "--compose",
+        "--dir",
+        str(stack.directory),
+        "--compose-file",
+        str(REPO / "compose.yaml"),
+    ]
+    where += ["--project", stack.project]
+
+    dry = stack.cli("replace", "n2", *where, "--wipe", "--json", timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dry_run"] is True
+    assert _volume_created(stack, "n2-data") == before, "a dry run acted"
+
+    result = stack.cli("replace", "n2", *where, "--wipe", "--yes", "--json", timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["wiped"] is True
+    assert report["after"]["healthy"] is True
+    assert _volume_created(stack, "n2-data") != before, "n2's volume was not replaced"
+    status = stack.wait_healthy()
+    assert all(a["replicas"] == 3 and not a["degraded"] for a in status["assets"])
+    check = stack.cli("clientcheck", "--dir", str(stack.directory), timeout=180)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
