@@ -21,6 +21,7 @@ from unibus.stack.certs import (
     CertLayout,
     NodeSpec,
     init_certs,
+    issue_leaves,
     self_signed_leaf,
     write_pem_pair,
 )
@@ -535,3 +536,58 @@ def test_reinit_with_force_can_keep_the_layouts_own_client_ca(layout: CertLayout
     )
     assert layout.client_ca_cert.read_bytes() == ca_bytes
     assert _issued_by(_cert(layout.server_cert("n1")), _cert(layout.client_ca_cert))
+
+
+# -- issue_leaves: new leaves from the same CAs ----------------------------------------------
+
+
+def test_issue_leaves_keeps_fitting_leaves_and_both_cas_byte_identical(layout: CertLayout) -> None:
+    before = {p: p.read_bytes() for p in layout.files(n.name for n in NODES)}
+
+    assert issue_leaves(layout.root, NODES) == []
+
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_node_with_a_new_address_gets_new_leaves_from_the_same_cas(layout: CertLayout) -> None:
+    cas = [layout.client_ca_cert, layout.route_ca_cert, layout.client_ca_key, layout.route_ca_key]
+    kept = {p: p.read_bytes() for p in cas}
+    others = {p: p.read_bytes() for n in ("n1", "n2") for p in layout.files([n])[4:]}
+    moved = NodeSpec.parse("n3=10.9.0.7,2001:db8::7")
+
+    issued = issue_leaves(layout.root, [*NODES[:2], moved])
+
+    assert issued == ["n3 route", "n3 server"]
+    assert {p: p.read_bytes() for p in cas} == kept
+    assert {p: p.read_bytes() for p in others} == others
+    server = _cert(layout.server_cert("n3"))
+    server.verify_directly_issued_by(_cert(layout.client_ca_cert))
+    _cert(layout.route_cert("n3")).verify_directly_issued_by(_cert(layout.route_ca_cert))
+    assert _sans(server)[0] == {"10.9.0.7", "2001:db8::7", "127.0.0.1"}
+
+
+def test_a_missing_a_foreign_or_a_mismatched_leaf_is_issued_again(
+    layout: CertLayout, tmp_path: Path
+) -> None:
+    layout.route_key("n1").unlink()
+    other = init_certs(tmp_path / "other", NODES)
+    layout.server_cert("n2").write_bytes(other.server_cert("n2").read_bytes())  # another CA
+    layout.server_key("n2").write_bytes(other.server_key("n2").read_bytes())
+
+    issued = issue_leaves(layout.root, NODES)
+
+    assert issued == ["n1 route", "n2 server"]
+    _cert(layout.server_cert("n2")).verify_directly_issued_by(_cert(layout.client_ca_cert))
+    key = _key(layout.route_key("n1")).public_key()
+    assert _public_der(key) == _public_der(_cert(layout.route_cert("n1")).public_key())
+
+
+def test_renew_issues_every_leaf_anew_and_keeps_the_cas(layout: CertLayout) -> None:
+    ca = layout.route_ca_cert.read_bytes()
+    old = layout.route_cert("n1").read_bytes()
+
+    issued = issue_leaves(layout.root, NODES, renew=True)
+
+    assert len(issued) == 2 * len(NODES)
+    assert layout.route_ca_cert.read_bytes() == ca
+    assert layout.route_cert("n1").read_bytes() != old

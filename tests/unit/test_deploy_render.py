@@ -87,6 +87,32 @@ def test_routes_run_over_private_addresses_and_certificates_carry_every_address(
     assert "UNIBUS_NATS_URLS=tls://n1:4222,tls://10.0.0.11:4222,tls://10.0.0.12:4222" in env
 
 
+def test_a_host_moved_to_new_addresses_gets_new_certificates_from_the_same_cas(
+    out: Path,
+) -> None:
+    material = out / "_material" / "certs"
+    kept = {
+        path: path.read_bytes()
+        for path in [*material.glob("*.pem"), *(material / "nodes" / "n1").glob("*.pem")]
+    }
+    moved = TOPOLOGY.replace("100.64.0.12", "100.64.9.12").replace("10.0.0.12", "10.0.9.12")
+
+    render(Topology.parse(moved), out, toggles=NatsToggles())
+
+    assert {path: path.read_bytes() for path in kept} == kept, "a CA or n1's leaf changed"
+    cert = x509.load_pem_x509_certificate(
+        (out / "n3" / "material" / "certs" / "nodes" / "n3" / "server.pem").read_bytes()
+    )
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(v) for v in names.get_values_for_type(x509.IPAddress)} == {
+        "100.64.9.12",
+        "10.0.9.12",
+        "127.0.0.1",
+    }
+    conf = (out / "n1" / "material" / "nodes" / "n1" / "nats-server.conf").read_text()
+    assert "@10.0.9.12:6222" in conf, "n1's routes do not name n3's new address"
+
+
 def test_host_compose_publishes_clients_publicly_routes_privately_with_restart_policies(
     out: Path,
 ) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -45,6 +45,7 @@ __all__ = [
     "CertificateAuthority",
     "NodeSpec",
     "init_certs",
+    "issue_leaves",
     "self_signed_leaf",
     "write_pem_pair",
 ]
@@ -626,3 +627,76 @@ def init_certs(
     for cert, key, cert_file, key_file in pairs:
         write_pem_pair(cert, key, cert_file, key_file, overwrite=force)
     return layout
+
+
+def _names_of(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    """The IP addresses and DNS names a certificate is valid for."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return ips, set(san.get_values_for_type(x509.DNSName))
+
+
+def _leaf_fits(
+    cert_file: Path, key_file: Path, ca: CertificateAuthority, names: tuple[list[str], list[str]]
+) -> bool:
+    """Whether the leaf exists, is signed by ``ca``, names exactly ``names``, is for its
+    key and has not expired."""
+    if not (cert_file.exists() and key_file.exists()):
+        return False
+    cert = _load_cert(cert_file)
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    if _public_der(_load_key(key_file).public_key()) != _public_der(cert.public_key()):
+        return False
+    ips, dns_names = names
+    if _names_of(cert) != ({str(ipaddress.ip_address(ip)) for ip in ips}, set(dns_names)):
+        return False
+    return cert.not_valid_after_utc > _now()
+
+
+def issue_leaves(
+    root: Path, nodes: Sequence[NodeSpec], *, renew: bool = False, leaf_days: int = LEAF_DAYS
+) -> list[str]:
+    """Issue the nodes' route and server certificates from the CAs under ``root``, which
+    are kept (clients and peers go on trusting them).
+
+    A leaf is issued anew when it is missing, not signed by its CA, not for its key,
+    expired, or for other addresses than the node's now (a node moved to a new host, a
+    stack bound to a new address), and with ``renew`` always. Returns what was issued
+    (``"n3 route"``, ``"n3 server"``); every leaf is issued before the first is written.
+    """
+    layout = CertLayout.at(root)
+    route_ca = CertificateAuthority.load(layout.route_ca_cert, layout.route_ca_key)
+    client_ca = CertificateAuthority.load(layout.client_ca_cert, layout.client_ca_key)
+    pairs: list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]] = []
+    issued: list[str] = []
+    for node in nodes:
+        wanted = (
+            ("route", route_ca, node.route_names(), layout.route_cert, layout.route_key, True),
+            (
+                "server",
+                client_ca,
+                node.server_names(),
+                layout.server_cert,
+                layout.server_key,
+                False,
+            ),
+        )
+        for kind, ca, names, cert_path, key_path, client in wanted:
+            cert_file, key_file = cert_path(node.name), key_path(node.name)
+            if not renew and _leaf_fits(cert_file, key_file, ca, names):
+                continue
+            ips, dns_names = names
+            cert, key = ca.issue(
+                node.name, ips=ips, dns_names=dns_names, server=True, client=client, days=leaf_days
+            )
+            pairs.append((cert, key, cert_file, key_file))
+            issued.append(f"{node.name} {kind}")
+    for cert, key, cert_file, key_file in pairs:
+        write_pem_pair(cert, key, cert_file, key_file, overwrite=True)
+    return issued

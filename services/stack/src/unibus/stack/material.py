@@ -14,7 +14,7 @@ from typing import Final
 from unibus.core.files import write_private
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
-from unibus.stack.certs import NodeSpec, init_certs
+from unibus.stack.certs import NodeSpec, init_certs, issue_leaves
 from unibus.stack.layout import StackLayout
 from unibus.stack.natsconf import AuthIdentities
 
@@ -33,7 +33,8 @@ def ensure_material(
     """Create what is missing (identities, route secret, certificates); keep what exists.
 
     With ``force`` everything is created anew (new CAs: clients must re-pin).
-    Returns what was created.
+    A node whose certificates name other addresses than it has now gets new ones from
+    the same CAs. Returns what was created.
     """
     created: list[str] = []
     layout.ensure()
@@ -61,9 +62,13 @@ def ensure_material(
         pub.write_text(admin + "\n")
         created.append("admin public key")
     certs = layout.certs
-    names = [node.name for node in nodes]
-    missing = [p for p in certs.files(names) if not p.exists()]
-    if force or missing:
+    authorities = [
+        certs.client_ca_cert,
+        certs.client_ca_key,
+        certs.route_ca_cert,
+        certs.route_ca_key,
+    ]
+    if force or not all(path.exists() for path in authorities):
         # Keep a client CA that exists (clients pin it) unless everything is renewed.
         keep_ca = not force and certs.client_ca_cert.exists() and certs.client_ca_key.exists()
         init_certs(
@@ -74,6 +79,10 @@ def ensure_material(
             force=True,
         )
         created.append("certificates")
+    elif issued := issue_leaves(certs.root, nodes):
+        # Both CAs kept: a node given other addresses (a new host, another --bind) gets
+        # certificates for them, and its peers and clients go on trusting it.
+        created.append("certificates for " + ", ".join(issued))
     return created
 
 
