@@ -42,6 +42,7 @@ def _hypercorn_config(settings: Settings) -> Config:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     metrics = ApiMetrics()
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    _log.info("metrics listening", host=settings.metrics_host, port=metrics_port)
 
     def target(seed: os.PathLike[str]) -> NatsTarget:
         return NatsTarget(urls=settings.nats_urls, ca_file=settings.ca_file, identity_file=seed)  # type: ignore[arg-type]

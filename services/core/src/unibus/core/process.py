@@ -2,19 +2,27 @@
 
 Both services start the same way; keeping it here means a configuration error always
 exits 2 with one line naming the setting, and a runtime error exits 1, never a traceback.
+A stop signal always ends the process: a service still trying to reach the cluster (one
+started while every node is down keeps retrying its first connect) is given
+``SHUTDOWN_GRACE`` to finish, then cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from unibus.core.errors import UnibusError
-from unibus.core.log import configure_logging
+from unibus.core.log import configure_logging, get_logger
+
+SHUTDOWN_GRACE: Final = 5.0
+"""Seconds a service may take to stop after SIGTERM before its work is cancelled; well
+inside the 10 s a container engine waits before SIGKILL."""
 
 
 class ServiceSettings(Protocol):
@@ -43,7 +51,23 @@ def run_service(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
+        serving = asyncio.create_task(serve(settings, stop))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                await asyncio.wait({serving}, timeout=SHUTDOWN_GRACE)
+            if not serving.done():
+                get_logger(name).warning(
+                    "still not stopped; cancelling", grace_seconds=SHUTDOWN_GRACE
+                )
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+                return
+        finally:
+            stopping.cancel()
+        serving.result()  # its error, if it failed
 
     try:
         asyncio.run(main())

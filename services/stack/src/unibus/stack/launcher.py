@@ -324,6 +324,11 @@ class LocalStack:
         proc = self._services.get((service, node))
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    def service_exit_status(self, service: str, node: str) -> int | None:
+        """How the service ended; None while it runs (or if it was never started)."""
+        proc = self._services.get((service, node))
+        return None if proc is None else proc.poll()
+
     def stop_service(
         self, service: str, node: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT
     ) -> None:
