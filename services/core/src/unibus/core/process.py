@@ -14,8 +14,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final, Protocol, TypeVar
 
 from unibus.core.errors import UnibusError
 from unibus.core.log import configure_logging, get_logger
@@ -36,7 +36,7 @@ S = TypeVar("S", bound=ServiceSettings)
 def run_service(
     name: str,
     load: Callable[[Mapping[str, str]], S],
-    serve: Callable[[S, asyncio.Event], Awaitable[None]],
+    serve: Callable[[S, asyncio.Event], Coroutine[Any, Any, None]],
 ) -> int:
     """Read settings from the environment, then ``serve`` until SIGTERM or SIGINT."""
     try:
