@@ -23,12 +23,16 @@ rehearsal runs at a time.
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
 
 from tests.containers.harness import admitted_within, docker
 from tests.containers.rehearsal import HOSTS, Rehearsal
@@ -39,6 +43,7 @@ from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 from unibus.stack.chaos import PHASES, ChaosCheck
 from unibus.stack.chaos import Deployment as ChaosTarget
 from unibus.stack.clusterstate import operator_connections
+from unibus.stack.deploy import renew_host_certificates
 from unibus.stack.drivers import ComposeDriver
 from unibus.stack.replace import ReplaceReport, replace
 from unibus.stack.rollout import RolloutReport, rollout
@@ -265,6 +270,24 @@ def test_chaoscheck_against_the_three_host_projects_holds_every_invariant_and_re
 # -- a host lost with its disk, replaced under the same name --------------------------------------
 
 
+_SERVER_PEM = "certs/nodes/{}/server.pem"
+
+
+def _served_certificate(url: str, ca: Path) -> x509.Certificate:
+    """The certificate a node presents to a client (TLS first, as the servers require)."""
+    address = urlsplit(url)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False  # the chain is what is checked here, not the name
+    host, port = address.hostname or "", address.port or 4222
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
 async def _write_then_replace(rehearsal: Rehearsal, lost: str, probe_seed: Path) -> dict[str, Any]:
     info = rehearsal.info
     ca = Path(info.ca_file)
@@ -287,9 +310,14 @@ async def _write_then_replace(rehearsal: Rehearsal, lost: str, probe_seed: Path)
         # The host is gone: its containers and every volume (data and material alike).
         lost_host = rehearsal.compose(lost, "down", "-v", "--timeout", "10")
         assert lost_host.returncode == 0, lost_host.stderr
-        # A new machine with the old one's address; nothing of unibus on it yet.
+        # A new machine with the old one's address; nothing of unibus on it yet. As
+        # `unibus replace --topology` does, the node gets new keys (the old ones stayed
+        # on the lost disk) in the operator's material and the host's directory.
         machine = rehearsal.compose(lost, "up", "-d", "--no-deps", "vps")
         assert machine.returncode == 0, machine.stderr
+        old_cert = (rehearsal.out / lost / "material" / _SERVER_PEM.format(lost)).read_bytes()
+        issued = renew_host_certificates(rehearsal.topology, rehearsal.out, lost)
+        assert issued == [f"{lost} route", f"{lost} server"]
 
         urls = tuple(info.nats_urls)
         internal = NatsTarget(urls=urls, ca_file=ca, identity_file=Path(info.internal_id_file))
@@ -313,6 +341,7 @@ async def _write_then_replace(rehearsal: Rehearsal, lost: str, probe_seed: Path)
             urls=(info.nats_urls[HOSTS.index(lost)],), ca_file=ca, identity_file=probe_seed
         )
         admitted = await admitted_within(through_it)
+        served = await asyncio.to_thread(_served_certificate, info.nats_urls[HOSTS.index(lost)], ca)
     finally:
         await client.close()
     return {
@@ -321,6 +350,8 @@ async def _write_then_replace(rehearsal: Rehearsal, lost: str, probe_seed: Path)
         "written": written,
         "stored": stored,
         "admitted": admitted,
+        "old_cert": old_cert,
+        "served": served,
     }
 
 
@@ -341,4 +372,7 @@ def test_a_host_lost_with_its_volumes_is_replaced_under_its_name_and_rebuilt_by_
     assert result["admitted"] is None, f"a connect through the new n3: {result['admitted']!r}"
     missing = set(result["written"]) - set(result["stored"])
     assert not missing, f"{len(missing)} messages written before the loss are gone"
+    new_cert = (rehearsal.out / "n3" / "material" / _SERVER_PEM.format("n3")).read_bytes()
+    assert new_cert != result["old_cert"]
+    assert result["served"] == x509.load_pem_x509_certificate(new_cert), "n3 serves its old cert"
     _clientcheck(rehearsal)

@@ -13,7 +13,14 @@ from cryptography import x509
 from unibus.cli import deploy as cli_deploy
 from unibus.cli.main import main
 from unibus.core.errors import ConfigError
-from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, host_compose, plan, render
+from unibus.stack.deploy import (
+    EXAMPLE_TOPOLOGY,
+    Topology,
+    host_compose,
+    plan,
+    render,
+    renew_host_certificates,
+)
 from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,8 +298,43 @@ def test_replace_over_ssh_without_yes_plans_one_host_ships_it_first_and_runs_not
     assert all(line.startswith("[n2]") for line in plan_lines), plan_lines
     assert all("100.64.0.10" not in line and "100.64.0.12" not in line for line in plan_lines)
     assert plan_lines[0].startswith("[n2] check: the other nodes answer")
+    renew = next(i for i, line in enumerate(plan_lines) if "new route and server cert" in line)
     copy = next(i for i, line in enumerate(plan_lines) if "scp -rp" in line)
+    assert renew < copy
     wipe = next(i for i, line in enumerate(plan_lines) if "rm --stop --force n2" in line)
     start = next(i for i, line in enumerate(plan_lines) if "up -d --no-deps n2" in line)
     assert copy < wipe < start
     assert plan_lines[-1] == "[n2] wait: every asset at full replication, callout and API ready"
+
+
+def test_a_replaced_host_gets_new_keys_for_itself_only_in_the_material_and_its_directory(
+    out: Path,
+) -> None:
+    def pems(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(out): p.read_bytes() for p in root.rglob("*.pem")}
+
+    material, before = out / "_material" / "certs", pems(out)
+
+    issued = renew_host_certificates(Topology.parse(TOPOLOGY), out, "n3")
+
+    assert issued == ["n3 route", "n3 server"]
+    after = pems(out)
+    changed = {p.as_posix() for p in after if after[p] != before[p]}
+    assert changed == {
+        f"{where}/certs/nodes/n3/{name}.pem"
+        for where in ("_material", "n3/material")
+        for name in ("route", "route-key", "server", "server-key")
+    }
+    for name in ("route", "server-key"):
+        shipped = out / "n3" / "material" / "certs" / "nodes" / "n3" / f"{name}.pem"
+        assert shipped.read_bytes() == (material / "nodes" / "n3" / f"{name}.pem").read_bytes()
+
+
+def test_renewing_a_host_that_is_not_in_the_topology_or_not_rendered_says_what_to_do(
+    out: Path, tmp_path: Path
+) -> None:
+    topology = Topology.parse(TOPOLOGY)
+    with pytest.raises(ConfigError, match="no host 'n4'"):
+        renew_host_certificates(topology, out, "n4")
+    with pytest.raises(ConfigError, match="unibus deploy render"):
+        renew_host_certificates(topology, tmp_path / "elsewhere", "n3")

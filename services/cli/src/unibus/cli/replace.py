@@ -5,8 +5,9 @@ Three places a cluster runs, one engine (``unibus.stack.replace``), as for the r
 * a local stack (``--dir``): its ``unibus up`` stops, wipes and restarts its own node (a
   drill: a local node never goes missing without stopping the stack);
 * compose on this machine (``--compose``);
-* three hosts over ssh (``--topology`` and ``--out``): the node's host is sent its
-  directory (``deploy render``'s output) and images first, as ``deploy apply`` does.
+* three hosts over ssh (``--topology`` and ``--out``): the node gets new certificates
+  (new keys, the same CAs: the lost host's keys stayed on its disk), and its host is sent
+  its directory (``deploy render``'s output) and images, as ``deploy apply`` does.
 
 It prints its plan and acts only with ``--yes``.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
 from unibus.cli._deployment import (
@@ -29,7 +30,13 @@ from unibus.cli.deploy import run_step
 from unibus.client.profile import StackInfo, read_stack_info
 from unibus.core.errors import ConfigError, StackError
 from unibus.stack.clusterstate import operator_connections
-from unibus.stack.deploy import Step, Topology, format_plan, plan
+from unibus.stack.deploy import (
+    MATERIAL_DIR,
+    Topology,
+    format_plan,
+    plan,
+    renew_host_certificates,
+)
 from unibus.stack.drivers import ComposeDriver
 from unibus.stack.layout import DEFAULT_DIR, StackLayout
 from unibus.stack.replace import ReplaceReport, check_replaceable, replace
@@ -163,15 +170,13 @@ async def _drive(
     *,
     wipe: bool,
     node_bound: float,
-    ship: Sequence[Step] = (),
+    new_host: Callable[[], None] | None = None,
 ) -> ReplaceReport:
     async with operator_connections(*targets(info), name="unibus-replace") as (nc, sys_nc):
-        if ship:
-            # Checked before a host is sent anything: a refusal leaves every host as it was.
+        if new_host is not None:
+            # Checked before anything is issued or sent: a refusal leaves all as it was.
             await check_replaceable(driver, node, nc, sys_nc, wipe=wipe)
-            for step in ship:
-                progress(f"[{step.host}] {step.what}")
-                await asyncio.to_thread(run_step, step)
+            await asyncio.to_thread(new_host)
         return await replace(
             driver, node, nc, sys_nc, wipe=wipe, node_bound=node_bound, progress=progress
         )
@@ -198,11 +203,31 @@ def _remote(args: argparse.Namespace) -> int:
         )
     topology = Topology.load(args.topology)
     ship = [step for step in plan(topology, args.out, start=False) if step.host == args.node]
-    lines = _driver_plan(driver, args.node, wipe=args.wipe, ship=format_plan(ship))
+    renew = (
+        f"[{args.node}] new route and server certificates for {args.node} only (new keys, "
+        f"the same CAs), into {args.out}/{MATERIAL_DIR} and {args.out}/{args.node}/material"
+    )
+    lines = _driver_plan(driver, args.node, wipe=args.wipe, ship=[renew, *format_plan(ship)])
     if not args.yes:
         return _print_plan(lines, as_json=args.json)
+
+    def new_host() -> None:
+        # The lost host's keys stayed on its disk: the new one gets its own.
+        issued = renew_host_certificates(topology, args.out, args.node)
+        progress(f"[{args.node}] issued: {', '.join(issued)}")
+        for step in ship:
+            progress(f"[{step.host}] {step.what}")
+            run_step(step)
+
     report = asyncio.run(
-        _drive(driver, info, args.node, wipe=args.wipe, node_bound=args.node_bound, ship=ship)
+        _drive(
+            driver,
+            info,
+            args.node,
+            wipe=args.wipe,
+            node_bound=args.node_bound,
+            new_host=new_host,
+        )
     )
     _print_report(report.to_json(), as_json=args.json)
     return 0

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -660,14 +660,19 @@ def _leaf_fits(
 
 
 def issue_leaves(
-    root: Path, nodes: Sequence[NodeSpec], *, renew: bool = False, leaf_days: int = LEAF_DAYS
+    root: Path,
+    nodes: Sequence[NodeSpec],
+    *,
+    renew: Collection[str] = (),
+    leaf_days: int = LEAF_DAYS,
 ) -> list[str]:
     """Issue the nodes' route and server certificates from the CAs under ``root``, which
     are kept (clients and peers go on trusting them).
 
     A leaf is issued anew when it is missing, not signed by its CA, not for its key,
     expired, or for other addresses than the node's now (a node moved to a new host, a
-    stack bound to a new address), and with ``renew`` always. Returns what was issued
+    stack bound to a new address), and always for the nodes named in ``renew`` (a host
+    replaced: new keys, the old ones stayed on its disk). Returns what was issued
     (``"n3 route"``, ``"n3 server"``); every leaf is issued before the first is written.
     """
     layout = CertLayout.at(root)
@@ -689,7 +694,7 @@ def issue_leaves(
         )
         for kind, ca, names, cert_path, key_path, client in wanted:
             cert_file, key_file = cert_path(node.name), key_path(node.name)
-            if not renew and _leaf_fits(cert_file, key_file, ca, names):
+            if node.name not in renew and _leaf_fits(cert_file, key_file, ca, names):
                 continue
             ips, dns_names = names
             cert, key = ca.issue(

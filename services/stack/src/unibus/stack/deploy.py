@@ -66,7 +66,7 @@ from typing import Any, Final
 
 from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.errors import CertificateError, ConfigError
-from unibus.stack.certs import NodeSpec
+from unibus.stack.certs import NodeSpec, issue_leaves
 from unibus.stack.compose import (
     API_PORT,
     CLIENT_PORT,
@@ -98,6 +98,7 @@ __all__ = [
     "format_plan",
     "plan",
     "render",
+    "renew_host_certificates",
     "role_image",
     "rollout_nodes",
 ]
@@ -564,6 +565,35 @@ def render(
     # hosts depends on what is left in _material/env.
     write_stack_info(layout.root, _stack_info(layout, topology))
     return written
+
+
+def renew_host_certificates(topology: Topology, out: Path, host_name: str) -> list[str]:
+    """New route and server certificates, with new keys, for one host only: into the
+    operator's material and that host's directory (``render``'s output).
+
+    For a host being replaced: its old keys stayed on a disk that is out of the operator's
+    hands now. Both CAs and every other host's files are kept. Returns what was issued.
+    """
+    out = out.expanduser().absolute()
+    host = next((h for h in topology.hosts if h.name == host_name), None)
+    if host is None:
+        names = ", ".join(h.name for h in topology.hosts)
+        raise ConfigError(f"no host {host_name!r} in the topology: the hosts are {names}")
+    layout = StackLayout.at(out / MATERIAL_DIR)
+    host_material = out / host.name / "material"
+    if not (layout.certs.route_ca_key.is_file() and host_material.is_dir()):
+        raise ConfigError(
+            f"{out} holds no rendered deployment: run `unibus deploy render --topology FILE "
+            f"--out {out}` first"
+        )
+    spec = topology.node_addresses(host).cert_spec()
+    issued = issue_leaves(layout.certs.root, [spec], renew={host.name})
+    prefix = f"certs/nodes/{host.name}/"
+    for role in ROLE_FILES:
+        for relative in role_files(role, [host.name]):
+            if relative.startswith(prefix):
+                _copy_into(layout, host_material, relative)
+    return issued
 
 
 def _stack_info(layout: StackLayout, topology: Topology) -> StackInfo:
