@@ -20,6 +20,26 @@ DEFAULT_PORT = 8470
 DEFAULT_MAX_BLOB_BYTES = limits.DEFAULT_MAX_BLOB_BYTES
 
 
+def _read_skew(env: EnvReader) -> float:
+    """``UNIBUS_API_SKEW``: refused above what the nonces bucket's TTL can cover.
+
+    The TTL is the ``max_age`` of the one ``UNIBUS_nonces`` bucket, fixed when the cluster
+    is provisioned and shared by every API node, so a node cannot lengthen it to suit its
+    own skew; refusing the skew at start is the only check that holds on every node.
+    """
+    skew = env.number(envnames.API_SKEW, default=60.0, minimum=1.0)
+    if skew > limits.MAX_API_SKEW:
+        raise ConfigError(
+            f"{envnames.API_SKEW}={skew:g} is above the maximum {limits.MAX_API_SKEW:g}: a "
+            f"request nonce is remembered {limits.NONCE_TTL:g} s, which must cover twice the "
+            f"skew plus {limits.NONCE_CLOCK_DRIFT:g} s of clock drift, or a request could be "
+            f"replayed once its nonce expired; set {envnames.API_SKEW} to at most "
+            f"{limits.MAX_API_SKEW:g} and keep the nodes' clocks in sync (NTP)",
+            setting=envnames.API_SKEW,
+        )
+    return skew
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_urls: tuple[str, ...]
@@ -81,7 +101,7 @@ class Settings:
             metrics_port=metrics_port,
             node=env.string(envnames.NODE_NAME, default=""),
             cluster_size=env.integer(envnames.CLUSTER_SIZE, default=len(urls), minimum=1),
-            skew=env.number(envnames.API_SKEW, default=60.0, minimum=1.0, maximum=3600.0),
+            skew=_read_skew(env),
             max_blob_bytes=env.integer(
                 envnames.MAX_BLOB_BYTES, default=DEFAULT_MAX_BLOB_BYTES, minimum=1
             ),

@@ -24,11 +24,13 @@ __all__ = [
     "HISTORY_MAX_AGE",
     "HISTORY_MAX_PER_ROOM",
     "MAX_API_JSON_BODY",
+    "MAX_API_SKEW",
     "MAX_CALLOUT_REQUEST_BYTES",
     "MAX_ENVELOPE_BYTES",
     "MAX_HANDLE_LEN",
     "MAX_ROOMS_ENV",
     "MAX_SEALED_KEY_BYTES",
+    "NONCE_CLOCK_DRIFT",
     "NONCE_TTL",
     "read_max_rooms",
 ]
@@ -69,7 +71,15 @@ MAX_API_JSON_BODY: Final = 1024 * 1024
 MAX_CALLOUT_REQUEST_BYTES: Final = 64 * 1024
 """One authorization request as the servers send it to the callout."""
 NONCE_TTL: Final = 600.0
-"""Seconds the API remembers a request nonce: at least twice the skew window plus drift."""
+"""Seconds the API remembers a request nonce: the ``max_age`` of the nonces bucket, set
+when it is provisioned, one for the whole cluster."""
+NONCE_CLOCK_DRIFT: Final = 20.0
+"""Seconds by which the clocks of the API nodes, and of the servers that age the nonces,
+may disagree."""
+MAX_API_SKEW: Final = (NONCE_TTL - NONCE_CLOCK_DRIFT) / 2
+"""The largest ``UNIBUS_API_SKEW`` (290 s). A request is accepted while its timestamp is
+within ±skew of a node's clock, so its first and a replayed use can be twice the skew (plus
+drift) apart: the nonce must be remembered that long, or the replay finds it expired."""
 DEFAULT_JWT_TTL: Final = 300.0
 """Seconds a user JWT the callout issues stays valid (``UNIBUS_JWT_TTL``)."""
 
