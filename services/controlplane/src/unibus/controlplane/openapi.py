@@ -18,6 +18,7 @@ from unibus.controlplane.routes.blobs import download_blob, upload_blob
 from unibus.controlplane.routes.health import full_health
 from unibus.controlplane.routes.rooms import (
     add_member,
+    adopt_room,
     create_room,
     get_room,
     leave_room,
@@ -220,6 +221,15 @@ SIGNED_ROUTES: tuple[RouteDoc, ...] = (
         RoomView,
     ),
     RouteDoc("POST", "/v1/rooms/{room_id}/rekey", rekey, "Start a new epoch", RoomChange, RoomView),
+    RouteDoc(
+        "POST",
+        "/v1/rooms/{room_id}/adopt",
+        adopt_room,
+        "Adopt a room migrated from the legacy store: its signed genesis (legacy owner, or "
+        "an admin if that owner is gone)",
+        NewRoom,
+        RoomView,
+    ),
     RouteDoc(
         "POST",
         "/v1/rooms/{room_id}/leave",

@@ -32,6 +32,7 @@ from unibus.core.store import Store
 __all__ = [
     "MAX_SEALED_BYTES",
     "ChangeKind",
+    "adopt_room",
     "change_room",
     "create_room",
     "read_room",
@@ -222,6 +223,76 @@ async def change_room(
         updated,
         members=[_statement(state, member, body.state.signature) for member in added],
         sealed_keys=_sealed_records(caller, room_id, [*states, state], body.sealed_keys),
+    )
+
+
+async def _is_active(store: Store, key: str) -> bool:
+    try:
+        return (await store.get_user(key)).value.is_active
+    except NotFoundError:
+        return False
+
+
+async def adopt_room(
+    store: Store, caller: str, room_id: str, body: NewRoom, *, caller_is_admin: bool, room_cap: int
+) -> Versioned[RoomRecord]:
+    """Give a room migrated from the legacy store (no signed chain) its signed genesis.
+
+    The legacy owner adopts it; an administrator may instead only when that owner is no
+    longer an active user (someone must be able to bring the room back). The genesis must
+    adopt exactly the migrated members who are still active (and the adopter), start the
+    epoch after the legacy ones with a key sealed to each, and be signed by the caller,
+    who becomes the room's owner in the chain. Everything else is refused; a room adopted
+    already is a conflict.
+    """
+    if not naming.is_room_id(room_id):
+        raise bad_request("not a room id")
+    try:
+        current = await store.get_room(room_id)
+    except NotFoundError:
+        raise forbidden("not a room you may adopt") from None
+    record = current.value
+    legacy_owner_active = await _is_active(store, record.owner)
+    may_adopt = caller == record.owner or (caller_is_admin and not legacy_owner_active)
+    if not may_adopt:
+        # The same answer whether the room exists or not, to anyone who may not adopt it.
+        raise forbidden("not a room you may adopt")
+    if record.chain:
+        raise HttpError(409, "already_adopted", "the room has a signed chain already")
+    state = check_transition(None, body.genesis)
+    if state.actor != caller:
+        raise forbidden("the genesis must be signed by the caller")
+    if state.room_id != room_id:
+        raise bad_request("the genesis is for another room")
+    if state.legacy_epochs != record.epoch:
+        raise bad_request(
+            f"the room had {record.epoch} legacy epoch(s); the genesis must adopt exactly those",
+            code="bad_adoption",
+        )
+    active = [m for m in record.members if await _is_active(store, m)]
+    expected = sorted({*active, caller})
+    if list(state.members) != expected:
+        raise bad_request(
+            "the genesis must adopt the room's migrated members who are still active, and "
+            f"the adopter: {len(expected)} member(s)",
+            code="bad_adoption",
+        )
+    _require_keys_for(set(state.members), state, body.sealed_keys, "an adoption")
+    added = sorted(set(state.members) - set(record.members))
+    await _require_room_capacity(store, added, room_cap)
+    updated = msgspec.structs.replace(
+        record,
+        owner=state.owner,
+        members=state.members,
+        epochs=(*record.epochs, EpochRef(epoch=state.epoch, key_id=state.key_id)),
+        chain=(body.genesis,),
+        updated_at=time.time(),
+    )
+    return await store.commit_room(
+        current,
+        updated,
+        members=[_statement(state, member, body.genesis.signature) for member in state.members],
+        sealed_keys=_sealed_records(caller, room_id, [state], body.sealed_keys),
     )
 
 

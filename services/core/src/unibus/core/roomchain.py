@@ -22,6 +22,12 @@ starts a new epoch with the same members.
 Sealed keys are signed too: ``sealed_key_message`` binds room, epoch, key id, member and
 the sealed bytes; the signer must have been a rights-holder in a state of that epoch and
 key id that lists the member.
+
+Rooms migrated from the legacy store (the Go membershipd) had epochs but no signed states.
+Such a room is *adopted*: its owner signs a genesis that names how many legacy epochs came
+before (``legacy_epochs``) and starts the next epoch with a fresh key; from then on the
+chain is an ordinary one. Nothing before the adoption is vouched for by a signature: the
+adoption genesis is where a member's trust in the room begins, as a new room's genesis is.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from unibus.core.nkeys import KeyPair, Prefix, decode_public, verify
 
 STATE_VERSION: Final = 1
 MAX_MEMBERS: Final = 1024
+MAX_LEGACY_EPOCHS: Final = 1_000_000
+"""Far above any legacy room's epoch; only a bound for a malformed state."""
 _STATE_DOMAIN: Final = b"unibus-room-state-v1\n"
 _SEALED_DOMAIN: Final = b"unibus-sealed-key-v1\n"
 
@@ -63,6 +71,11 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     issued_at: float
     prev: str = ""
     """Hex SHA-256 of the previous state's encoded bytes; empty for the genesis."""
+    legacy_epochs: int = 0
+    """Epochs the room had in the legacy store before its owner adopted it (0 for a room
+    created here). The genesis starts at the epoch after them; no later state changes it.
+    An older client decodes a state without knowing this field, so it refuses an adoption
+    genesis (its epoch is not 1): it fails closed."""
 
     def may_act(self, key: str) -> bool:
         return key == self.owner or key in self.admins
@@ -126,6 +139,8 @@ def _check_shape(state: RoomState) -> None:
         raise ChainError("malformed", "room state has a malformed room id") from None
     if state.seq < 1 or state.epoch < 1 or not state.key_id:
         raise ChainError("malformed", "room state has a bad seq, epoch or key id")
+    if not 0 <= state.legacy_epochs <= MAX_LEGACY_EPOCHS or state.epoch <= state.legacy_epochs:
+        raise ChainError("malformed", "room state has a bad count of legacy epochs")
     if len(state.members) > MAX_MEMBERS or len(state.admins) > MAX_MEMBERS:
         raise ChainError("malformed", f"a room has at most {MAX_MEMBERS} members")
     if list(state.members) != sorted(set(state.members)):
@@ -142,8 +157,12 @@ def check_transition(previous: SignedState | None, signed: SignedState) -> RoomS
     """Verify ``signed`` as the successor of ``previous`` (``None``: as a genesis)."""
     state = decode_state(signed)
     if previous is None:
-        if state.seq != 1 or state.epoch != 1 or state.prev:
-            raise ChainError("bad_genesis", "a genesis has seq 1, epoch 1 and no previous")
+        if state.seq != 1 or state.epoch != state.legacy_epochs + 1 or state.prev:
+            raise ChainError(
+                "bad_genesis",
+                "a genesis has seq 1, no previous, and epoch 1 (or the epoch after the "
+                "legacy ones it adopts)",
+            )
         if state.actor != state.owner:
             raise ChainError("not_allowed", "a room's genesis is signed by its owner")
         return state
@@ -154,6 +173,8 @@ def check_transition(previous: SignedState | None, signed: SignedState) -> RoomS
         raise ChainError("bad_link", "a state must follow the room's latest state")
     if state.owner != before.owner:
         raise ChainError("not_allowed", "a room's owner cannot change")
+    if state.legacy_epochs != before.legacy_epochs:
+        raise ChainError("bad_link", "a room's legacy epochs are fixed by its genesis")
     new_epoch = state.epoch == before.epoch + 1 and state.key_id != before.key_id
     allowed = (
         before.may_act(state.actor)

@@ -18,6 +18,7 @@ from unibus.core.apimodels import NewRoom, RoomChange, RoomId
 
 __all__ = [
     "add_member",
+    "adopt_room",
     "create_room",
     "get_room",
     "leave_room",
@@ -38,6 +39,19 @@ async def create_room(request: Request, context: Context, caller: Caller) -> Res
     body = await decode_body(request, caller, NewRoom)
     room = await rooms.create_room(context.store, caller.key, body, room_cap=context.room_cap)
     return json_response(rooms.room_view(room), 201)
+
+
+async def adopt_room(request: Request, context: Context, caller: Caller) -> Response:
+    body = await decode_body(request, caller, NewRoom)
+    room = await rooms.adopt_room(
+        context.store,
+        caller.key,
+        request.path_params["room_id"],
+        body,
+        caller_is_admin=caller.is_admin,
+        room_cap=context.room_cap,
+    )
+    return json_response(rooms.room_view(room))
 
 
 async def list_rooms(request: Request, context: Context, caller: Caller) -> Response:
