@@ -747,6 +747,46 @@ def test_client_tls_off_on_a_non_loopback_listener_is_refused(tmp_path: Path, ho
     assert caught.value.setting == "client_tls"
 
 
+@pytest.mark.parametrize("route_security", ["route TLS and secret", "none on loopback"])
+def test_client_tls_off_on_a_cluster_is_refused_even_on_loopback(
+    cluster: list[NodeConfig], route_security: str
+) -> None:
+    for node in cluster:
+        if route_security == "none on loopback":
+            node = _with_cluster(node, secret_file=None, tls=None)
+        with pytest.raises(PostureError, match="clustered but has no client TLS") as caught:
+            validate_posture(replace(node, client_tls=None))
+        assert "set client_tls (server certificate and key)" in str(caught.value)
+        assert caught.value.setting == "client_tls"
+
+
+def test_client_tls_off_on_a_network_cluster_is_told_to_set_it_not_to_bind_loopback(
+    cluster: list[NodeConfig],
+) -> None:
+    node = replace(_expose(cluster[0], "listen"), listen_host=ANY_V4, client_tls=None)
+    with pytest.raises(PostureError, match="clustered but has no client TLS") as caught:
+        validate_posture(node)
+    assert "bind listen_host to 127.0.0.1" not in str(caught.value)
+
+
+def test_a_loopback_cluster_with_neither_auth_nor_client_tls_reports_both(
+    cluster: list[NodeConfig],
+) -> None:
+    with pytest.raises(PostureError) as caught:
+        render_node_config(replace(cluster[0], auth=None, client_tls=None), QUIET)
+    assert "auth is off on a clustered node" in str(caught.value)
+    assert "clustered but has no client TLS" in str(caught.value)
+
+
+@pytest.mark.parametrize("auth", ["on", "off"])
+def test_a_single_loopback_node_may_still_serve_clients_without_tls(
+    tmp_path: Path, auth: str
+) -> None:
+    node = _single(tmp_path, auth=_identities() if auth == "on" else None)
+    assert node.client_tls is None
+    validate_posture(node)
+
+
 def test_every_posture_problem_is_reported_at_once(cluster: list[NodeConfig]) -> None:
     node = replace(
         _with_cluster(_expose(cluster[0], "listen"), secret_file=None, tls=None),

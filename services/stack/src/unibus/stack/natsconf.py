@@ -171,8 +171,9 @@ class NatsToggles:
 class NodeConfig:
     """Everything that differs between nodes. Paths must be absolute.
 
-    ``auth=None`` turns auth off, which the posture check allows only for a single node
-    whose client listener is loopback; ``auth_timeout`` is then ignored.
+    ``auth=None`` turns auth off and ``client_tls=None`` client TLS, which the posture
+    check allows only for a single node (no ``cluster``) whose client listener is
+    loopback; ``auth_timeout`` is then ignored.
     """
 
     server_name: str
@@ -201,8 +202,8 @@ def validate_posture(node: NodeConfig) -> None:
 
     Raises:
         PostureError: partial route TLS; a non-loopback cluster without a route secret or
-            without complete route TLS; auth off anywhere but a single loopback node;
-            no client TLS on a non-loopback client listener.
+            without complete route TLS; auth off or client TLS off anywhere but a single
+            node (no cluster block) whose client listener is loopback.
         ConfigError: a host or ``host:port`` that cannot be parsed.
     """
     problems: list[tuple[str, str]] = []
@@ -262,7 +263,19 @@ def validate_posture(node: NodeConfig) -> None:
                 )
             )
 
-    if node.client_tls is None and not client_loopback:
+    # SPEC §3 allows plain clients only for the single-node dev stack. A loopback cluster
+    # is what `unibus up` runs and deployments are rehearsed on, so it keeps a deployment's
+    # posture: what works against it works against TLS, and nothing passes there in clear.
+    if node.client_tls is None and cluster is not None:
+        problems.append(
+            (
+                "client_tls",
+                "the node is clustered but has no client TLS: every node of a cluster serves "
+                "clients over TLS, loopback or not, so set client_tls (server certificate and "
+                "key); plain clients are allowed only on a single node without a cluster",
+            )
+        )
+    elif node.client_tls is None and not client_loopback:
         problems.append(
             (
                 "client_tls",
