@@ -25,6 +25,7 @@ from unibus.client.errors import (
     EnvelopeError,
     HeadMemoryError,
     RollbackError,
+    RoomAwaitingAdoptionError,
     RoomError,
 )
 from unibus.client.profile import StackInfo, read_stack_info
@@ -47,6 +48,7 @@ __all__ = [
     "Message",
     "RollbackError",
     "Room",
+    "RoomAwaitingAdoptionError",
     "RoomError",
     "StackInfo",
     "Undeliverable",

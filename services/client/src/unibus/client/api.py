@@ -202,6 +202,9 @@ class ApiClient:
     async def leave_room(self, room_id: str, change: RoomChange) -> RoomView:
         return await self.call("POST", f"/v1/rooms/{room_id}/leave", body=change, expect=RoomView)
 
+    async def adopt_room(self, room_id: str, body: NewRoom) -> RoomView:
+        return await self.call("POST", f"/v1/rooms/{room_id}/adopt", body=body, expect=RoomView)
+
     async def sealed_keys(self, room_id: str) -> list[SealedKeyView]:
         return await self.call("GET", f"/v1/rooms/{room_id}/keys", expect=list[SealedKeyView])
 

@@ -22,6 +22,7 @@ from unibus.core.roomchain import (
 )
 
 __all__ = [
+    "adoption",
     "genesis",
     "successor",
 ]
@@ -66,6 +67,33 @@ def genesis(
     )
     return NewRoom(
         genesis=sign_state(state, owner), sealed_keys=_sealed(owner, state, sealed_by_member)
+    )
+
+
+def adoption(
+    adopter: KeyPair,
+    room_id: str,
+    *,
+    legacy_epochs: int,
+    members: Iterable[str],
+    sealed_by_member: Mapping[str, bytes],
+) -> NewRoom:
+    """The genesis that adopts a room migrated from the legacy store: the ``legacy_epochs``
+    it had come first, this state starts the next with a fresh key sealed to each member;
+    the adopter signs it and owns the room from then on."""
+    state = RoomState(
+        room_id=room_id,
+        seq=1,
+        epoch=legacy_epochs + 1,
+        key_id=new_key_id(),
+        owner=adopter.public_key,
+        members=tuple(sorted({adopter.public_key, *members})),
+        actor=adopter.public_key,
+        issued_at=time.time(),
+        legacy_epochs=legacy_epochs,
+    )
+    return NewRoom(
+        genesis=sign_state(state, adopter), sealed_keys=_sealed(adopter, state, sealed_by_member)
     )
 
 

@@ -11,6 +11,7 @@ it. Errors that carry a ``reason`` give a stable code to branch on, never text t
       . ApiUnavailableError  no API node answered at all (``status`` 0, ``code`` "unreachable")
     - RoomError              the room's chain, keys or membership do not allow it
       . RollbackError        the server presents an older room state than this device saw
+      . RoomAwaitingAdoptionError  a room migrated from the legacy store, not yet adopted
     - BlobError              a blob that does not open or does not match its announcement
     - HeadMemoryError        the device's room memory cannot be read
     - CryptoError            a room key that cannot be sealed or opened (``reason``)
@@ -42,6 +43,7 @@ __all__ = [
     "EnvelopeError",
     "HeadMemoryError",
     "RollbackError",
+    "RoomAwaitingAdoptionError",
     "RoomError",
 ]
 
@@ -77,6 +79,20 @@ class ApiUnavailableError(ApiError):
 
 class RoomError(ClientError):
     """The room's chain, keys or membership do not allow what was asked."""
+
+
+class RoomAwaitingAdoptionError(RoomError):
+    """The room was migrated from the legacy store and has no signed chain yet: nothing in
+    it can be trusted or sent until its owner adopts it. The message says who and how."""
+
+    def __init__(self, room_id: str, owner: str) -> None:
+        super().__init__(
+            f"room {room_id} was migrated from the legacy store and awaits adoption by its "
+            f"owner {owner}: the owner runs `unibus room adopt {room_id} --identity "
+            "OWNER_SEED` (an administrator may, once that owner is revoked)"
+        )
+        self.room_id = room_id
+        self.owner = owner
 
 
 class RollbackError(RoomError):

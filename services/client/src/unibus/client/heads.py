@@ -88,8 +88,13 @@ class HeadMemory:
         """Why ``states`` must be refused, or None: it ends before the remembered head
         (a rollback) or differs at it (a fork)."""
         head = self._rooms.get(room_id)
-        if head is None or not states:
+        if head is None:
             return None
+        if not states:
+            return (
+                f"the server presented room {room_id} without the signed history this device "
+                f"verified before (up to state {head.seq}): a rollback; not trusting it"
+            )
         if states[-1].seq < head.seq:
             return (
                 f"the server presented room {room_id} at state {states[-1].seq} "

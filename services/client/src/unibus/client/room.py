@@ -24,18 +24,20 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from unibus.client.api import ApiClient, ApiError
-from unibus.client.changes import genesis, successor
+from unibus.client.changes import adoption, genesis, successor
 from unibus.client.connection import BusConnection
 from unibus.client.crypto import new_room_key, open_room_key, seal_room_key
 from unibus.client.envelope import EnvelopeError, Opened, Opener, Sealer
-from unibus.client.errors import RollbackError, RoomError
+from unibus.client.errors import RollbackError, RoomAwaitingAdoptionError, RoomError
 from unibus.client.heads import HeadMemory
 from unibus.core import naming
-from unibus.core.apimodels import RoomChange
+from unibus.core.apimodels import RoomChange, RoomView, SealedKeyView
 from unibus.core.errors import UnibusError
 from unibus.core.log import get_logger
+from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair
 from unibus.core.roomchain import (
+    LEGACY_KEY_ID,
     ChainError,
     RoomState,
     SignedState,
@@ -145,6 +147,9 @@ class Room:
         self._members_at: dict[int, frozenset[str]] = {}
         """Everyone who was a member at some point of each epoch (a message's check)."""
         self._keys: dict[tuple[int, str], bytes] = {}
+        self._legacy_keys: dict[int, bytes] = {}
+        self._unadopted: RoomView | None = None
+        """The server's view of a legacy room nobody has adopted yet (nothing trusted)."""
         self._sealer = Sealer(identity, room_id)
         self._publish_lock = asyncio.Lock()
         self._admitted_on: tuple[int, int] | None = None
@@ -158,6 +163,8 @@ class Room:
     # -- trusted state ----------------------------------------------------------------------------
     @property
     def state(self) -> RoomState:
+        if self._unadopted is not None:
+            raise RoomAwaitingAdoptionError(self.room_id, self._unadopted.owner)
         if not self._states:
             raise RoomError("the room has not been loaded; call refresh()")
         return self._states[-1]
@@ -171,8 +178,16 @@ class Room:
         return members is not None and key in members
 
     async def refresh(self) -> None:
-        """Fetch and verify the chain, then fetch, verify and open this member's keys."""
+        """Fetch and verify the chain, then fetch, verify and open this member's keys.
+
+        A room migrated from the legacy store without a signed chain yet is not an error
+        here: ``awaiting_adoption`` says so, its legacy keys are read, and everything that
+        needs a trusted state raises :class:`RoomAwaitingAdoptionError`.
+        """
         view = await self._api.get_room(self.room_id)
+        if not view.chain:
+            await self._refresh_unadopted(view)
+            return
         try:
             states = verify_chain(view.chain, room_id=self.room_id)
         except ChainError as exc:
@@ -188,6 +203,7 @@ class Room:
         latest = states[-1]
         if sorted(view.members) != list(latest.members) or view.epoch != latest.epoch:
             raise RoomError("the server's member list disagrees with the room's signed chain")
+        self._unadopted = None
         self._states = states
         self._head = view.chain[-1]
         self._heads.remember(self.room_id, states)
@@ -195,8 +211,11 @@ class Room:
         for verified in states:
             members_at.setdefault(verified.epoch, set()).update(verified.members)
         self._members_at = {epoch: frozenset(keys) for epoch, keys in members_at.items()}
+        legacy_epochs = states[0].legacy_epochs
         for sealed in await self._api.sealed_keys(self.room_id):
             if sealed.member != self._identity.public_key:
+                continue
+            if self._took_legacy_key(sealed, legacy_epochs):
                 continue
             try:
                 check_sealed_key(
@@ -214,6 +233,81 @@ class Room:
                 _log.warning("rejected a sealed key", reason=getattr(exc, "reason", "invalid"))
                 continue
             self._keys[(sealed.epoch, sealed.key_id)] = key
+
+    async def _refresh_unadopted(self, view: RoomView) -> None:
+        # A device that verified a signed history of this room before must not be shown
+        # it without one: that is a rollback, not a legacy room.
+        problem = self._heads.check(self.room_id, [])
+        if problem is not None:
+            raise RollbackError(problem)
+        self._unadopted = view
+        self._states = []
+        self._head = None
+        self._members_at = {}
+        for sealed in await self._api.sealed_keys(self.room_id):
+            if sealed.member == self._identity.public_key:
+                self._took_legacy_key(sealed, view.epoch)
+
+    def _took_legacy_key(self, sealed: SealedKeyView, legacy_epochs: int) -> bool:
+        """Open a key of a legacy epoch (unsigned: the legacy store signed nothing).
+
+        Such keys only ever decrypt what the legacy era wrote; nothing is sent with them
+        (publishing uses the signed chain's epoch), so a key the server made up would
+        open nothing a member wrote. Returns whether ``sealed`` was a legacy key.
+        """
+        if sealed.key_id != LEGACY_KEY_ID or not 1 <= sealed.epoch <= legacy_epochs:
+            return False
+        try:
+            self._legacy_keys[sealed.epoch] = open_room_key(sealed.sealed, self._identity)
+        except UnibusError as exc:
+            _log.warning("a legacy key does not open", reason=getattr(exc, "reason", "invalid"))
+        return True
+
+    @property
+    def awaiting_adoption(self) -> bool:
+        """The room came from the legacy store and its owner has not adopted it yet."""
+        return self._unadopted is not None
+
+    @property
+    def legacy_keys(self) -> Mapping[int, bytes]:
+        """This member's keys of the room's legacy epochs, by epoch (read-only): for what
+        the legacy era wrote. Unsigned, as the legacy store kept them; never sent with."""
+        return types.MappingProxyType(self._legacy_keys)
+
+    async def adopt(self) -> None:
+        """Adopt this legacy room: sign its genesis, adopting the migrated members who are
+        still active, with a fresh key for the epoch after the legacy ones sealed to each.
+
+        Its legacy owner does this, or an administrator once that owner is revoked (the
+        API decides, and refuses anyone else). The adopter owns the room from then on.
+
+        Raises:
+            RoomError: the room has a signed chain already.
+        """
+        await self.refresh()
+        view = self._unadopted
+        if view is None:
+            raise RoomError(f"room {self.room_id} has a signed chain already: nothing to adopt")
+        me = self._identity.public_key
+        members = {me, *[m for m in view.members if await self._is_active_user(m)]}
+        key = new_room_key()
+        body = adoption(
+            self._identity,
+            self.room_id,
+            legacy_epochs=view.epoch,
+            members=members,
+            sealed_by_member={member: seal_room_key(key, member) for member in members},
+        )
+        await self._api.adopt_room(self.room_id, body)
+        await self.refresh()
+
+    async def _is_active_user(self, key: str) -> bool:
+        try:
+            return (await self._api.get_user(key)).status is Status.ACTIVE
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     def key_for(self, epoch: int, key_id: str) -> bytes | None:
         """The verified room key of ``(epoch, key_id)`` this device holds, if any."""

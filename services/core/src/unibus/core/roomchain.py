@@ -44,6 +44,8 @@ from unibus.core.nkeys import KeyPair, Prefix, decode_public, verify
 
 STATE_VERSION: Final = 1
 MAX_MEMBERS: Final = 1024
+LEGACY_KEY_ID: Final = "legacy"
+"""The key id of every epoch migrated from the legacy store, which had none."""
 MAX_LEGACY_EPOCHS: Final = 1_000_000
 """Far above any legacy room's epoch; only a bound for a malformed state."""
 _STATE_DOMAIN: Final = b"unibus-room-state-v1\n"

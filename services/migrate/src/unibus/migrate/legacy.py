@@ -48,13 +48,11 @@ from unibus.core.models import (
     Versioned,
 )
 from unibus.core.nkeys import canonical_user_key, user_key_ed25519
-from unibus.core.roomchain import SignedState
+from unibus.core.roomchain import LEGACY_KEY_ID, SignedState
 from unibus.core.store import IndexRepair
 
 T = TypeVar("T")
 
-LEGACY_KEY_ID: Final = "legacy"
-"""Key id of every epoch a legacy room committed (the Go store had no rekey attempts)."""
 BUSY_TIMEOUT: Final = 5.0
 
 LEGACY_SCHEMA: Final = """

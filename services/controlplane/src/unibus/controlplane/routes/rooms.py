@@ -59,7 +59,9 @@ async def list_rooms(request: Request, context: Context, caller: Caller) -> Resp
 
 
 async def get_room(request: Request, context: Context, caller: Caller) -> Response:
-    room = await rooms.read_room(context.store, caller.key, request.path_params["room_id"])
+    room = await rooms.read_room(
+        context.store, caller.key, request.path_params["room_id"], caller_is_admin=caller.is_admin
+    )
     return json_response(rooms.room_view(room))
 
 
