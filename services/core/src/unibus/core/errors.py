@@ -23,8 +23,10 @@ errors extend this tree (``unibus.client.errors``), the migration's too
     - NotFoundError        no such record (storage-agnostic)
     - RecordError          a stored record that does not decode          (models)
     - ConflictError        a create-only or compare-and-set write lost
+      . LastAdminError     a user change that would leave the bus without an active admin
     - StoreUnavailableError  the backend did not answer in time or failed
     - AssetMissingError    a bucket/stream that provisioning should have made is absent
+    - UnsupportedError     an operation this backend cannot do (a role change on a legacy file)
   + ProvisioningError      provisioning or scaling could not finish within its budget
   + StackError             the local stack could not start, stop or be found
   + PrivateFileError       a secret file readable by others, or unsafe to write  (files)
@@ -95,6 +97,14 @@ class ConflictError(StoreError):
     """A create-only write found the key present, or a compare-and-set lost the race."""
 
 
+class LastAdminError(ConflictError):
+    """The change would take the last active administrator's role or access.
+
+    Refused whoever asks (the API, the CLI): a bus without an active admin could be given
+    one back only by hand. Promoting another user first makes the change possible.
+    """
+
+
 class StoreUnavailableError(StoreError):
     """The backend failed or did not answer within the bounded timeout.
 
@@ -115,6 +125,13 @@ class AssetMissingError(StoreError):
             "`unibus scale --replicas N`) instead of expecting a read to create it"
         )
         self.asset = asset
+
+
+class UnsupportedError(StoreError):
+    """The backend cannot do this at all; retrying or another input will not help.
+
+    The legacy SQLite store flips a user's status but cannot change a role.
+    """
 
 
 class ProvisioningError(UnibusError):

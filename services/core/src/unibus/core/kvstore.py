@@ -361,6 +361,25 @@ class JetStreamStore:
             return Versioned(updated, revision)
         raise ConflictError(f"user {key} kept changing; try again")
 
+    async def update_user(
+        self, previous: Versioned[UserRecord], updated: UserRecord
+    ) -> Versioned[UserRecord]:
+        if updated.key != previous.value.key:
+            raise ValueError("update_user cannot change a user's key")
+        try:
+            revision = await self._users.update(
+                updated.key, encode(updated), last=previous.revision
+            )
+        except ConflictError:
+            raise ConflictError(
+                f"user {updated.key} changed since it was read; re-read and retry"
+            ) from None
+        return Versioned(updated, revision)
+
+    async def touch_user(self, current: Versioned[UserRecord]) -> Versioned[UserRecord]:
+        # The same value: the callout's view sees no change and kicks nobody.
+        return await self.update_user(current, current.value)
+
     async def has_admin(self) -> bool:
         return any(user.role is Role.ADMIN and user.is_active for user in await self.list_users())
 

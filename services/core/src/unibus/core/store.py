@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from unibus.core.models import (
     MemberRecord,
@@ -37,6 +37,37 @@ class IndexRepair:
 
     added: int
     removed: int
+
+
+@runtime_checkable
+class UserUpdates(Protocol):
+    """Compare-and-set writes of user records: what role changes need of a backend.
+
+    Beside ``Store`` rather than in it while the legacy ``SQLiteStore`` lacks these two
+    writes; ``unibus.core.userchanges`` tells the backends apart by this protocol.
+    """
+
+    async def get_user(self, key: str) -> Versioned[UserRecord]: ...
+
+    async def list_users(self) -> list[UserRecord]: ...
+
+    async def update_user(
+        self, previous: Versioned[UserRecord], updated: UserRecord
+    ) -> Versioned[UserRecord]:
+        """Write ``updated`` only if the record is still at ``previous``'s revision.
+
+        ``ConflictError`` if it changed since ``previous`` was read.
+        """
+        ...
+
+    async def touch_user(self, current: Versioned[UserRecord]) -> Versioned[UserRecord]:
+        """Rewrite the record unchanged, by compare-and-set on ``current``'s revision.
+
+        Succeeds only if the record was still ``current`` when the write committed, and
+        makes every compare-and-set by a writer who read it before fail (``ConflictError``
+        otherwise): how a change proves a record it depends on but does not change.
+        """
+        ...
 
 
 class Store(Protocol):
@@ -65,7 +96,11 @@ class Store(Protocol):
     async def list_users(self) -> list[UserRecord]: ...
 
     async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:
-        """Flip a user's status by compare-and-set; there is no hard delete."""
+        """Flip a user's status by compare-and-set; there is no hard delete.
+
+        No rule is checked here: the API and the CLI go through
+        ``unibus.core.userchanges.change_user``, which never revokes the last active admin.
+        """
         ...
 
     async def has_admin(self) -> bool: ...
