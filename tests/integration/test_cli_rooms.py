@@ -62,7 +62,7 @@ async def test_rooms_messages_and_blobs_work_from_the_command_line(
         "room", "list", "--dir", root, "--identity", str(bob_seed), "--json"
     )
     assert code == 0, err
-    assert room_id in json.loads(out)
+    assert {"room_id": room_id, "awaiting_adoption": False} in json.loads(out)
 
     # A 3 MiB file goes up and comes back, with progress on stderr.
     source = tmp_path / "report.bin"

@@ -1181,3 +1181,39 @@ def test_the_leaver_can_hand_out_no_key_to_the_epoch_its_leave_starts() -> None:
             ),
         ),
     )
+
+
+# -- adopting a room migrated from the legacy store ----------------------------------------------
+def test_an_adoption_genesis_starts_at_the_epoch_after_the_legacy_ones() -> None:
+    adopted = genesis(legacy_epochs=3, epoch=4)
+
+    (state,) = verify_chain([adopted], room_id=ROOM)
+
+    assert (state.epoch, state.legacy_epochs) == (4, 3)
+
+
+@pytest.mark.parametrize(("legacy_epochs", "epoch"), [(3, 3), (3, 5), (0, 2), (2, 1)])
+def test_a_genesis_whose_epoch_is_not_the_one_after_its_legacy_epochs_is_refused(
+    legacy_epochs: int, epoch: int
+) -> None:
+    reason = "malformed" if epoch <= legacy_epochs else "bad_genesis"
+    refused(
+        reason, lambda: check_transition(None, genesis(legacy_epochs=legacy_epochs, epoch=epoch))
+    )
+
+
+def test_no_later_state_may_change_the_legacy_epochs_its_genesis_fixed() -> None:
+    adopted = genesis(legacy_epochs=3, epoch=4)
+    refused("bad_link", lambda: check_transition(adopted, step(adopted, OWNER, legacy_epochs=2)))
+    # an ordinary change keeps them, and the chain goes on
+    added = step(adopted, OWNER, members=members(OWNER, ADMIN, ALICE, BOB))
+    assert check_transition(adopted, added).legacy_epochs == 3
+
+
+def test_an_adoption_genesis_is_signed_by_its_owner_like_any_genesis() -> None:
+    forged = sign_by(genesis_state(legacy_epochs=2, epoch=3, actor=ALICE.public_key), ALICE)
+    refused("not_allowed", lambda: check_transition(None, forged))
+
+
+def test_a_negative_count_of_legacy_epochs_is_malformed() -> None:
+    refused("malformed", lambda: decode_state(genesis(legacy_epochs=-1)))

@@ -17,14 +17,15 @@ from tests.unit.controlplane.harness import (
     settings_from_env,
 )
 from unibus.authcallout.settings import Settings as CalloutSettings
-from unibus.client.changes import genesis, successor
+from unibus.client.changes import adoption, genesis, successor
 from unibus.controlplane.rooms import MAX_SEALED_BYTES
 from unibus.core import envnames, naming
-from unibus.core.apimodels import RoomView
+from unibus.core.apimodels import NewRoom, RoomView
 from unibus.core.errors import ConflictError
 from unibus.core.limits import MAX_ROOMS_ENV, read_max_rooms
-from unibus.core.models import Status
+from unibus.core.models import EpochRef, RoomRecord, Status
 from unibus.core.nkeys import KeyPair, Prefix
+from unibus.core.roomchain import LEGACY_KEY_ID
 from unibus.core.settings import EnvReader
 from unibus.core.store import Store
 
@@ -373,3 +374,97 @@ def test_the_api_and_the_callout_read_the_same_room_cap(tmp_path: Path) -> None:
     )
 
     assert api.max_rooms == callout.max_rooms == read_max_rooms(EnvReader(env)) == 7
+
+
+# -- adopting a room migrated from the legacy store ----------------------------------------------
+async def _legacy_room(api: Api, owner: KeyPair, *members: KeyPair, epochs: int = 2) -> str:
+    """A room as the migration writes it: members and legacy epochs, no signed chain."""
+    room_id = naming.new_room_id()
+    everyone = tuple(sorted({owner.public_key, *(m.public_key for m in members)}))
+    record = RoomRecord(
+        room_id=room_id,
+        owner=owner.public_key,
+        members=everyone,
+        epochs=tuple(EpochRef(epoch=e, key_id=LEGACY_KEY_ID) for e in range(1, epochs + 1)),
+        created_at=1.0,
+        updated_at=1.0,
+    )
+    await api.store.create_room(record, members=[], sealed_keys=[])
+    return room_id
+
+
+def _adoption(adopter: KeyPair, room_id: str, *members: str, legacy_epochs: int = 2) -> NewRoom:
+    everyone = {adopter.public_key, *members}
+    return adoption(
+        adopter,
+        room_id,
+        legacy_epochs=legacy_epochs,
+        members=everyone,
+        sealed_by_member=sealed_for(*everyone),
+    )
+
+
+async def test_the_legacy_owner_adopts_the_members_still_active_in_the_epoch_after(
+    api: Api,
+) -> None:
+    owner, bob, gone = await api.user("owner"), await api.user("bob"), await api.user("gone")
+    room_id = await _legacy_room(api, owner, bob, gone)
+    await api.store.set_user_status(gone.public_key, Status.REVOKED)
+
+    response = await api.call(
+        owner, "POST", f"/v1/rooms/{room_id}/adopt", _adoption(owner, room_id, bob.public_key)
+    )
+
+    assert response.status_code == 200, response.text
+    view = msgspec.json.decode(response.content, type=RoomView)
+    assert view.members == sorted([owner.public_key, bob.public_key])
+    assert (view.epoch, len(view.chain)) == (3, 1)
+    assert gone.public_key not in view.members
+
+
+@pytest.mark.parametrize(
+    ("who", "members", "legacy_epochs", "status", "code"),
+    [
+        ("bob", ("owner",), 2, 403, "forbidden"),  # a member who is not the owner
+        ("admin", ("owner", "bob"), 2, 403, "forbidden"),  # an admin while the owner is active
+        ("owner", (), 2, 400, "bad_adoption"),  # leaves a migrated member out
+        ("owner", ("bob", "stranger"), 2, 400, "bad_adoption"),  # brings someone in
+        ("owner", ("bob",), 1, 400, "bad_adoption"),  # claims other legacy epochs
+    ],
+)
+async def test_an_adoption_by_anyone_else_or_of_other_members_or_epochs_is_refused(
+    api: Api, who: str, members: tuple[str, ...], legacy_epochs: int, status: int, code: str
+) -> None:
+    users = {"owner": await api.user("owner"), "bob": await api.user("bob")}
+    users["stranger"] = await api.user("stranger")
+    users["admin"] = api.admin
+    room_id = await _legacy_room(api, users["owner"], users["bob"])
+    adopter = users[who]
+    body = _adoption(
+        adopter, room_id, *(users[m].public_key for m in members), legacy_epochs=legacy_epochs
+    )
+
+    response = await api.call(adopter, "POST", f"/v1/rooms/{room_id}/adopt", body)
+
+    assert (response.status_code, error_of(response)) == (status, code), response.text
+    assert not (await api.store.get_room(room_id)).value.chain, "a refused adoption wrote"
+
+
+async def test_an_admin_adopts_once_the_legacy_owner_is_revoked_and_twice_is_a_conflict(
+    api: Api,
+) -> None:
+    owner, bob = await api.user("owner"), await api.user("bob")
+    room_id = await _legacy_room(api, owner, bob)
+    await api.store.set_user_status(owner.public_key, Status.REVOKED)
+    # It may read the room it is about to adopt, though not a member.
+    assert (await _room(api, api.admin, room_id)).owner == owner.public_key
+    body = _adoption(api.admin, room_id, bob.public_key)
+
+    first = await api.call(api.admin, "POST", f"/v1/rooms/{room_id}/adopt", body)
+    again = await api.call(api.admin, "POST", f"/v1/rooms/{room_id}/adopt", body)
+
+    assert first.status_code == 200, first.text
+    view = msgspec.json.decode(first.content, type=RoomView)
+    assert view.owner == api.admin.public_key
+    assert view.members == sorted([api.admin.public_key, bob.public_key])
+    assert (again.status_code, error_of(again)) == (409, "already_adopted")

@@ -62,7 +62,7 @@ async def open_client(args: argparse.Namespace) -> Client:
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
-    room = verbs.add_parser("room", help="create, invite, remove, leave, list rooms")
+    room = verbs.add_parser("room", help="create, invite, remove, leave, list, adopt rooms")
     room_verbs = room.add_subparsers(dest="room_verb", metavar="VERB", required=True)
 
     create = room_verbs.add_parser("create", help="create a room (you are its owner)")
@@ -92,10 +92,26 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     add_client_args(leave)
     leave.set_defaults(handler=_sync(_leave))
 
-    listing = room_verbs.add_parser("list", help="your rooms")
+    listing = room_verbs.add_parser(
+        "list", help="your rooms (those migrated from the legacy store and not adopted: marked)"
+    )
     add_client_args(listing)
     add_json_arg(listing)
     listing.set_defaults(handler=_sync(_list))
+
+    adopt = room_verbs.add_parser(
+        "adopt",
+        help="adopt a room migrated from the legacy store (its owner; an admin if the owner "
+        "is revoked): sign its genesis, a fresh key for its members",
+        description="Give a room migrated from the legacy store its signed genesis: the "
+        "members it had who are still active, the epoch after its legacy ones, a fresh key "
+        "sealed to each. Until then its members see it as awaiting adoption. Their legacy "
+        "keys stay readable.",
+    )
+    adopt.add_argument("room_id")
+    add_client_args(adopt)
+    add_json_arg(adopt)
+    adopt.set_defaults(handler=_sync(_adopt))
 
     send = verbs.add_parser("send", help="send an encrypted message to a room")
     send.add_argument("room_id")
@@ -180,11 +196,40 @@ async def _leave(args: argparse.Namespace) -> int:
 
 async def _list(args: argparse.Namespace) -> int:
     async with await open_client(args) as client:
-        rooms = await client.rooms()
+        listed = []
+        for room_id in await client.rooms():
+            room = await client.room(room_id)
+            listed.append((room_id, room.awaiting_adoption))
     if args.json:
-        print_json(rooms)
+        print_json([{"room_id": r, "awaiting_adoption": waiting} for r, waiting in listed])
+    elif not listed:
+        print("(no rooms)")
     else:
-        print("\n".join(rooms) if rooms else "(no rooms)")
+        for room_id, waiting in listed:
+            note = f"  awaiting adoption: its owner runs `unibus room adopt {room_id}`"
+            print(room_id + (note if waiting else ""))
+    return 0
+
+
+async def _adopt(args: argparse.Namespace) -> int:
+    async with await open_client(args) as client:
+        room = await client.room(args.room_id)
+        await room.adopt()
+    state = room.state
+    if args.json:
+        print_json(
+            {
+                "room_id": room.room_id,
+                "members": list(state.members),
+                "epoch": state.epoch,
+                "legacy_epochs": state.legacy_epochs,
+            }
+        )
+    else:
+        print(
+            f"adopted {room.room_id}: {len(state.members)} member(s), epoch {state.epoch} "
+            f"after {state.legacy_epochs} legacy epoch(s), a fresh key sealed to each"
+        )
     return 0
 
 

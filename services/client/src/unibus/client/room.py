@@ -244,6 +244,8 @@ class Room:
         self._states = []
         self._head = None
         self._members_at = {}
+        if self._identity.public_key not in view.members:
+            return  # an administrator come to adopt it: no keys of its own here
         for sealed in await self._api.sealed_keys(self.room_id):
             if sealed.member == self._identity.public_key:
                 self._took_legacy_key(sealed, view.epoch)
