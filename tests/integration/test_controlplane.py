@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import ssl
 import time
@@ -473,20 +472,27 @@ async def test_a_service_killed_mid_removal_leaves_the_room_wholly_before_or_aft
 async def test_healthz_reports_the_live_posture_when_it_differs_from_the_settings(
     api: Api,
 ) -> None:
-    """n2's API is configured for TLS; its server is restarted without client TLS."""
-    api.stack.stop_node("n2")
-    plain = dataclasses.replace(api.stack.node_config(1), client_tls=None)
-    api.stack.start_node("n2", config=plain)
+    """The API is configured for room ACLs, which only a connected callout enforces: with
+    every callout stopped, n2's /healthz says so from the servers themselves. (A clustered
+    server without client TLS or auth is no longer a live difference to report: the posture
+    validator refuses to start one.)"""
+    for node in api.stack.spec.node_names:
+        api.stack.stop_service("authcallout", node)
 
     async def posture() -> dict[str, object]:
         async with httpx.AsyncClient(verify=_ca(api)) as http:
             report = (await http.get(f"{api.stack.api_url('n2')}/healthz")).json()
         return dict(report.get("posture") or {})
 
-    live = await eventually(
-        posture,
-        until=lambda p: p.get("server") == "n2" and p["tls"] is False,
-        timeout=30,
-        what="n2 posture read live",
-    )
-    assert live["bus_auth"] is True
+    try:
+        live = await eventually(
+            posture,
+            until=lambda p: p.get("server") == "n2" and p.get("acl") is False,
+            timeout=30,
+            what="n2's posture read live: no callout, so no ACL",
+        )
+        assert live["bus_auth"] is True
+        assert live["tls"] is True
+    finally:
+        for node in api.stack.spec.node_names:
+            api.stack.start_service("authcallout", node)
