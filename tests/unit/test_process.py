@@ -40,6 +40,10 @@ _SERVICE = textwrap.dedent(
                 await asyncio.sleep(0.05)
         if mode == "fails":
             raise UnibusError("the store is unreachable: start the cluster first")
+        if mode == "fails-naming-a-subject":
+            raise UnibusError("no responders on unibus.room.k3q9z0m1x7w2v8u4t5s6.msg")
+        if mode == "crashes":
+            raise RuntimeError("refused on unibus.room.k3q9z0m1x7w2v8u4t5s6.msg")
         await stop.wait()
 
     sys.exit(run_service("test-service", load, serve))
@@ -94,6 +98,22 @@ def test_a_runtime_error_exits_1_with_one_line_and_no_traceback() -> None:
         "test-service: the store is unreachable: start the cluster first"
     )
     assert "Traceback" not in err
+
+
+def test_a_runtime_error_naming_a_subject_prints_it_redacted() -> None:
+    process = _start("fails-naming-a-subject")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert err.strip().splitlines()[-1] == "test-service: no responders on unibus.room.[redacted]"
+
+
+def test_a_bug_exits_1_with_its_traceback_logged_and_redacted() -> None:
+    process = _start("crashes")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "stopped by an unexpected error" in err
+    assert "RuntimeError: refused on unibus.room.[redacted]" in err
+    assert "k3q9z0m1x7w2v8u4t5s6" not in err
 
 
 def test_a_configuration_error_exits_2_naming_the_setting() -> None:

@@ -75,6 +75,12 @@ def _replacement(match: re.Match[str]) -> str:
     return f"[redacted {kind}]"
 
 
+def redact_text(text: str) -> str:
+    """``text`` as a log line at the default level would show it: for what is printed
+    rather than logged (a service's one-line exit message)."""
+    return _DEFAULT.text(text)
+
+
 class Redactor:
     """structlog processor: secrets out of every line, names and data too unless ``names``
     is false (debug). Keys are kept; values are copied, never changed in place."""
@@ -90,7 +96,7 @@ class Redactor:
             event[key] = REDACTED if key in self._keys else self._value(value)
         return event
 
-    def _text(self, text: str) -> str:
+    def text(self, text: str) -> str:
         if len(text) < naming.ROOM_ID_LENGTH and "." not in text and "_INBOX" not in text:
             # Too short for a seed or a room id and no subject in it: most values (a
             # reason code, an error's type name) are, and a search costs more than this.
@@ -99,7 +105,7 @@ class Redactor:
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self._text(value)
+            return self.text(value)
         if isinstance(value, Mapping):
             # Keys of nested mappings are data (a room id, a subject), not field names.
             return {
@@ -112,8 +118,11 @@ class Redactor:
             return tuple(self._value(item) for item in value)
         if isinstance(value, BaseException):
             # The renderer would print its repr, message and all.
-            return self._text(repr(value))
+            return self.text(repr(value))
         return value
+
+
+_DEFAULT: Final = Redactor()
 
 
 def _stderr_logger(*_: Any) -> structlog.PrintLogger:

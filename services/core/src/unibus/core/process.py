@@ -1,7 +1,8 @@
 """The life of a unibus service process: settings once, logging, run until a signal.
 
 Both services start the same way; keeping it here means a configuration error always
-exits 2 with one line naming the setting, and a runtime error exits 1, never a traceback.
+exits 2 with one line naming the setting, and a runtime error exits 1, never a traceback
+(a bug's traceback is logged, redacted, as one log line).
 A stop signal always ends the process: a service still trying to reach the cluster (one
 started while every node is down keeps retrying its first connect) is given
 ``SHUTDOWN_GRACE`` to finish, then cancelled.
@@ -18,7 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol, TypeVar
 
 from unibus.core.errors import UnibusError
-from unibus.core.log import configure_logging, get_logger
+from unibus.core.log import configure_logging, get_logger, redact_text
 
 SHUTDOWN_GRACE: Final = 5.0
 """Seconds a service may take to stop after SIGTERM before its work is cancelled; well
@@ -42,7 +43,7 @@ def run_service(
     try:
         settings = load(os.environ)
     except UnibusError as exc:
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        print(f"{name}: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     configure_logging(json=settings.log_json)
 
@@ -72,6 +73,13 @@ def run_service(
     try:
         asyncio.run(main())
     except UnibusError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+        # Printed, not logged, but the same text a log line would show: a store's or
+        # the client library's message may name a subject.
+        print(f"{name}: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - logged, then the exit status says it failed
+        # A bug. Its traceback goes to the log as every line does, redacted, instead of
+        # the interpreter printing it raw.
+        get_logger(name).exception("stopped by an unexpected error")
         return 1
     return 0
