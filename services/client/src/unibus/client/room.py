@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
+import secrets
 import time
 import types
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -74,6 +76,10 @@ _RETRY_PAUSE_MAX: Final = 2.0
 PUBLISH_BUDGET: Final = 30.0
 """Seconds an unacknowledged message is sent again before the error reaches the caller."""
 _OVERLAP: Final = frozenset({"replay"})
+_REPLAY_INACTIVE: Final = 60.0
+"""Seconds a history consumer nobody pulls from lives on: a slot's longest wait."""
+_CONSUMER_EXISTS: Final = 10148
+"""JetStream's ``JSConsumerAlreadyExists``: a create (not an update) found the name taken."""
 _GAP_CHECK: Final = 0.5
 """How often a live subscription waiting for messages checks whether its connection was
 made anew (and the gap must be filled from the history)."""
@@ -485,18 +491,18 @@ class Room:
         is served is old. Best effort: a server that hides the history can hide it anyway,
         and a probe that fails is tried again at the next publish.
         """
-        slot = naming.HISTORY_SLOTS - 1  # history() reads from slot 0 by default
-        consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
-        config = api.ConsumerConfig(
-            name=consumer,
-            filter_subject=naming.room_subject(self.room_id),
-            ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.LAST,
-            inactive_threshold=10.0,
-        )
         js = self._bus.jetstream()
+        consumer = ""
         try:
-            info = await self._fresh_consumer(consumer, config)
+            consumer, info = await self._claim_consumer(
+                lambda name: api.ConsumerConfig(
+                    name=name,
+                    filter_subject=naming.room_subject(self.room_id),
+                    ack_policy=api.AckPolicy.NONE,
+                    deliver_policy=api.DeliverPolicy.LAST,
+                    inactive_threshold=10.0,
+                )
+            )
             if info.num_pending:
                 pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
                 try:
@@ -505,12 +511,13 @@ class Room:
                 finally:
                     with contextlib.suppress(Exception):
                         await pull.unsubscribe()
-        except (*_RETRIABLE, nats.errors.Error, TimeoutError) as exc:
+        except (*_RETRIABLE, nats.errors.Error, TimeoutError, RoomError) as exc:
             _log.debug("history probe failed", error=type(exc).__name__)
             return
         finally:
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
+            if consumer:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
         self._probed_history = True
 
     def _note_epoch(self, opener: Opener, data: bytes) -> None:
@@ -701,7 +708,7 @@ class Room:
         *,
         history: bool = False,
         since: datetime.datetime | None = None,
-        slot: int = 0,
+        slot: int | None = None,
     ) -> AsyncIterator[Message]:
         """Live messages, verified and decrypted, each delivered once.
 
@@ -767,7 +774,7 @@ class Room:
                 await subscription.unsubscribe()
 
     async def history(
-        self, *, since: datetime.datetime | None = None, slot: int = 0, idle: float = 2.0
+        self, *, since: datetime.datetime | None = None, slot: int | None = None, idle: float = 2.0
     ) -> AsyncIterator[Message]:
         """Replay the room's stored messages in order, each once; ends when caught up.
 
@@ -775,8 +782,12 @@ class Room:
         delivered is delivered again here, not taken for a replay attack. Caught up means
         the consumer reports nothing pending: at its creation, or in the metadata of the
         last message read (as nats-py's KV watchers detect the end of their initial
-        values). ``idle`` bounds the wait for a batch that does not come. ``slot`` picks
-        one of the user's consumers (``naming.HISTORY_SLOTS``), for replays that overlap.
+        values). ``idle`` bounds the wait for a batch that does not come. Each replay takes
+        a consumer slot of its own (``naming.HISTORY_SLOTS`` per user and room: devices
+        replaying at once never share one); ``slot`` asks for one in particular.
+
+        Raises:
+            RoomError: every slot is in use by the user's other devices (or replays).
         """
         await self._ensure_admitted()
         async for message in self._replay(Opener(self.room_id), since=since, slot=slot, idle=idle):
@@ -787,20 +798,21 @@ class Room:
         opener: Opener,
         *,
         since: datetime.datetime | None,
-        slot: int,
+        slot: int | None,
         idle: float,
         quiet: frozenset[str] = frozenset(),
     ) -> AsyncIterator[Message]:
-        consumer = naming.history_consumer(self.room_id, self._identity.public_key, slot)
-        config = api.ConsumerConfig(
-            name=consumer,
-            filter_subject=naming.room_subject(self.room_id),
-            ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-            opt_start_time=since.astimezone(datetime.UTC) if since else None,
-            inactive_threshold=60.0,
+        consumer, info = await self._claim_consumer(
+            lambda name: api.ConsumerConfig(
+                name=name,
+                filter_subject=naming.room_subject(self.room_id),
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
+                opt_start_time=since.astimezone(datetime.UTC) if since else None,
+                inactive_threshold=_REPLAY_INACTIVE,
+            ),
+            slot=slot,
         )
-        info = await self._fresh_consumer(consumer, config)
         js = self._bus.jetstream()
         pull = await js.pull_subscribe_bind(consumer, stream=naming.MESSAGES_STREAM)
 
@@ -852,16 +864,60 @@ class Room:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(naming.MESSAGES_STREAM, consumer)
 
-    async def _fresh_consumer(self, name: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
-        """This user's history consumer, made anew (a leftover from a replay that ended
-        uncleanly is replaced). Retried a few times: during a node's failover the
-        JetStream API may time out or answer 503 while its leaders are elected."""
+    async def _claim_consumer(
+        self, config_for: Callable[[str], api.ConsumerConfig], *, slot: int | None = None
+    ) -> tuple[str, api.ConsumerInfo]:
+        """A history consumer of this user's that no other device of theirs is reading.
+
+        Each user has ``naming.HISTORY_SLOTS`` consumer names per room (the callout grants
+        exactly those). A device takes the first free one with a create that fails if the
+        name exists (never a delete: that would cut another device's replay short), and
+        marks its config as its own, so two devices never share one by accident. A slot
+        left by a device that went away frees itself after the consumer's inactivity
+        threshold. ``slot`` asks for one slot only.
+
+        Raises:
+            RoomError: every slot is in use.
+        """
+        slots = range(naming.HISTORY_SLOTS) if slot is None else (slot,)
+        for candidate in slots:
+            name = naming.history_consumer(self.room_id, self._identity.public_key, candidate)
+            config = config_for(name)
+            config.description = f"unibus device {secrets.token_hex(8)}"
+            info = await self._create_consumer(name, config)
+            if info is not None:
+                return name, info
+        raise RoomError(
+            f"every history slot of this user in room {self.room_id} is in use "
+            f"({naming.HISTORY_SLOTS}: one per device reading at once); try again once "
+            f"a device's replay ends (a device that went away frees its slot within "
+            f"{_REPLAY_INACTIVE:g}s)"
+        )
+
+    async def _create_consumer(
+        self, name: str, config: api.ConsumerConfig
+    ) -> api.ConsumerInfo | None:
+        """Create ``config``'s consumer only if its name is free; None if it is taken.
+        Retried a few times: during a node's failover the JetStream API may time out or
+        answer 503 while its leaders are elected."""
+        subject = (
+            f"$JS.API.CONSUMER.CREATE.{naming.MESSAGES_STREAM}.{name}."
+            f"{naming.room_subject(self.room_id)}"
+        )
+        request = json.dumps(
+            {"stream_name": naming.MESSAGES_STREAM, "config": config.as_dict(), "action": "create"}
+        ).encode()
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            js = self._bus.jetstream()
             try:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_consumer(naming.MESSAGES_STREAM, name)
-                return await js.add_consumer(naming.MESSAGES_STREAM, config)
+                reply = await self._bus.request(subject, request, timeout=5.0)
+                answer = json.loads(reply.data)
+                error = answer.get("error")
+                if error is None:
+                    info: api.ConsumerInfo = api.ConsumerInfo.from_response(answer)
+                    return info
+                if error.get("err_code") == _CONSUMER_EXISTS:
+                    return None
+                nats.js.errors.APIError.from_error(error)  # raises the matching error
             except _RETRIABLE:
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
