@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from unibus.core.errors import ConfigError
+from unibus.core.limits import read_history_max_age
 from unibus.core.settings import EnvReader, parse_bool
 
 NAME = "UNIBUS_TEST_SETTING"
@@ -295,3 +296,11 @@ def test_host_port_refuses_anything_but_host_and_port_naming_the_setting(raw: st
     with pytest.raises(ConfigError, match="ADDR must be HOST:PORT") as caught:
         EnvReader({"ADDR": raw}).host_port("ADDR", default="x:1")
     assert caught.value.setting == "ADDR"
+
+
+def test_the_history_retention_is_read_in_days_within_bounds() -> None:
+    assert read_history_max_age(EnvReader({})) == 30 * 86_400
+    assert read_history_max_age(EnvReader({"UNIBUS_HISTORY_DAYS": "7"})) == 7 * 86_400
+    for refused in ("0.5", "3651", "a month"):
+        with pytest.raises(ConfigError, match="UNIBUS_HISTORY_DAYS"):
+            read_history_max_age(EnvReader({"UNIBUS_HISTORY_DAYS": refused}))

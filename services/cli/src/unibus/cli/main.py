@@ -30,6 +30,7 @@ def _verb_modules() -> list[ModuleType]:
         migrate,
         provision,
         replace,
+        retention,
         rollout,
         rooms,
         stack,
@@ -38,6 +39,7 @@ def _verb_modules() -> list[ModuleType]:
 
     return [
         stack,
+        retention,
         rollout,
         replace,
         chaoscheck,

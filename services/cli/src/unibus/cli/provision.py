@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from unibus.cli._common import (
     progress,
     resolve_target,
 )
+from unibus.core import envnames
 from unibus.core.bootstrap import provision_cluster
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import ConfigError, NkeyError
+from unibus.core.limits import read_history_max_age
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.provisioning import HA_REPLICAS, Provisioning, check_replicas
 from unibus.core.retry import DEFAULT_BUDGET, retry_until
+from unibus.core.settings import EnvReader
 
 _EPILOG = """\
 examples:
@@ -64,6 +68,14 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         help="a file holding the first admin's public key (U…); not a seed",
     )
     parser.add_argument(
+        "--history-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="how long the history keeps a message, when this creates it (default: "
+        f"{envnames.HISTORY_DAYS}, else 30); `unibus retention` changes it later",
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=DEFAULT_BUDGET,
@@ -97,11 +109,23 @@ def _provision(args: argparse.Namespace) -> int:
     target = resolve_target(args, identity="internal")
     replicas = check_replicas(args.replicas or min(HA_REPLICAS, len(target.urls)))
     admin = _first_admin(args)
-    return asyncio.run(_run(target, replicas, admin, args.budget, as_json=args.json))
+    environ = dict(os.environ)
+    if args.history_days is not None:
+        environ[envnames.HISTORY_DAYS] = str(args.history_days)
+    history_max_age = read_history_max_age(EnvReader(environ))
+    return asyncio.run(
+        _run(target, replicas, admin, args.budget, history_max_age, as_json=args.json)
+    )
 
 
 async def _run(
-    target: NatsTarget, replicas: int, admin: str | None, budget: float, *, as_json: bool
+    target: NatsTarget,
+    replicas: int,
+    admin: str | None,
+    budget: float,
+    history_max_age: float,
+    *,
+    as_json: bool,
 ) -> int:
     deadline = time.monotonic() + budget
 
@@ -118,7 +142,7 @@ async def _run(
     try:
         js = nc.jetstream(timeout=2.0)
         await retry_until("JetStream meta leader", js.account_info, budget=left())
-        plan = Provisioning(replicas=replicas, budget=left())
+        plan = Provisioning(replicas=replicas, budget=left(), history_max_age=history_max_age)
         report, wrote = await provision_cluster(nc, plan, admin, progress=say)
     finally:
         await nc.close()

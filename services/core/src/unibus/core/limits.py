@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SEALED_KEY_BYTES",
     "NONCE_CLOCK_DRIFT",
     "NONCE_TTL",
+    "read_history_max_age",
     "read_max_rooms",
 ]
 
@@ -55,7 +56,23 @@ MAX_ENVELOPE_BYTES: Final = 1 << 20
 HISTORY_MAX_PER_ROOM: Final = 100_000
 """Messages the history keeps per room: a member flooding a room evicts that room's oldest."""
 HISTORY_MAX_AGE: Final = 30 * 86_400.0
-"""Seconds the history keeps a message (SPEC §4)."""
+"""Seconds the history keeps a message by default (SPEC §4); ``UNIBUS_HISTORY_DAYS`` at
+provisioning, ``unibus retention`` on a live cluster."""
+MAX_HISTORY_DAYS: Final = 3650
+
+
+def read_history_max_age(env: EnvReader) -> float:
+    """``UNIBUS_HISTORY_DAYS`` (1..3650, default 30) in seconds: how long the history
+    stream keeps a message when provisioning creates it."""
+    days = env.number(
+        envnames.HISTORY_DAYS,
+        default=HISTORY_MAX_AGE / 86_400,
+        minimum=1,
+        maximum=MAX_HISTORY_DAYS,
+    )
+    return days * 86_400
+
+
 HISTORY_DUPLICATE_WINDOW: Final = 120.0
 """Seconds within which the history stores a message id once (the SDK's publish retries
 fall well inside it)."""

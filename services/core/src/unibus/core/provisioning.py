@@ -284,6 +284,53 @@ async def asset_status(js: JetStreamContext, asset: Asset, *, cluster_size: int)
     )
 
 
+@dataclass(frozen=True)
+class RetentionChange:
+    before: float
+    after: float
+
+    @property
+    def shortened(self) -> bool:
+        return self.after < self.before
+
+
+async def history_retention(js: JetStreamContext) -> float:
+    """How long the history stream keeps a message, in seconds, as the cluster has it."""
+    info = await js.stream_info(naming.MESSAGES_STREAM)
+    return float(info.config.max_age or 0.0)
+
+
+async def set_history_retention(
+    js: JetStreamContext, seconds: float, *, budget: float = DEFAULT_BUDGET
+) -> RetentionChange:
+    """Keep history messages for ``seconds`` from now on, in place on the live stream.
+
+    Shortening it discards at once every message older than the new retention (JetStream
+    applies ``max_age`` to what is stored): callers ask before they shorten.
+    """
+    if not 86_400 <= seconds <= limits.MAX_HISTORY_DAYS * 86_400:
+        raise ConfigError(
+            f"history retention must be 1 to {limits.MAX_HISTORY_DAYS} days", setting="days"
+        )
+    seen: list[float] = []
+
+    async def update() -> bool:
+        info = await js.stream_info(naming.MESSAGES_STREAM)
+        config = info.config
+        if not seen:
+            seen.append(float(config.max_age or 0.0))
+        if config.max_age == seconds:
+            return False
+        if seconds < float(config.duplicate_window or 0.0):
+            raise ConfigError("the history retention cannot be shorter than its duplicate window")
+        await js.update_stream(dataclasses.replace(config, max_age=seconds))
+        return True
+
+    await retry_until("set the history retention", update, budget=budget)
+    _log.info("history retention set", days=seconds / 86_400)
+    return RetentionChange(before=seen[0], after=seconds)
+
+
 async def scale(
     js: JetStreamContext,
     replicas: int,

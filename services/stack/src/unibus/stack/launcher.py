@@ -30,10 +30,12 @@ from unibus.core import envnames
 from unibus.core.bootstrap import provision_cluster
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.errors import StackError
+from unibus.core.limits import read_history_max_age
 from unibus.core.log import get_logger
 from unibus.core.nkeys import read_seed_file
 from unibus.core.provisioning import Provisioning, ProvisionReport
 from unibus.core.retry import retry_until
+from unibus.core.settings import EnvReader
 from unibus.stack import topology
 from unibus.stack.certs import NodeSpec
 from unibus.stack.layout import StackLayout, StackSpec, stack_info
@@ -421,7 +423,10 @@ class LocalStack:
         progress: Callable[[str], None] | None = None,
     ) -> ProvisionReport:
         """Create every asset (R3 with three nodes) and the first admin, if missing."""
-        plan = Provisioning(replicas=replicas or min(3, self.spec.size))
+        plan = Provisioning(
+            replicas=replicas or min(3, self.spec.size),
+            history_max_age=read_history_max_age(EnvReader(self._environ)),
+        )
         admin = read_seed_file(self.layout.identity("admin")).public_key
         nc = await connect(self.target(), name="unibus-provision")
         try:
