@@ -198,9 +198,9 @@ def _walk_valid(api: SignedApi, schema: Any) -> Known:
     call("GET", "/v1/users", 200)
     call("GET", "/v1/health", 200)
     call("GET", "/v1/users/{key}", 200, key=ada.public_key)
-    call(
-        "POST", "/v1/users/{key}/revoke", 200, key=eve.public_key, body={}, media="application/json"
-    )
+    for verb, who in (("revoke", eve), ("reinstate", eve), ("promote", bob), ("demote", bob)):
+        path = f"/v1/users/{{key}}/{verb}"
+        call("POST", path, 200, key=who.public_key, body={}, media="application/json")
 
     room_id = call("POST", "/v1/room-ids", 201, body={}, media="application/json").json()["room_id"]
     everyone = (admin.public_key, ada.public_key)
@@ -327,7 +327,7 @@ def test_signed_requests_get_no_5xx_and_only_documented_responses(signed_api: Si
             pytest.fail(f"the served document has an invalid operation: {result.err()}")
         operations.append(result.ok())
     signed = [op for op in operations if op.path not in UNSIGNED]
-    assert len(signed) == 16, [op.label for op in operations]
+    assert len(signed) == 20, [op.label for op in operations]
 
     known = _walk_valid(api, schema)
     real = {"room_id": known.room_id, "blob_id": known.blob_id, "key": known.member}

@@ -15,6 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+import msgspec
 import pytest
 
 from unibus.core.errors import ConflictError, LastAdminError, NotFoundError, UnsupportedError
@@ -109,12 +110,8 @@ class StatusOnlyUsers:
 
     async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:
         current = await self.inner.get_user(key)
-        updated = UserRecord(**{**_fields(current.value), "status": status})
+        updated = msgspec.structs.replace(current.value, status=status)
         return await self.inner.update_user(current, updated)
-
-
-def _fields(user: UserRecord) -> dict[str, object]:
-    return {name: getattr(user, name) for name in user.__struct_fields__}
 
 
 def _user(role: Role = Role.MEMBER, status: Status = Status.ACTIVE) -> UserRecord:
@@ -280,7 +277,7 @@ async def test_a_write_landing_between_read_and_write_is_kept_and_the_change_rea
 
     async def revoke_meanwhile(operation: str, key: str) -> None:
         if operation == "update" and users.user(target.key).is_active:
-            users.put(UserRecord(**{**_fields(users.user(target.key)), "status": Status.REVOKED}))
+            users.put(msgspec.structs.replace(users.user(target.key), status=Status.REVOKED))
 
     users.hook = revoke_meanwhile
 
@@ -298,7 +295,7 @@ async def test_a_witness_demoted_meanwhile_makes_the_change_start_over_and_refus
 
     async def demote_the_witness(operation: str, key: str) -> None:
         if operation == "touch" and users.user(second.key).role is Role.ADMIN:
-            users.put(UserRecord(**{**_fields(users.user(second.key)), "role": Role.MEMBER}))
+            users.put(msgspec.structs.replace(users.user(second.key), role=Role.MEMBER))
 
     users.hook = demote_the_witness
 
@@ -318,7 +315,7 @@ async def test_a_record_that_keeps_changing_ends_in_a_conflict_after_bounded_rea
         if operation == "get" and key == target.key:
             reads += 1
         if operation == "update":
-            users.put(UserRecord(**{**_fields(users.user(key)), "handle": f"h{reads}"}))
+            users.put(msgspec.structs.replace(users.user(key), handle=f"h{reads}"))
 
     users.hook = always_meanwhile
 

@@ -15,10 +15,12 @@ from unibus.core.errors import (
     ConflictError,
     IdentityError,
     InvalidNameError,
+    LastAdminError,
     NotFoundError,
     StoreError,
     StoreUnavailableError,
     UnibusError,
+    UnsupportedError,
 )
 from unibus.core.models import RecordError
 from unibus.core.roomchain import ChainError
@@ -30,6 +32,8 @@ from unibus.core.store import Store
     [
         (NotFoundError("gone"), 404, "not_found"),
         (ConflictError("raced"), 409, "conflict"),
+        (LastAdminError("the last one"), 409, "last_admin"),
+        (UnsupportedError("cannot"), 501, "not_implemented"),
         (ChainError("not_allowed", "no"), 403, "chain_not_allowed"),
         (ChainError("bad_link", "no"), 400, "chain_bad_link"),
         (ChainError("bad_signature", "no"), 400, "chain_bad_signature"),

@@ -84,12 +84,83 @@ async def test_an_admin_revokes_a_user(api: Api) -> None:
     assert (await api.store.get_user(ada.public_key)).value.status is Status.REVOKED
 
 
+async def test_an_admin_reinstates_a_revoked_user_who_keeps_its_role(api: Api) -> None:
+    ada = await api.user("ada")
+    await api.call(api.admin, "POST", f"/v1/users/{ada.public_key}/revoke")
+
+    response = await api.call(api.admin, "POST", f"/v1/users/{ada.public_key}/reinstate")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "key": ada.public_key,
+        "handle": "ada",
+        "status": "active",
+        "role": "member",
+    }
+    assert (await api.store.get_user(ada.public_key)).value.is_active
+
+
+@pytest.mark.parametrize("verb", ["reinstate", "revoke"])
+async def test_a_change_that_already_holds_answers_200_and_writes_nothing(
+    api: Api, verb: str
+) -> None:
+    ada = await api.user("ada")
+    if verb == "revoke":
+        await api.call(api.admin, "POST", f"/v1/users/{ada.public_key}/revoke")
+    before = await api.store.get_user(ada.public_key)
+
+    response = await api.call(api.admin, "POST", f"/v1/users/{ada.public_key}/{verb}")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == before.value.status.value
+    assert await api.store.get_user(ada.public_key) == before
+
+
+async def test_the_last_active_admin_cannot_revoke_themself_409_last_admin(api: Api) -> None:
+    await api.user("ada")
+
+    response = await api.call(api.admin, "POST", f"/v1/users/{api.admin.public_key}/revoke")
+
+    assert response.status_code == 409
+    assert error_of(response) == "last_admin"
+    assert "last active admin" in response.json()["message"]
+    assert (await api.store.get_user(api.admin.public_key)).value.is_active
+
+
+async def test_with_a_second_admin_the_first_may_be_revoked(api: Api) -> None:
+    second = await api.user("second", Role.ADMIN)
+
+    response = await api.call(second, "POST", f"/v1/users/{api.admin.public_key}/revoke")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "revoked"
+
+
+@pytest.mark.parametrize("verb", ["promote", "demote"])
+async def test_a_store_that_cannot_write_a_role_answers_501_and_changes_nothing(
+    api: Api, verb: str
+) -> None:
+    # The unit tier's store is the legacy SQLite one; the live store changes roles
+    # (tests/integration/test_user_changes.py).
+    ada = await api.user("ada", Role.ADMIN if verb == "demote" else Role.MEMBER)
+    before = await api.store.get_user(ada.public_key)
+
+    response = await api.call(api.admin, "POST", f"/v1/users/{ada.public_key}/{verb}")
+
+    assert response.status_code == 501
+    assert error_of(response) == "not_implemented"
+    assert await api.store.get_user(ada.public_key) == before
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
         ("POST", "/v1/users", {"key": "NEW", "handle": "x"}),
         ("GET", "/v1/users", None),
         ("POST", "/v1/users/TARGET/revoke", None),
+        ("POST", "/v1/users/TARGET/reinstate", None),
+        ("POST", "/v1/users/TARGET/promote", None),
+        ("POST", "/v1/users/TARGET/demote", None),
         ("GET", "/v1/health", None),
     ],
 )
@@ -107,6 +178,7 @@ async def test_a_member_is_forbidden_the_admin_routes_and_changes_nothing(
     assert response.status_code == 403
     assert error_of(response) == "forbidden"
     assert (await api.store.get_user(bob.public_key)).value.status is Status.ACTIVE
+    assert (await api.store.get_user(bob.public_key)).value.role is Role.MEMBER
     assert newcomer not in {u.key for u in await api.store.list_users()}
 
 
@@ -133,9 +205,16 @@ async def test_an_admin_looking_up_a_user_sees_its_role(api: Api) -> None:
     assert response.json()["role"] == "member"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/v1/users/{key}"), ("POST", "/v1/users/{key}/revoke")]
-)
+_USER_PATHS = [
+    ("GET", "/v1/users/{key}"),
+    *(
+        ("POST", f"/v1/users/{{key}}/{verb}")
+        for verb in ("revoke", "reinstate", "promote", "demote")
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), _USER_PATHS)
 async def test_an_unknown_user_is_404(api: Api, method: str, path: str) -> None:
     response = await api.call(api.admin, method, path.format(key=_new_key()))
 
@@ -143,9 +222,7 @@ async def test_an_unknown_user_is_404(api: Api, method: str, path: str) -> None:
     assert error_of(response) == "not_found"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/v1/users/{key}"), ("POST", "/v1/users/{key}/revoke")]
-)
+@pytest.mark.parametrize(("method", "path"), _USER_PATHS)
 async def test_a_path_key_that_is_no_user_key_is_400(api: Api, method: str, path: str) -> None:
     response = await api.call(api.admin, method, path.format(key="not-a-key"))
 

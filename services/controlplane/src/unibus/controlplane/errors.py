@@ -11,9 +11,11 @@ from unibus.core.errors import (
     ConflictError,
     IdentityError,
     InvalidNameError,
+    LastAdminError,
     NotFoundError,
     StoreUnavailableError,
     UnibusError,
+    UnsupportedError,
 )
 from unibus.core.models import RecordError
 from unibus.core.roomchain import ChainError
@@ -84,6 +86,8 @@ def from_library(exc: UnibusError) -> HttpError:
         return exc
     if isinstance(exc, NotFoundError):
         return not_found(str(exc))
+    if isinstance(exc, LastAdminError):
+        return HttpError(409, "last_admin", str(exc))
     if isinstance(exc, ConflictError):
         return conflict(str(exc))
     if isinstance(exc, ChainError):
@@ -91,6 +95,9 @@ def from_library(exc: UnibusError) -> HttpError:
         return HttpError(status, f"chain_{exc.reason}", str(exc))
     if isinstance(exc, InvalidNameError | IdentityError):
         return bad_request(str(exc))
+    if isinstance(exc, UnsupportedError):
+        # Not a 503: that tells the SDK to send it again, and no retry can help.
+        return HttpError(501, "not_implemented", str(exc))
     if isinstance(exc, StoreUnavailableError | AssetMissingError | RecordError):
         return unavailable("the store is unavailable; retry, or check `unibus status`")
     return unavailable(str(exc))

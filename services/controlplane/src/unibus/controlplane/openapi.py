@@ -28,7 +28,15 @@ from unibus.controlplane.routes.rooms import (
     remove_member,
     room_keys,
 )
-from unibus.controlplane.routes.users import add_user, get_user, list_users, revoke_user
+from unibus.controlplane.routes.users import (
+    add_user,
+    demote_user,
+    get_user,
+    list_users,
+    promote_user,
+    reinstate_user,
+    revoke_user,
+)
 from unibus.controlplane.wire import json_response
 from unibus.core.apimodels import (
     BlobView,
@@ -49,7 +57,8 @@ _ERRORS = {
     "401": "bad signature, skewed timestamp, replayed request, or unknown/revoked caller",
     "403": "not allowed (not an admin, not a member, or not a rights-holder of the room)",
     "404": "no such user, room or blob",
-    "409": "conflict: exists already, or the room changed concurrently",
+    "409": "conflict: exists already, the record changed concurrently, or the change would "
+    "leave the bus without an active admin (code last_admin)",
     "413": "body too large",
     "429": "a per-user quota is spent (blob bytes per hour); the message says when to retry",
     "500": "a failure the server did not expect; not retried, please report it",
@@ -175,7 +184,36 @@ SIGNED_ROUTES: tuple[RouteDoc, ...] = (
     RouteDoc("GET", "/v1/users", list_users, "List users (admin)", None, list[UserView]),
     RouteDoc("GET", "/v1/users/{key}", get_user, "Look up a user's key and handle", None, UserView),
     RouteDoc(
-        "POST", "/v1/users/{key}/revoke", revoke_user, "Revoke a user (admin)", None, UserView
+        "POST",
+        "/v1/users/{key}/revoke",
+        revoke_user,
+        "Revoke a user (admin; never the last active admin; its connections are closed)",
+        None,
+        UserView,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/users/{key}/reinstate",
+        reinstate_user,
+        "Reinstate a revoked user (admin; admitted again at its next connect)",
+        None,
+        UserView,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/users/{key}/promote",
+        promote_user,
+        "Make a user an admin (admin; its connections are closed to reconnect)",
+        None,
+        UserView,
+    ),
+    RouteDoc(
+        "POST",
+        "/v1/users/{key}/demote",
+        demote_user,
+        "Make an admin a member (admin; never the last active admin)",
+        None,
+        UserView,
     ),
     RouteDoc(
         "POST",

@@ -132,8 +132,8 @@ def check_leaves_an_admin(users: Iterable[UserRecord], key: str, change: UserCha
 
 def _last_admin(key: str, change: UserChange) -> LastAdminError:
     return LastAdminError(
-        f"user {key} is the last active admin; to {change.value} it would leave the bus "
-        "without one (promote another user first)"
+        f"cannot {change.value} user {key}: it is the last active admin, and the bus must "
+        "keep one (promote another user first)"
     )
 
 
