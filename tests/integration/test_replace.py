@@ -164,7 +164,9 @@ async def test_replacing_a_node_that_still_answers_without_wipe_is_refused_and_t
     pids = {name: stack.pid(name) for name in NODES}
 
     with pytest.raises(ReplaceRefusedError) as refused:
-        await replace(LocalDriver(stack), "n3", nc, sys_nc, wipe=False, node_bound=30.0)
+        await replace(
+            LocalDriver(stack), "n3", nc, sys_nc, wipe=False, node_bound=30.0, patience=2.0
+        )
 
     assert "n3 answers: it is not lost" in str(refused.value)
     assert "--wipe" in str(refused.value)
@@ -181,7 +183,9 @@ async def test_a_replacement_with_too_few_nodes_left_to_rebuild_from_is_refused(
     stack.stop_node("n3", kill=True)
 
     with pytest.raises(ReplaceRefusedError) as refused:
-        await replace(LocalDriver(stack), "n3", nc, sys_nc, wipe=True, node_bound=30.0)
+        await replace(
+            LocalDriver(stack), "n3", nc, sys_nc, wipe=True, node_bound=30.0, patience=2.0
+        )
 
     assert "only 1 of the other 2 nodes answer" in str(refused.value)
     assert stack.pid("n3") is None

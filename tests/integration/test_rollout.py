@@ -133,7 +133,7 @@ async def test_a_rollout_of_a_degraded_cluster_is_refused_and_touches_nothing(
     running = {name: stack.pid(name) for name in stack.spec.node_names[:2]}
 
     with pytest.raises(RolloutRefusedError) as refused:
-        await rollout(LocalDriver(stack), nc, sys_nc, node_bound=30.0)
+        await rollout(LocalDriver(stack), nc, sys_nc, node_bound=30.0, patience=2.0)
 
     assert "2 of 3 nodes answer" in str(refused.value)
     assert "unibus status" in str(refused.value)

@@ -37,7 +37,13 @@ from unibus.core.errors import ConfigError, StackError
 from unibus.core.provisioning import ASSETS
 from unibus.stack.clusterstate import ClusterState
 from unibus.stack.leadership import move_leaders, move_meta_leader
-from unibus.stack.rollout import DEFAULT_NODE_BOUND, NodeDriver, observe_problems, wait_whole
+from unibus.stack.rollout import (
+    DEFAULT_NODE_BOUND,
+    GATE_PATIENCE,
+    NodeDriver,
+    settled_state,
+    wait_whole,
+)
 
 __all__ = [
     "ReplaceDriver",
@@ -150,7 +156,13 @@ def replace_refusals(state: ClusterState, node: str, *, wipe: bool) -> list[str]
 
 
 async def check_replaceable(
-    driver: NodeDriver, node: str, nc: NATS, sys_nc: NATS, *, wipe: bool
+    driver: NodeDriver,
+    node: str,
+    nc: NATS,
+    sys_nc: NATS,
+    *,
+    wipe: bool,
+    patience: float = GATE_PATIENCE,
 ) -> ClusterState:
     """The cluster as it is, if it can rebuild ``node``; a caller with work to do before
     the replacement (sending a new host its files) asks this first.
@@ -161,11 +173,14 @@ async def check_replaceable(
     """
     if node not in driver.nodes:
         raise ConfigError(f"no node {node!r} here: the nodes are {', '.join(driver.nodes)}")
-    state, problems = await observe_problems(nc, sys_nc, len(driver.nodes))
-    if state is None:
-        raise ReplaceRefusedError(node, problems)
-    refusals = replace_refusals(state, node, wipe=wipe)
-    if refusals:
+    state, refusals = await settled_state(
+        nc,
+        sys_nc,
+        len(driver.nodes),
+        judge=lambda found: replace_refusals(found, node, wipe=wipe),
+        patience=patience,
+    )
+    if state is None or refusals:
         raise ReplaceRefusedError(node, refusals)
     return state
 
@@ -178,6 +193,7 @@ async def replace(
     *,
     wipe: bool,
     node_bound: float = DEFAULT_NODE_BOUND,
+    patience: float = GATE_PATIENCE,
     progress: Progress | None = None,
 ) -> ReplaceReport:
     """Bring ``node`` back empty (its state discarded with ``wipe``) and rebuilt by its peers.
@@ -191,7 +207,7 @@ async def replace(
         ReplaceStalledError: the cluster was not whole within ``node_bound`` seconds.
     """
     say = progress or (lambda _message: None)
-    state = await check_replaceable(driver, node, nc, sys_nc, wipe=wipe)
+    state = await check_replaceable(driver, node, nc, sys_nc, wipe=wipe, patience=patience)
     started = time.monotonic()
     was_running = node in {n.name for n in state.nodes}
     if was_running:

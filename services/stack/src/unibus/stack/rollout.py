@@ -35,6 +35,7 @@ from unibus.stack.leadership import move_leaders, move_meta_leader
 
 __all__ = [
     "DEFAULT_NODE_BOUND",
+    "GATE_PATIENCE",
     "NodeDriver",
     "NodeResult",
     "RolloutRefusedError",
@@ -43,11 +44,15 @@ __all__ = [
     "observe_problems",
     "order_nodes",
     "rollout",
+    "settled_state",
     "wait_whole",
 ]
 
 DEFAULT_NODE_BOUND: Final = 300.0
 """Seconds a node may take from its stop until the cluster is whole again."""
+GATE_PATIENCE: Final = 15.0
+"""Seconds the cluster may take to look healthy before a rollout refuses to begin: under
+writes a follower is briefly behind now and then, which is not a degraded asset."""
 _POLL: Final = 0.5
 _HAND_OVER_BUDGET: Final = 60.0
 
@@ -170,6 +175,7 @@ async def rollout(
     sys_nc: NATS,
     *,
     node_bound: float = DEFAULT_NODE_BOUND,
+    patience: float = GATE_PATIENCE,
     progress: Progress | None = None,
 ) -> RolloutReport:
     """Restart every node of ``driver``, one at a time, gated on a healthy cluster.
@@ -177,13 +183,17 @@ async def rollout(
     ``nc`` is the internal identity (JetStream administration), ``sys_nc`` the system
     account; both should reach every node so they survive the one being restarted.
 
+    The cluster is given ``patience`` seconds to look healthy before it is refused.
+
     Raises:
         RolloutRefusedError: the cluster was not healthy to begin with; nothing was done.
         RolloutStalledError: a node did not come back within ``node_bound`` seconds.
     """
     say = progress or (lambda _message: None)
     expected = len(driver.nodes)
-    state, problems = await observe_problems(nc, sys_nc, expected)
+    state, problems = await settled_state(
+        nc, sys_nc, expected, judge=lambda found: found.problems(), patience=patience
+    )
     if state is None or problems:
         raise RolloutRefusedError(problems)
     report = RolloutReport()
@@ -218,6 +228,28 @@ async def rollout(
         say(f"{node}: back, cluster whole after {seconds:.1f}s")
     report.after = state
     return report
+
+
+async def settled_state(
+    nc: NATS,
+    sys_nc: NATS,
+    expected: int,
+    *,
+    judge: Callable[[ClusterState], list[str]],
+    patience: float,
+) -> tuple[ClusterState | None, list[str]]:
+    """The cluster once ``judge`` finds nothing wrong with it, or, after ``patience``
+    seconds, as last seen with what ``judge`` found (no state if it did not answer)."""
+    deadline = time.monotonic() + patience
+    while True:
+        state, problems = await observe_problems(nc, sys_nc, expected)
+        if state is not None:
+            problems = judge(state)
+            if not problems:
+                return state, []
+        if time.monotonic() >= deadline:
+            return state, problems
+        await asyncio.sleep(_POLL)
 
 
 async def wait_whole(
