@@ -1,4 +1,4 @@
-"""`unibus user add|list|revoke` in child processes against a real 3-node cluster."""
+"""`unibus user add|list|revoke|reinstate|promote|demote` in child processes on a 3-node cluster."""
 
 from __future__ import annotations
 
@@ -107,6 +107,75 @@ async def test_add_list_and_revoke_through_the_cli(stacks: StackFactory) -> None
 
     assert code == 0, err
     assert {u["key"]: u["status"] for u in json.loads(out)}[key] == "revoked"
+
+
+async def test_promote_demote_revoke_and_reinstate_through_the_cli(stacks: StackFactory) -> None:
+    stack, where = await _stack(stacks)
+    key = _user_key()
+    code, _, err = await _user_cli("add", "--handle", "ada", "--key", key, *where)
+    assert code == 0, err
+    store = await _store(stacks, stack)
+
+    code, out, err = await _user_cli("promote", key, *where, "--json")
+
+    assert code == 0, err
+    promoted = json.loads(out)
+    assert (promoted["result"], promoted["changed"]) == ("promoted", True)
+    assert (promoted["user"]["role"], promoted["user"]["status"]) == ("admin", "active")
+    assert promoted["replication"]["name"] == naming.USERS_BUCKET
+    stored = await _stored(store, key)
+    assert stored.value.role is Role.ADMIN
+    assert stored.revision == promoted["revision"]
+
+    code, out, err = await _user_cli("promote", key, *where)
+
+    assert code == 0, err
+    assert out.startswith(f"{key} (handle 'ada', role admin, active) was already admin")
+    assert "nothing changed" in out
+    assert (await _stored(store, key)).revision == stored.revision
+
+    for verb, line in (
+        ("revoke", f"revoked {key} (handle 'ada', role admin, revoked)"),
+        ("demote", f"demoted {key} (handle 'ada', role member, revoked)"),
+        ("reinstate", f"reinstated {key} (handle 'ada', role member, active)"),
+    ):
+        code, out, err = await _user_cli(verb, key, *where)
+        assert code == 0, err
+        assert out.startswith(line), out
+        assert f"{naming.USERS_BUCKET}: R3 leader=" in out
+
+    final = (await _stored(store, key)).value
+    assert (final.role, final.status) == (Role.MEMBER, Status.ACTIVE)
+
+
+async def test_the_last_active_admin_is_neither_demoted_nor_revoked_by_the_cli(
+    stacks: StackFactory,
+) -> None:
+    stack, where = await _stack(stacks)
+    root = stack.info().admin_key
+    store = await _store(stacks, stack)
+    before = await _stored(store, root)
+
+    for verb in ("demote", "revoke"):
+        code, out, err = await _user_cli(verb, root, *where)
+
+        line = _one_line_error(code, err)
+        assert f"cannot {verb} user {root}: it is the last active admin" in line
+        assert "promote another user first" in line
+        assert out == ""
+    assert await _stored(store, root) == before
+
+    key = _user_key()
+    code, _, err = await _user_cli(
+        "add", "--handle", "two", "--key", key, "--role", "admin", *where
+    )
+    assert code == 0, err
+    code, _, err = await _user_cli("demote", root, *where)
+    assert code == 0, err
+    code, _, err = await _user_cli("revoke", key, *where)
+
+    assert "last active admin" in _one_line_error(code, err)
+    assert (await _stored(store, key)).value.is_active
 
 
 async def test_a_64_hex_key_is_stored_in_canonical_form_and_explicit_flags_work(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import msgspec
 import pytest
 
 from unibus.cli import users
+from unibus.cli.main import main as cli_main
 from unibus.core.errors import ConfigError, NkeyError, StackError
 from unibus.core.models import Role, Status, UserRecord
 from unibus.core.nkeys import KeyPair, Prefix, decode_public
@@ -34,18 +36,25 @@ def _key() -> str:
 
 
 def test_user_and_every_subverb_have_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["user"], ["user", "add"], ["user", "list"], ["user", "revoke"]):
+    verbs = ("add", "list", "revoke", "reinstate", "promote", "demote")
+    for argv in (["user"], *(["user", verb] for verb in verbs)):
         with pytest.raises(SystemExit) as excinfo:
             _parser().parse_args([*argv, "--help"])
         assert excinfo.value.code == 0
     out = capsys.readouterr().out
     for option in ("--handle", "--key", "--role", "--dir", "--nats-url", "--ca", "--identity"):
         assert option in out
-    assert out.count("--json") >= 3
+    assert out.count("--json") >= len(verbs)
+    assert "last active admin cannot be demoted" in out
+    assert "last active admin cannot be revoked" in out
 
 
 def test_user_without_subverb_and_add_without_key_are_usage_errors() -> None:
-    for argv in (["user"], ["user", "add", "--handle", "ada"], ["user", "revoke"]):
+    for argv in (
+        ["user"],
+        ["user", "add", "--handle", "ada"],
+        *(["user", verb] for verb in ("revoke", "reinstate", "promote", "demote")),
+    ):
         with pytest.raises(SystemExit) as excinfo:
             _parser().parse_args(argv)
         assert excinfo.value.code == 2
@@ -120,6 +129,9 @@ def test_roles_are_member_or_admin_only() -> None:
         ["user", "add", "--handle", "ada", "--key", _key(), "--role", "root"],
         ["user", "add", "--handle", "ada", "--key", _key(), "--timeout", "0"],
         ["user", "revoke", "nope"],
+        ["user", "reinstate", "nope"],
+        ["user", "promote", "nope"],
+        ["user", "demote", _key(), "--timeout", "-1"],
     ],
 )
 def test_validation_happens_before_the_stack_is_even_looked_up(
@@ -179,3 +191,103 @@ def test_the_replication_line_has_leader_followers_and_messages() -> None:
     assert users.replication_json(status) is not None
     assert users.replication_json(None) is None
     assert "unknown" in users.replication_line(None)
+
+
+# -- changes on a legacy file (--db: offline, no bus) ---------------------------------------------
+def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+    capsys.readouterr()
+    assert cli_main(["user", *argv, "--json"]) == 0, capsys.readouterr().err
+    found: dict[str, object] = json.loads(capsys.readouterr().out)
+    return found
+
+
+def _cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert cli_main(["user", *argv]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == ""
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("unibus user: error: ")
+    return lines[0]
+
+
+def _list_out(capsys: pytest.CaptureFixture[str], db: str) -> str:
+    capsys.readouterr()
+    assert cli_main(["user", "list", "--db", db, "--json"]) == 0
+    return capsys.readouterr().out
+
+
+def _add(db: str, handle: str, key: str, role: str = "member") -> None:
+    assert (
+        cli_main(["user", "add", "--db", db, "--handle", handle, "--key", key, "--role", role]) == 0
+    )
+
+
+def test_revoke_and_reinstate_on_a_legacy_file_report_what_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "legacy.db")
+    ada = _key()
+    _add(db, "ada", ada)
+
+    revoked = _cli_json(capsys, "revoke", "--db", db, ada)
+    reinstated = _cli_json(capsys, "reinstate", "--db", db, ada)
+    again = _cli_json(capsys, "reinstate", "--db", db, ada)
+
+    assert (revoked["result"], revoked["changed"]) == ("revoked", True)
+    assert (reinstated["result"], reinstated["changed"]) == ("reinstated", True)
+    user = reinstated["user"]
+    assert isinstance(user, dict)
+    assert (user["status"], user["role"]) == ("active", "member")
+    assert (again["result"], again["changed"]) == ("already active", False)
+    assert cli_main(["user", "reinstate", "--db", db, ada]) == 0
+    assert f"{ada} (handle 'ada', role member, active) was already active" in (
+        capsys.readouterr().out
+    )
+
+
+def test_the_last_active_admin_of_a_legacy_file_cannot_be_revoked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "legacy.db")
+    root, second = _key(), _key()
+    _add(db, "root", root, "admin")
+
+    line = _cli_error(capsys, "revoke", "--db", db, root)
+
+    assert f"cannot revoke user {root}: it is the last active admin" in line
+    assert "promote another user first" in line
+    _add(db, "two", second, "admin")
+    assert _cli_json(capsys, "revoke", "--db", db, root)["changed"] is True
+    assert "last active admin" in _cli_error(capsys, "revoke", "--db", db, second)
+
+
+@pytest.mark.parametrize("verb", ["promote", "demote"])
+def test_a_role_change_on_a_legacy_file_is_refused_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str
+) -> None:
+    db = str(tmp_path / "legacy.db")
+    key = _key()
+    role = "admin" if verb == "demote" else "member"
+    _add(db, "a", _key(), "admin")
+    _add(db, "b", key, role)
+
+    line = _cli_error(capsys, verb, "--db", db, key)
+
+    assert "is a legacy file, which cannot change a role" in line
+    assert f"{verb} the user in the live bucket (without --db)" in line
+    listed = {u["key"]: u for u in json.loads(_list_out(capsys, db))}
+    assert listed[key]["role"] == role
+
+
+def test_changing_an_unknown_user_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "legacy.db")
+    key = _key()
+    _add(db, "a", _key())
+
+    line = _cli_error(capsys, "reinstate", "--db", db, key)
+
+    assert f"no user {key} in {db}; nothing to reinstate" in line

@@ -1,16 +1,20 @@
-"""``unibus user add|list|revoke``: the allowlist in the live ``UNIBUS_users`` bucket.
+"""``unibus user add|list|revoke|reinstate|promote|demote``: the allowlist in ``UNIBUS_users``.
 
 Every verb connects as the internal service identity to every URL of the cluster, so a
 write still lands with one node down, even the users stream's leader: each step is
 retried with short attempts within a budget while JetStream elects a new leader. Writes
-are create-only (``add``) or compare-and-set (``revoke``); after each one the verb prints
-the bucket's replication (``leader=… followers_current=2/2 msgs=N``).
+are create-only (``add``) or compare-and-set (the four changes); after each one the verb
+prints the bucket's replication (``leader=… followers_current=2/2 msgs=N``).
 
 A re-add of a key that exists is an error and never changes the stored record, whatever
-role it asks for. A revocation flips the status; nothing is ever deleted.
+role it asks for. ``revoke``/``reinstate`` flip the status and ``promote``/``demote`` the
+role, under the rules of ``unibus.core.userchanges`` (the API's too): a change that
+already holds succeeds and changes nothing, and the last active admin can be neither
+demoted nor revoked. Nothing is ever deleted.
 
 With ``--db FILE`` every verb works offline on a legacy membershipd SQLite file instead
-(``unibus.migrate.legacy``; ``add`` creates the file when it is missing).
+(``unibus.migrate.legacy``; ``add`` creates the file when it is missing), except
+``promote`` and ``demote``: that store cannot change a role.
 """
 
 from __future__ import annotations
@@ -44,15 +48,17 @@ from unibus.core.errors import (
     InvalidHandleError,
     NotFoundError,
     StoreUnavailableError,
+    UnsupportedError,
 )
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.limits import MAX_HANDLE_LEN
 from unibus.core.log import configure_logging
-from unibus.core.models import RecordError, Role, Status, UserRecord, Versioned
+from unibus.core.models import RecordError, Role, UserRecord, Versioned
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.provisioning import Asset, AssetKind, AssetStatus, asset_status
 from unibus.core.retry import retry_until
 from unibus.core.store import Store
+from unibus.core.userchanges import UserChange, change_user
 from unibus.migrate.legacy import SQLiteStore
 
 T = TypeVar("T")
@@ -65,7 +71,7 @@ ATTEMPT_TIMEOUT: Final = 5.0
 REPLICATION_BUDGET: Final = 15.0
 USERS_ASSET: Final = Asset(naming.USERS_BUCKET, AssetKind.KV)
 ROLES: Final = tuple(role.value for role in Role)
-_NO_RETRY: Final = (ConflictError, NotFoundError, AssetMissingError, RecordError)
+_NO_RETRY: Final = (ConflictError, NotFoundError, AssetMissingError, RecordError, UnsupportedError)
 """Errors no retry can fix: the answer is already final."""
 
 _EPILOG = """\
@@ -75,6 +81,9 @@ examples:
       --key 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
   unibus user list --json
   unibus user revoke UAB…XYZ
+  unibus user reinstate UAB…XYZ
+  unibus user promote UAB…XYZ --json
+  unibus user demote UAB…XYZ
   unibus user list --db membership.db          # a legacy SQLite file, offline
 
 Without --dir or --nats-url the local stack in the default directory is used.
@@ -172,13 +181,44 @@ def _add_shared_args(
     parser.set_defaults(handler=handler)
 
 
+_CHANGES: Final = {
+    UserChange.REVOKE: (
+        "revoke a user (its status flips to revoked; nothing is deleted)",
+        "Flip a user's status to revoked; its live connections are closed and its next "
+        "connects refused. Its role is kept. The last active admin cannot be revoked. "
+        "Revoking a revoked user changes nothing and succeeds.",
+    ),
+    UserChange.REINSTATE: (
+        "reinstate a revoked user (its status flips back to active)",
+        "Flip a revoked user's status back to active, with the role it had; it is admitted "
+        "again at its next connect. Reinstating an active user changes nothing and succeeds.",
+    ),
+    UserChange.PROMOTE: (
+        "make a user an admin",
+        "Set a user's role to admin. Its live connections are closed, so it reconnects "
+        "authorized as an admin. A revoked user keeps its status (reinstate it too). "
+        "Promoting an admin changes nothing and succeeds. Not with --db: the legacy file "
+        "cannot change a role.",
+    ),
+    UserChange.DEMOTE: (
+        "make an admin a member",
+        "Set a user's role to member. Its live connections are closed, so it reconnects "
+        "authorized as a member. The last active admin cannot be demoted: promote another "
+        "user first. Demoting a member changes nothing and succeeds. Not with --db: the "
+        "legacy file cannot change a role.",
+    ),
+}
+
+
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     user = verbs.add_parser(
         "user",
-        help="add, list and revoke allowlisted users (the live UNIBUS_users bucket)",
+        help="add, list, revoke, reinstate, promote and demote allowlisted users "
+        "(the live UNIBUS_users bucket)",
         description="Manage the allowlist in the replicated UNIBUS_users bucket, connected "
         "as the internal service identity. Writes succeed with one node down and print "
-        "the bucket's replication afterwards.",
+        "the bucket's replication afterwards. The last active admin can be neither "
+        "demoted nor revoked: the bus always keeps one.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -208,14 +248,16 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     )
     _add_shared_args(listing, _list)
 
-    revoke = sub.add_parser(
-        "revoke",
-        help="revoke a user (its status flips to revoked; nothing is deleted)",
-        description="Flip a user's status to revoked by compare-and-set. Revoking a revoked "
-        "user changes nothing and succeeds.",
-    )
-    revoke.add_argument("key", metavar="KEY", help="U… public key or 64 hex digits")
-    _add_shared_args(revoke, _revoke)
+    for change, (summary, description) in _CHANGES.items():
+        verb = sub.add_parser(
+            change.value,
+            help=summary,
+            description=f"{description} By compare-and-set: a concurrent change of the "
+            "same user is re-read, never overwritten.",
+        )
+        verb.add_argument("key", metavar="KEY", help="U… public key or 64 hex digits")
+        verb.set_defaults(change=change)
+        _add_shared_args(verb, _change)
 
 
 # -- where the allowlist lives ----------------------------------------------------------------
@@ -438,32 +480,39 @@ async def _list_async(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- revoke ------------------------------------------------------------------------------------
-def _revoke(args: argparse.Namespace) -> int:
+# -- revoke, reinstate, promote, demote --------------------------------------------------------
+def _change(args: argparse.Namespace) -> int:
     key = canonical_user_key(args.key)
     check_timeout(args.timeout)
-    return _run(_revoke_async(args, key))
+    return _run(_change_async(args, key, args.change))
 
 
-async def _revoke_async(args: argparse.Namespace, key: str) -> int:
+async def _change_async(args: argparse.Namespace, key: str, change: UserChange) -> int:
     async with _backend(args) as backend:
         store = backend.store
         try:
             before = await backend.retry(f"read user {key}", lambda: store.get_user(key))
         except NotFoundError:
             raise NotFoundError(
-                f"no user {key} in {backend.name}; nothing to revoke{backend.missing_hint}"
+                f"no user {key} in {backend.name}; nothing to {change.value}{backend.missing_hint}"
             ) from None
-        if before.value.is_active:
-            # set_user_status is idempotent: a retry after a lost ack finds it revoked.
-            after = await backend.retry(
-                f"revoke user {key}", lambda: store.set_user_status(key, Status.REVOKED)
+        try:
+            # change_user is idempotent: a retry after a lost ack finds the change made.
+            result = await backend.retry(
+                f"{change.value} user {key}", lambda: change_user(store, key, change)
             )
-        else:
-            after = before
+        except UnsupportedError:
+            raise UnsupportedError(
+                f"{backend.name} is a legacy file, which cannot change a role; "
+                f"{change.value} the user in the live bucket (without --db)"
+            ) from None
         extra = await backend.report_extra()
-    changed = before.value.is_active
-    _report(args, "revoked" if changed else "already revoked", after, extra, changed=changed)
+    after = result.after.value
+    # Judged against the first read, not the last attempt: an attempt whose answer was lost
+    # leaves the retry a no-op.
+    changed = (after.role, after.status) != (before.value.role, before.value.status)
+    result_text = change.past if changed else f"already {change.already}"
+    _report(args, result_text, result.after, extra, changed=changed)
     return 0
 
 
