@@ -493,6 +493,7 @@ async def test_healthz_reports_the_live_posture_when_it_differs_from_the_setting
         )
         assert live["bus_auth"] is True
         assert live["tls"] is True
+        assert live["server_supported"] is True  # nats-server 2.15.1, above the floor
     finally:
         for node in api.stack.spec.node_names:
             api.stack.start_service("authcallout", node)

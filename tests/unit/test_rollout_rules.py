@@ -81,6 +81,14 @@ def test_routes_without_mutual_tls_and_no_meta_leader_are_problems() -> None:
     ]
 
 
+def test_a_node_on_a_nats_server_older_than_the_floor_is_a_problem() -> None:
+    old = dataclasses.replace(_node("n3"), version="2.14.3")
+    state = dataclasses.replace(_healthy(), nodes=(_node("n1"), _node("n2"), old))
+    assert state.problems() == [
+        "n3: nats-server 2.14.3 is older than 2.14.4 (it lacks auth-callout fixes): upgrade it"
+    ]
+
+
 def test_an_asset_led_by_a_node_that_does_not_answer_is_a_problem() -> None:
     state = dataclasses.replace(
         _healthy(),

@@ -13,6 +13,8 @@ FULL: dict[str, Any] = {
     "degraded": False,
     "posture": {
         "server": "n1",
+        "server_version": "2.15.1",
+        "server_supported": True,
         "bus_auth": True,
         "acl": True,
         "callout_connections": 3,
@@ -83,6 +85,12 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_report_for_the_others(
     assert await patient == (FULL, True)
 
 
+def test_the_public_view_says_whether_the_server_is_supported_not_its_version() -> None:
+    view = public_view(FULL)
+    assert view["posture"]["server_supported"] is True
+    assert "server_version" not in view["posture"]
+
+
 def test_the_public_view_keeps_posture_and_replication_and_drops_the_topology() -> None:
     view = public_view(FULL)
     assert view == {
@@ -94,6 +102,7 @@ def test_the_public_view_keeps_posture_and_replication_and_drops_the_topology() 
             "bus_auth": True,
             "acl": True,
             "tls": True,
+            "server_supported": True,
             "cluster": {"route_tls": True},
         },
         "assets": [{"name": "UNIBUS_users", "replicas": 3, "degraded": False, "missing": False}],

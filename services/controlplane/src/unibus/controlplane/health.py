@@ -25,6 +25,7 @@ from unibus.controlplane.settings import Settings
 from unibus.core.errors import StoreError
 from unibus.core.health import asset_statuses
 from unibus.core.naming import CALLOUT_ACCOUNT
+from unibus.core.serverversion import version_problem
 from unibus.core.store import Store
 from unibus.core.sysreq import server_ping
 
@@ -48,8 +49,11 @@ async def _posture(sys_nc: NATS, node: str, cluster_size: int) -> dict[str, Any]
     callout_connections = sum(
         int((r.get("data") or {}).get("num_connections", 0)) for r in callouts
     )
+    version = str(varz.get("version", ""))
     return {
         "server": varz.get("server_name"),
+        "server_version": version,
+        "server_supported": version_problem(version) is None,
         "bus_auth": bool(varz.get("auth_required")),
         "acl": bool(varz.get("auth_required")) and callout_connections > 0,
         "callout_connections": callout_connections,
@@ -137,7 +141,9 @@ class HealthCache:
 
 
 _PUBLIC_ASSET_FIELDS: Final = ("name", "replicas", "degraded", "missing")
-_PUBLIC_POSTURE_FIELDS: Final = ("server", "bus_auth", "acl", "tls")
+_PUBLIC_POSTURE_FIELDS: Final = ("server", "bus_auth", "acl", "tls", "server_supported")
+"""The version itself is for administrators (GET /v1/health): anyone may learn only
+whether the server is one unibus supports."""
 
 
 def public_view(report: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from unibus.core.log import get_logger
 from unibus.core.models import Role, UserRecord
 from unibus.core.provisioning import Provisioning, ProvisionReport, provision
 from unibus.core.retry import retry_until
+from unibus.core.serverversion import require_supported
 
 FIRST_ADMIN_CLAIM: Final = "_first-admin"
 _log = get_logger("unibus.bootstrap")
@@ -45,6 +46,12 @@ async def ensure_first_admin(store: JetStreamStore, key: str, *, handle: str = "
     return True
 
 
+def _version_of(nc: NATS) -> str:
+    version = nc.connected_server_version
+    major, minor, patch = version.major, version.minor, version.patch
+    return f"{major}.{minor}.{patch}"
+
+
 async def provision_cluster(
     nc: NATS,
     plan: Provisioning,
@@ -56,7 +63,12 @@ async def provision_cluster(
 
     What ``unibus up`` and ``unibus provision`` (the compose stack's one-shot step) both
     do. Returns the provisioning report and whether this call wrote the first admin.
+
+    Raises:
+        PostureError: the server is older than ``serverversion.MIN_SERVER_VERSION``.
     """
+    # The node this connection reached; status and /healthz report every node's.
+    require_supported(_version_of(nc))
     report = await provision(nc.jetstream(timeout=plan.attempt_timeout), plan, progress=progress)
     if first_admin is None:
         return report, False

@@ -2,9 +2,10 @@
 
 One predicate for every tool that must not act on a sick cluster (``unibus status``,
 ``unibus rollout``, ``unibus chaoscheck``): every node answering with a full route mesh
-over mutual TLS, a JetStream meta leader, and every asset at full replication with its
-followers current. It is read from the servers themselves (the system account for the
-nodes, the internal identity for the assets), never from local settings.
+over mutual TLS, a JetStream meta leader and a supported nats-server version, and every
+asset at full replication with its followers current. It is read from the servers
+themselves (the system account for the nodes, the internal identity for the assets),
+never from local settings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nats.aio.client import Client as NATS
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.health import NodeStatus, node_statuses
 from unibus.core.provisioning import ASSETS, AssetStatus, asset_status
+from unibus.core.serverversion import version_problem
 
 __all__ = ["ClusterState", "observe", "operator_connections"]
 
@@ -46,6 +48,8 @@ class ClusterState:
                 found.append(f"{node.name}: routes without mutual TLS")
             if node.meta_leader is None:
                 found.append(f"{node.name}: sees no JetStream meta leader")
+            if (old := version_problem(node.version, node=node.name)) is not None:
+                found.append(old)
         for asset in self.assets:
             if asset.degraded:
                 found.append(asset.summary())
