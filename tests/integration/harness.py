@@ -151,10 +151,10 @@ async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
 
 @asynccontextmanager
 async def running_up(
-    root: Path, *, ready_within: float = 120.0
+    root: Path, *args: str, ready_within: float = 120.0
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``unibus up --dir root`` on free ports, until its stack file is written; stopped
-    (``unibus down``, then by its PID) when the block ends."""
+    """``unibus up --dir root`` on free ports (``args``: more options), until its stack
+    file is written; stopped (``unibus down``, then by its PID) when the block ends."""
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -164,6 +164,7 @@ async def running_up(
         str(root),
         "--base-port",
         str(free_port_block(60)),
+        *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
