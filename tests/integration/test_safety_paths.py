@@ -94,8 +94,8 @@ async def _race(stores: Sequence[JetStreamStore], keys: Sequence[str]) -> list[b
 
 
 def _only_writer(wrote: Sequence[bool], keys: Sequence[str], admin: str) -> None:
-    """At most one replica says it wrote the admin, and that one was given its key (none
-    may say so when its acknowledgement was lost and its retry found the admin written)."""
+    """At most one replica says it wrote the admin, and that one was given its key (maybe
+    none does: a replica whose write was acknowledged too late retries and finds it done)."""
     assert wrote.count(True) <= 1, wrote
     assert all(key == admin for key, did in zip(keys, wrote, strict=True) if did)
 
