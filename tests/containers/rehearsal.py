@@ -241,6 +241,7 @@ class Rehearsal:
                 },
                 host: joined(ports=_Reset()),
                 "provision": joined(),
+                "migrate": joined(),
                 "authcallout": joined(),
                 "controlplane": joined(ports=_Reset()),
             },

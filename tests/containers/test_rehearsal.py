@@ -23,6 +23,7 @@ rehearsal runs at a time.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import time
@@ -36,6 +37,7 @@ from cryptography import x509
 
 from tests.containers.harness import admitted_within, docker
 from tests.containers.rehearsal import HOSTS, Rehearsal
+from tests.fixtures.legacy import build_legacy_db
 from unibus.client.api import ApiClient
 from unibus.client.sdk import Client
 from unibus.core.connect import NatsTarget, connect
@@ -376,3 +378,28 @@ def test_a_host_lost_with_its_volumes_is_replaced_under_its_name_and_rebuilt_by_
     assert new_cert != result["old_cert"]
     assert result["served"] == x509.load_pem_x509_certificate(new_cert), "n3 serves its old cert"
     _clientcheck(rehearsal)
+
+
+# -- the legacy migration, run on a host as `unibus deploy migrate` runs it ----------------------
+
+
+def test_the_migration_runs_on_a_host_from_its_legacy_directory_into_the_cluster(
+    rehearsal: Rehearsal,
+) -> None:
+    """`deploy migrate` copies the file to REMOTE_DIR/legacy/membershipd.db and runs the
+    host's `migrate` service; here the host's directory is OUT/n2 itself."""
+    rehearsal.wait_healthy()
+    legacy = rehearsal.out / "n2" / "legacy"
+    legacy.mkdir(mode=0o700)
+    fixture = build_legacy_db(legacy / "membershipd.db", users=6, rooms=4, members_per_room=3)
+
+    run = rehearsal.compose("n2", "--profile", "migrate", "run", "--rm", "migrate", "--json")
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["parity"] is True, report
+    listed = rehearsal.cli("user", "list", "--dir", str(rehearsal.material), "--json")
+    assert listed.returncode == 0, listed.stderr
+    keys = {user["key"] for user in json.loads(listed.stdout)}
+    assert {fixture.canonical(k) for k in fixture.users} <= keys
+    assert any(p.name.startswith("membershipd.db.") for p in legacy.iterdir()), "no backup"

@@ -225,6 +225,7 @@ def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -
     assert {name: service["image"] for name, service in services.items()} == {
         "stage": "unibus/unibus:local",
         "provision": "unibus/unibus:local",
+        "migrate": "unibus/unibus:local",  # the CLI holds the migration: one image fewer
         "n1": "nats:2.15.1",
         "authcallout": "unibus/authcallout:local",
         "controlplane": "unibus/controlplane:local",
@@ -338,3 +339,57 @@ def test_renewing_a_host_that_is_not_in_the_topology_or_not_rendered_says_what_t
         renew_host_certificates(topology, out, "n4")
     with pytest.raises(ConfigError, match="unibus deploy render"):
         renew_host_certificates(topology, tmp_path / "elsewhere", "n3")
+
+
+def test_a_host_runs_the_migration_on_demand_from_its_legacy_directory(out: Path) -> None:
+    topology = Topology.parse(TOPOLOGY)
+    migrate = host_compose(topology.hosts[1], topology)["services"]["migrate"]
+    assert migrate["profiles"] == ["migrate"], "never started by `up`"
+    assert migrate["restart"] == "no"
+    assert migrate["entrypoint"][:3] == [
+        "unibus",
+        "migrate-to-kv",
+        "--db=/legacy/${UNIBUS_LEGACY_DB:-membershipd.db}",
+    ]
+    # Its own node by name, the peers at their route addresses, as provisioning does.
+    assert "--nats-url=tls://n2:4222" in migrate["entrypoint"]
+    assert "--nats-url=tls://10.0.0.10:4222" in migrate["entrypoint"]
+    assert "--identity=/etc/unibus/identities/internal.seed" in migrate["entrypoint"]
+    assert "${UNIBUS_LEGACY_DIR:-./legacy}:/legacy" in migrate["volumes"]
+
+
+def test_deploy_migrate_without_yes_plans_the_copy_and_the_run_on_one_host(
+    out: Path,
+    topology_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a dry run started {args!r}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    db = tmp_path / "membership.db"
+    db.write_bytes(b"SQLite format 3\x00")
+    argv = ["deploy", "migrate", "--topology", str(topology_file), "--out", str(out)]
+
+    assert main([*argv, "--db", str(db), "--host", "n2", "--force", "--json"]) == 0
+
+    commands = [step["command"] for step in json.loads(capsys.readouterr().out)["steps"]]
+    assert commands == [
+        "ssh root@100.64.0.11 'install -d -m 0700 /opt/unibus/legacy'",
+        f"scp -p {db} root@100.64.0.11:/opt/unibus/legacy/membershipd.db",
+        "ssh root@100.64.0.11 'docker compose --project-directory /opt/unibus -f "
+        "/opt/unibus/compose.yaml -p unibus --profile migrate run --rm migrate --force'",
+    ]
+
+
+def test_deploy_migrate_refuses_a_missing_file_or_an_unknown_host(
+    out: Path, topology_file: Path, tmp_path: Path
+) -> None:
+    argv = ["deploy", "migrate", "--topology", str(topology_file), "--out", str(out)]
+    assert main([*argv, "--db", str(tmp_path / "nowhere.db")]) == 1
+    db = tmp_path / "membership.db"
+    db.write_bytes(b"x")
+    assert main([*argv, "--db", str(db), "--host", "n9"]) == 1

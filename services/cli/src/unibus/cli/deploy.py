@@ -25,6 +25,7 @@ from unibus.stack.deploy import (
     Step,
     Topology,
     format_plan,
+    migrate_plan,
     plan,
     render,
     rollout_nodes,
@@ -104,6 +105,31 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     add_json_arg(apply)
     apply.set_defaults(handler=_apply)
 
+    migrate_parser = sub.add_parser(
+        "migrate",
+        help="copy the legacy SQLite file to one host and migrate it there (runs with --yes)",
+        description="Print, then with --yes run: copy the legacy membershipd SQLite file "
+        "into the host's legacy/ directory (beside its compose.yaml, mode kept) and run "
+        "`docker compose --profile migrate run --rm migrate` there, which backs the file "
+        "up, imports it into the KV and verifies parity. Any host of the cluster will do.",
+    )
+    migrate_parser.add_argument("--topology", type=Path, required=True, help="topology TOML")
+    migrate_parser.add_argument("--out", type=Path, required=True, help="the rendered directory")
+    migrate_parser.add_argument(
+        "--db", type=Path, required=True, help="the legacy membershipd SQLite file"
+    )
+    migrate_parser.add_argument(
+        "--host", default=None, help="the host to run it on (default: the first)"
+    )
+    migrate_parser.add_argument(
+        "--force", action="store_true", help="import into a target that diverged (see README)"
+    )
+    migrate_parser.add_argument(
+        "--yes", action="store_true", help="run the plan instead of printing it"
+    )
+    add_json_arg(migrate_parser)
+    migrate_parser.set_defaults(handler=_migrate)
+
 
 def _render(args: argparse.Namespace) -> int:
     topology = Topology.load(args.topology)
@@ -134,6 +160,31 @@ def run_step(step: Step) -> None:
             f"[{step.host}] {step.what} failed: {step.shell()}; fix it and re-run "
             "(every step can be repeated)"
         )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    topology = Topology.load(args.topology)
+    host = args.host or topology.hosts[0].name
+    extra = ["--force"] if args.force else []
+    steps = migrate_plan(topology, args.out, args.db, host, extra=extra)
+    if not args.yes:
+        if args.json:
+            print_json(
+                {
+                    "dry_run": True,
+                    "steps": [
+                        {"host": s.host, "what": s.what, "command": s.shell()} for s in steps
+                    ],
+                }
+            )
+        else:
+            print("\n".join(format_plan(steps)))
+            print("dry run: nothing was run; pass --yes to run these commands")
+        return 0
+    for step in steps:
+        progress(f"[{step.host}] {step.what} ...")
+        run_step(step)
+    return 0
 
 
 def _apply(args: argparse.Namespace) -> int:

@@ -96,6 +96,7 @@ __all__ = [
     "Step",
     "Topology",
     "format_plan",
+    "migrate_plan",
     "plan",
     "render",
     "renew_host_certificates",
@@ -105,6 +106,11 @@ __all__ = [
 
 CLUSTER_SIZE: Final = 3
 MATERIAL_DIR: Final = "_material"
+LEGACY_DIR: Final = "legacy"
+"""Beside a host's compose.yaml: where `deploy migrate` puts the legacy SQLite file."""
+LEGACY_DB_NAME: Final = "membershipd.db"
+LEGACY_DIR_ENV: Final = "UNIBUS_LEGACY_DIR"
+LEGACY_DB_ENV: Final = "UNIBUS_LEGACY_DB"
 DEFAULT_IMAGE: Final = "unibus/unibus:local"  # the tools image (cluster.image)
 SERVICE_ROLES: Final = ("authcallout", "controlplane")
 NATS_IMAGE: Final = "nats:2.15.1"
@@ -492,6 +498,33 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                     node: {"condition": "service_started"},
                 },
             },
+            # One-shot, on demand: `docker compose --profile migrate run --rm migrate`
+            # copies the legacy SQLite file ./legacy/membershipd.db (UNIBUS_LEGACY_DIR,
+            # UNIBUS_LEGACY_DB) into the KV; `unibus deploy migrate` ships the file and runs
+            # it. The tools image (it holds the migration) rather than the migrate one: one
+            # image fewer to ship to every host. Root only to write the backup (VACUUM INTO)
+            # next to the file.
+            "migrate": {
+                "image": images["tools"],
+                "profiles": ["migrate"],
+                "user": "0:0",
+                "restart": "no",
+                "entrypoint": [
+                    "unibus",
+                    "migrate-to-kv",
+                    f"--db=/legacy/${{{LEGACY_DB_ENV}:-{LEGACY_DB_NAME}}}",
+                    *urls,
+                    "--ca=/etc/unibus/certs/client-ca.pem",
+                    "--identity=/etc/unibus/identities/internal.seed",
+                    f"--replicas={CLUSTER_SIZE}",
+                ],
+                "command": [],
+                "volumes": [
+                    "material-tools:/etc/unibus:ro",
+                    f"${{{LEGACY_DIR_ENV}:-./{LEGACY_DIR}}}:/legacy",
+                ],
+                "depends_on": {"stage": {"condition": "service_completed_successfully"}},
+            },
             "authcallout": {
                 "image": images["authcallout"],
                 **service,
@@ -715,6 +748,51 @@ def rollout_nodes(topology: Topology) -> list[ComposeNode]:
             ssh=f"{topology.ssh_user}@{host.public_ip}",
         )
         for host in topology.hosts
+    ]
+
+
+def migrate_plan(
+    topology: Topology, out: Path, db: Path, host_name: str, *, extra: Sequence[str] = ()
+) -> list[Step]:
+    """Copy the legacy SQLite file to one host (beside its compose.yaml) and run the
+    migration there, in its compose project: `unibus deploy migrate`.
+
+    ``extra`` goes to the migration (``--force``, ``--json``).
+    """
+    host = next((h for h in topology.hosts if h.name == host_name), None)
+    if host is None:
+        names = ", ".join(h.name for h in topology.hosts)
+        raise ConfigError(f"no host {host_name!r} in the topology: the hosts are {names}")
+    db = db.expanduser().absolute()
+    if not db.is_file():
+        raise ConfigError(f"{db} is not a file: pass the legacy membershipd SQLite file")
+    if not (out.expanduser().absolute() / host.name / "compose.yaml").is_file():
+        raise ConfigError(
+            f"{out}/{host.name}/compose.yaml is missing: run `unibus deploy render` and "
+            "`unibus deploy apply` first"
+        )
+    destination = f"{topology.ssh_user}@{host.public_ip}"
+    remote = topology.remote_dir
+    compose = (
+        f"docker compose --project-directory {remote} -f {remote}/compose.yaml -p unibus "
+        "--profile migrate run --rm migrate"
+    )
+    return [
+        Step(
+            host.name,
+            "create the legacy directory (mode 0700)",
+            ("ssh", destination, f"install -d -m 0700 {remote}/{LEGACY_DIR}"),
+        ),
+        Step(
+            host.name,
+            "copy the legacy SQLite file (mode kept)",
+            ("scp", "-p", str(db), f"{destination}:{remote}/{LEGACY_DIR}/{LEGACY_DB_NAME}"),
+        ),
+        Step(
+            host.name,
+            "migrate it into the KV (backup beside it, parity verified)",
+            ("ssh", destination, " ".join([compose, *(shlex.quote(a) for a in extra)])),
+        ),
     ]
 
 
