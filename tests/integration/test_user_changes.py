@@ -100,8 +100,14 @@ async def bus(stacks: StackFactory) -> AsyncIterator[Bus]:
 
 
 async def _change(client: ApiClient, key: str, change: UserChange) -> UserView:
-    # Through ApiClient.call: the SDK has no method per change yet.
-    return await client.call("POST", f"/v1/users/{key}/{change.value}", expect=UserView)
+    """The SDK's method for ``change``."""
+    methods = {
+        UserChange.PROMOTE: client.promote_user,
+        UserChange.DEMOTE: client.demote_user,
+        UserChange.REVOKE: client.revoke_user,
+        UserChange.REINSTATE: client.reinstate_user,
+    }
+    return await methods[change](key)
 
 
 async def _refused(status: int, code: str, call: object) -> ApiError:

@@ -176,6 +176,19 @@ class ApiClient:
     async def revoke_user(self, key: str) -> UserView:
         return await self.call("POST", f"/v1/users/{key}/revoke", expect=UserView)
 
+    async def reinstate_user(self, key: str) -> UserView:
+        """Active again with the role it had; admitted at its next connect (admins only)."""
+        return await self.call("POST", f"/v1/users/{key}/reinstate", expect=UserView)
+
+    async def promote_user(self, key: str) -> UserView:
+        """Make ``key`` an admin; its live connections reconnect as one (admins only)."""
+        return await self.call("POST", f"/v1/users/{key}/promote", expect=UserView)
+
+    async def demote_user(self, key: str) -> UserView:
+        """Make ``key`` a member. ``ApiError.code == "last_admin"`` (409): it is the last
+        active admin, and the bus must keep one (promote another first)."""
+        return await self.call("POST", f"/v1/users/{key}/demote", expect=UserView)
+
     # -- rooms ------------------------------------------------------------------------------------
     async def new_room_id(self) -> str:
         return (await self.call("POST", "/v1/room-ids", expect=RoomId)).room_id
