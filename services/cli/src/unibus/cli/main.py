@@ -21,6 +21,7 @@ def _verb_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `unibus --help` stays fast and one broken
     # verb cannot stop the others from being listed.
     from unibus.cli import (
+        backup,
         certs,
         chaoscheck,
         clientcheck,
@@ -54,6 +55,7 @@ def _verb_modules() -> list[ModuleType]:
         compose,
         provision,
         deploy,
+        backup,
     ]
 
 
