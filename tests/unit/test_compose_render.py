@@ -85,8 +85,12 @@ def test_certificates_cover_container_names_loopback_and_extra_sans(tmp_path: Pa
     assert "n3" in _sans(layout.certs.route_cert("n3"))
 
 
-def test_rendering_again_keeps_material_and_force_renews_it(tmp_path: Path) -> None:
-    """Configs are re-rendered on every init; identities and CAs only with --force."""
+def test_rendering_again_keeps_material_and_force_renews_it_but_the_first_admin(
+    tmp_path: Path,
+) -> None:
+    """Configs are re-rendered on every init; identities and CAs only with --force, and
+    never the first admin's identity (the users bucket names it: renewing material must
+    not lock the operator out)."""
     layout, created = render_compose_dir(tmp_path / "c", ComposeSpec(), toggles=NatsToggles())
     assert "certificates" in created
     admin = read_stack_info(layout.root).admin_key
@@ -96,8 +100,12 @@ def test_rendering_again_keeps_material_and_force_renews_it(tmp_path: Path) -> N
     assert read_stack_info(layout.root).admin_key == admin
     assert layout.certs.client_ca_cert.read_bytes() == ca
     assert 'http: "127.0.0.1:8222"' in layout.node_config("n1").read_text()
+    internal = layout.identity("internal").read_bytes()
+    admin_seed = layout.identity("admin").read_bytes()
     render_compose_dir(tmp_path / "c", ComposeSpec(), toggles=NatsToggles(), force=True)
-    assert read_stack_info(layout.root).admin_key != admin
+    assert read_stack_info(layout.root).admin_key == admin
+    assert layout.identity("admin").read_bytes() == admin_seed
+    assert layout.identity("internal").read_bytes() != internal
     assert layout.certs.client_ca_cert.read_bytes() != ca
 
 

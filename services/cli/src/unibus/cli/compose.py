@@ -91,7 +91,11 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         metavar="IP|DNS",
         help="an extra address every node certificate is valid for (repeatable)",
     )
-    init.add_argument("--force", action="store_true", help="renew all material (new CAs)")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="renew all material (new CAs, new service identities); the first admin is kept",
+    )
     add_json_arg(init)
     init.set_defaults(handler=_init)
 

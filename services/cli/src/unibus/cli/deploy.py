@@ -68,7 +68,9 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     render_parser.add_argument("--topology", type=Path, required=True, help="topology TOML")
     render_parser.add_argument("--out", type=Path, required=True, help="output directory")
     render_parser.add_argument(
-        "--force", action="store_true", help="renew all material (new CAs: clients re-pin)"
+        "--force",
+        action="store_true",
+        help="renew all material (new CAs: clients re-pin); the first admin is kept",
     )
     add_json_arg(render_parser)
     render_parser.set_defaults(handler=_render)

@@ -22,6 +22,7 @@ __all__ = ["ADMIN_PUB", "SEEDS", "auth_identities", "ensure_material"]
 
 SEEDS: Final = ("issuer", "xkey", "callout", "internal", "system", "admin")
 """The stack's identities: the callout's account issuer and xkey, then four users."""
+FIRST_ADMIN: Final = "admin"
 ADMIN_PUB: Final = "admin.pub"
 """The first admin's public key, beside the seeds: what provisioning may read without
 the admin's seed."""
@@ -32,15 +33,18 @@ def ensure_material(
 ) -> list[str]:
     """Create what is missing (identities, route secret, certificates); keep what exists.
 
-    With ``force`` everything is created anew (new CAs: clients must re-pin).
-    A node whose certificates name other addresses than it has now gets new ones from
-    the same CAs. Returns what was created.
+    With ``force`` everything is created anew (new CAs: clients must re-pin), except the
+    first admin's identity: it is a user's key, and the users bucket names it; renewing
+    the stack's material must not lock its operator out (to replace that admin: add
+    another admin, then revoke it). A node whose certificates name other addresses than
+    it has now gets new ones from the same CAs. Returns what was created.
     """
     created: list[str] = []
     layout.ensure()
     if force:
         for name in SEEDS:
-            layout.identity(name).unlink(missing_ok=True)
+            if name != FIRST_ADMIN:
+                layout.identity(name).unlink(missing_ok=True)
         layout.route_secret.unlink(missing_ok=True)
     for name in SEEDS:
         path = layout.identity(name)
