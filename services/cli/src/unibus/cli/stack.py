@@ -9,6 +9,7 @@ import dataclasses
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -339,18 +340,24 @@ async def _status_async(args: argparse.Namespace) -> int:
         print_json(state.to_json())
     else:
         print(f"nodes ({len(nodes)}/{expected} answering):")
+        now = time.time()
         for n in nodes:
+            days = n.certificate_days_left(now)
             print(
                 f"  {n.name}: routes={n.routes}/{expected - 1} "
                 f"route_tls={'mutual' if n.route_tls else 'OFF'} "
                 f"meta_leader={n.meta_leader or '-'} jetstream={'on' if n.jetstream else 'off'} "
-                f"tls={'on' if n.tls_required else 'off'} auth={'on' if n.auth_required else 'off'}"
+                f"tls={'on' if n.tls_required else 'off'} "
+                f"auth={'on' if n.auth_required else 'off'} nats-server={n.version} "
+                f"certificate={'-' if days is None else f'{days:.0f}d'}"
             )
         print("assets:")
         for a in assets:
             print(f"  {a.summary()}")
         for problem in state.problems():
             print(f"problem: {problem}", file=sys.stderr)
+        for warning in state.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
         print("healthy" if not unhealthy else "DEGRADED", file=sys.stderr)
     return 2 if unhealthy else 0
 

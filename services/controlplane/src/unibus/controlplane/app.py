@@ -71,7 +71,9 @@ def build_app(context: Context) -> Any:
     app.state.context = context
     app.state.blob_budget = UploadBudget(context.settings.blob_budget)
     app.state.health = HealthCache(
-        lambda: health_report(context.store, context.nc, context.sys_nc, context.settings)
+        lambda: health_report(
+            context.store, context.nc, context.sys_nc, context.settings, metrics=context.metrics
+        )
     )
 
     async def api_error(request: Request, exc: Exception) -> Response:

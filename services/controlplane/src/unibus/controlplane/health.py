@@ -21,9 +21,10 @@ from typing import Any, Final
 import msgspec
 from nats.aio.client import Client as NATS
 
+from unibus.controlplane.metrics import ApiMetrics
 from unibus.controlplane.settings import Settings
 from unibus.core.errors import StoreError
-from unibus.core.health import asset_statuses
+from unibus.core.health import asset_statuses, certificate_expiry
 from unibus.core.naming import CALLOUT_ACCOUNT
 from unibus.core.serverversion import version_problem
 from unibus.core.store import Store
@@ -50,7 +51,12 @@ async def _posture(sys_nc: NATS, node: str, cluster_size: int) -> dict[str, Any]
         int((r.get("data") or {}).get("num_connections", 0)) for r in callouts
     )
     version = str(varz.get("version", ""))
+    expires = certificate_expiry(varz)
     return {
+        "certificate_expires": expires,
+        "certificate_days_left": None
+        if expires is None
+        else round((expires - time.time()) / 86_400, 1),
         "server": varz.get("server_name"),
         "server_version": version,
         "server_supported": version_problem(version) is None,
@@ -67,7 +73,7 @@ async def _posture(sys_nc: NATS, node: str, cluster_size: int) -> dict[str, Any]
 
 
 async def health_report(
-    store: Store, nc: NATS, sys_nc: NATS, settings: Settings
+    store: Store, nc: NATS, sys_nc: NATS, settings: Settings, *, metrics: ApiMetrics | None = None
 ) -> tuple[dict[str, Any], bool]:
     report: dict[str, Any] = {"node": settings.node}
     usable = True
@@ -79,6 +85,9 @@ async def health_report(
         report["store_error"] = type(exc).__name__
     try:
         report["posture"] = await _posture(sys_nc, settings.node, settings.cluster_size)
+        expires = report["posture"]["certificate_expires"]
+        if metrics is not None and expires is not None:
+            metrics.certificate_expiry.labels(listener="nats").set(expires)
     except StoreError:
         report["posture"] = None
     try:
@@ -141,7 +150,14 @@ class HealthCache:
 
 
 _PUBLIC_ASSET_FIELDS: Final = ("name", "replicas", "degraded", "missing")
-_PUBLIC_POSTURE_FIELDS: Final = ("server", "bus_auth", "acl", "tls", "server_supported")
+_PUBLIC_POSTURE_FIELDS: Final = (
+    "server",
+    "bus_auth",
+    "acl",
+    "tls",
+    "server_supported",
+    "certificate_days_left",
+)
 """The version itself is for administrators (GET /v1/health): anyone may learn only
 whether the server is one unibus supports."""
 

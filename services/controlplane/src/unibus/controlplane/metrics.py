@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["ApiMetrics"]
 
@@ -25,6 +25,14 @@ class ApiMetrics:
         self.replays = Counter(
             "unibus_api_replay_rejections",
             "Signed requests refused because their nonce was already used.",
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "unibus_api_certificate_expiry_timestamp_seconds",
+            "When the earliest certificate this node serves expires (Unix time), read live "
+            "from the server with each health report. The API serves the node's client "
+            "certificate too.",
+            ["listener"],
             registry=self.registry,
         )
 

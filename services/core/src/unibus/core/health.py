@@ -6,6 +6,8 @@ settings — so a node that drifted from the intended posture shows as it really
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,32 @@ class NodeStatus:
     tls_required: bool
     auth_required: bool
     version: str
+    certificate_expires: float | None = None
+    """When the earliest certificate the node serves (clients', routes') expires, as a
+    Unix time; None when it serves none."""
+
+    def certificate_days_left(self, now: float) -> float | None:
+        if self.certificate_expires is None:
+            return None
+        return (self.certificate_expires - now) / 86_400
+
+
+def certificate_expiry(varz: dict[str, Any]) -> float | None:
+    """The earliest ``tls_cert_not_after`` of a node's client and route listeners (VARZ),
+    as a Unix time; None when neither has TLS."""
+    found = [
+        value
+        for value in (
+            varz.get("tls_cert_not_after"),
+            (varz.get("cluster") or {}).get("tls_cert_not_after"),
+        )
+        if isinstance(value, str) and value
+    ]
+    times = []
+    for value in found:
+        with contextlib.suppress(ValueError):
+            times.append(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    return min(times) if times else None
 
 
 def _by_server(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -57,6 +85,7 @@ async def node_statuses(sys_nc: NATS, *, expected: int, timeout: float = 2.0) ->
                 tls_required=bool(v.get("tls_required")),
                 auth_required=bool(v.get("auth_required")),
                 version=str(v.get("version", "")),
+                certificate_expires=certificate_expiry(v),
             )
         )
     return nodes

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
@@ -25,7 +26,9 @@ from unibus.core.health import NodeStatus, node_statuses
 from unibus.core.provisioning import ASSETS, AssetStatus, asset_status
 from unibus.core.serverversion import version_problem
 
-__all__ = ["ClusterState", "observe", "operator_connections"]
+__all__ = ["CERTIFICATE_WARNING_DAYS", "ClusterState", "observe", "operator_connections"]
+
+CERTIFICATE_WARNING_DAYS: Final = 30
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,31 @@ class ClusterState:
                 found.append(f"{node.name}: sees no JetStream meta leader")
             if (old := version_problem(node.version, node=node.name)) is not None:
                 found.append(old)
+            days = node.certificate_days_left(time.time())
+            if days is not None and days <= 0:
+                found.append(
+                    f"{node.name}: its certificate has expired: run `unibus certs renew`, "
+                    "then `unibus rollout`"
+                )
         for asset in self.assets:
             if asset.degraded:
                 found.append(asset.summary())
             elif answering and asset.leader is not None and asset.leader not in answering:
                 found.append(f"{asset.name}: led by {asset.leader}, which does not answer")
+        return found
+
+    def warnings(self, now: float | None = None) -> list[str]:
+        """What needs doing soon but is not wrong yet: a certificate that expires within
+        ``CERTIFICATE_WARNING_DAYS`` (``unibus certs renew`` then ``unibus rollout``)."""
+        moment = time.time() if now is None else now
+        found: list[str] = []
+        for node in self.nodes:
+            days = node.certificate_days_left(moment)
+            if days is not None and 0 < days < CERTIFICATE_WARNING_DAYS:
+                found.append(
+                    f"{node.name}: its certificate expires in {days:.0f} day(s): run "
+                    "`unibus certs renew`, then `unibus rollout`"
+                )
         return found
 
     @property
@@ -75,6 +98,7 @@ class ClusterState:
             "healthy": self.healthy,
             "expected_nodes": self.expected,
             "problems": self.problems(),
+            "warnings": self.warnings(),
             "nodes": [dataclasses.asdict(n) for n in self.nodes],
             "assets": [dataclasses.asdict(a) for a in self.assets],
         }
