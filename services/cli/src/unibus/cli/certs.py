@@ -15,7 +15,9 @@ from typing import Any
 from cryptography import x509
 
 from unibus.core.errors import CertificateError, ConfigError
-from unibus.stack.certs import CertLayout, NodeSpec, init_certs
+from unibus.stack.certs import CertLayout, NodeSpec, init_certs, renew_leaves
+from unibus.stack.deploy import Topology, renew_host_certificates
+from unibus.stack.layout import DEFAULT_DIR, StackLayout
 
 _INIT_EPILOG = """\
 examples:
@@ -89,6 +91,50 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="print a JSON object listing the files written",
     )
     init.set_defaults(handler=_init)
+
+    renew = sub.add_parser(
+        "renew",
+        help="renew the nodes' route and server certificates (new keys), keeping both CAs",
+        description="Issue every node (or --node) a new route and server certificate with "
+        "a new key, for the same names, from the same CAs: clients and peers go on "
+        "trusting the nodes. The nodes serve them once restarted, one at a time, by "
+        "`unibus rollout` (or `unibus deploy apply` on hosts): no connection is refused.",
+    )
+    renew.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help=f"a local or compose stack's directory (default {DEFAULT_DIR})",
+    )
+    renew.add_argument("--topology", type=Path, default=None, help="a deployment's topology")
+    renew.add_argument("--out", type=Path, default=None, help="with --topology: rendered directory")
+    renew.add_argument("--node", action="append", default=[], help="only this node (repeatable)")
+    renew.add_argument("--json", action="store_true", help="print JSON for scripts")
+    renew.set_defaults(handler=_renew)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    if args.topology is not None or args.out is not None:
+        if args.topology is None or args.out is None:
+            raise ConfigError("renewing a deployment's certificates needs --topology and --out")
+        topology = Topology.load(args.topology)
+        hosts = args.node or [host.name for host in topology.hosts]
+        issued = [
+            line for host in hosts for line in renew_host_certificates(topology, args.out, host)
+        ]
+        where = f"--topology {args.topology} --out {args.out}"
+        after = f"unibus deploy apply {where} --yes (ships, then rolls one node at a time)"
+    else:
+        directory = args.dir or DEFAULT_DIR
+        issued = renew_leaves(StackLayout.at(directory).certs.root, args.node)
+        compose = " --compose" if (directory / "compose.env").is_file() else ""
+        after = f"unibus rollout --dir {directory}{compose} (one node at a time)"
+    if args.json:
+        print(json.dumps({"issued": issued, "next": after}, indent=2))
+    else:
+        print(f"issued {len(issued)} certificate(s), both CAs kept: {', '.join(issued)}")
+        print(f"next: {after}")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

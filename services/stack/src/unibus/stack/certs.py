@@ -46,6 +46,7 @@ __all__ = [
     "NodeSpec",
     "init_certs",
     "issue_leaves",
+    "renew_leaves",
     "self_signed_leaf",
     "write_pem_pair",
 ]
@@ -705,3 +706,26 @@ def issue_leaves(
     for cert, key, cert_file, key_file in pairs:
         write_pem_pair(cert, key, cert_file, key_file, overwrite=True)
     return issued
+
+
+def _spec_of(layout: CertLayout, node: str) -> NodeSpec:
+    """The node as its current server certificate names it (for a renewal in place)."""
+    path = layout.server_cert(node)
+    if not path.is_file():
+        raise CertificateError(f"{path} is missing: node {node} has no certificate to renew")
+    ips, dns_names = _names_of(_load_cert(path))
+    return NodeSpec(name=node, ips=tuple(sorted(ips)), dns_names=tuple(sorted(dns_names)))
+
+
+def renew_leaves(root: Path, nodes: Sequence[str] = (), *, leaf_days: int = LEAF_DAYS) -> list[str]:
+    """New route and server certificates, with new keys, for the nodes under ``root``
+    (all of them when ``nodes`` is empty), valid for the same names as before and signed
+    by the same CAs, which are kept: clients and peers go on trusting the nodes, which
+    pick the new files up when they restart (``unibus rollout``). Returns what was issued.
+    """
+    layout = CertLayout.at(root)
+    names = list(nodes) or sorted(p.name for p in (root / "nodes").iterdir() if p.is_dir())
+    if not names:
+        raise CertificateError(f"no node certificates under {root}: nothing to renew")
+    specs = [_spec_of(layout, name) for name in names]
+    return issue_leaves(root, specs, renew=set(names), leaf_days=leaf_days)
