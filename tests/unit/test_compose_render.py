@@ -13,7 +13,9 @@ from cryptography import x509
 from unibus.cli.main import main
 from unibus.client.profile import read_stack_info
 from unibus.core.errors import ConfigError
+from unibus.stack.certs import CertificateAuthority, write_pem_pair
 from unibus.stack.compose import ComposeSpec, render_compose_dir, role_files, stage_material
+from unibus.stack.material import ClientCa
 from unibus.stack.natsconf import NatsToggles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,3 +169,18 @@ def test_compose_file_has_no_top_level_name_and_publishes_on_the_publish_host() 
     published = re.findall(r'ports: \["([^"]+)"\]', text)
     assert len(published) == 6
     assert all(p.startswith("${UNIBUS_PUBLISH_HOST:-127.0.0.1}:") for p in published)
+
+
+def test_compose_init_imports_the_client_ca_clients_already_pin(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create("our existing client CA")
+    cert, key = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    write_pem_pair(ca.cert, ca.key, cert, key)
+
+    layout, created = render_compose_dir(
+        tmp_path / "c", ComposeSpec(), toggles=NatsToggles(), client_ca=ClientCa(cert, key)
+    )
+
+    assert "certificates (client CA imported)" in created
+    assert layout.certs.client_ca_cert.read_bytes() == cert.read_bytes()
+    server = x509.load_pem_x509_certificate(layout.certs.server_cert("n2").read_bytes())
+    server.verify_directly_issued_by(ca.cert)

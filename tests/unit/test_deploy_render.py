@@ -13,6 +13,7 @@ from cryptography import x509
 from unibus.cli import deploy as cli_deploy
 from unibus.cli.main import main
 from unibus.core.errors import ConfigError
+from unibus.stack.certs import CertificateAuthority, write_pem_pair
 from unibus.stack.deploy import (
     EXAMPLE_TOPOLOGY,
     Topology,
@@ -393,3 +394,37 @@ def test_deploy_migrate_refuses_a_missing_file_or_an_unknown_host(
     db = tmp_path / "membership.db"
     db.write_bytes(b"x")
     assert main([*argv, "--db", str(db), "--host", "n9"]) == 1
+
+
+def _own_ca(directory: Path) -> tuple[Path, Path]:
+    """A client CA of the operator's own, as clients in the field already pin it."""
+    ca = CertificateAuthority.create("our existing client CA")
+    cert, key = directory / "ca.pem", directory / "ca-key.pem"
+    write_pem_pair(ca.cert, ca.key, cert, key)
+    return cert, key
+
+
+def test_deploy_render_imports_the_client_ca_clients_already_pin(
+    topology_file: Path, tmp_path: Path
+) -> None:
+    cert, key = _own_ca(tmp_path)
+    out = tmp_path / "out"
+    argv = ["deploy", "render", "--topology", str(topology_file), "--out", str(out)]
+
+    assert main([*argv, "--client-ca-cert", str(cert), "--client-ca-key", str(key)]) == 0
+
+    pinned = x509.load_pem_x509_certificate(cert.read_bytes())
+    for host in ("n1", "n2", "n3"):
+        shipped = out / host / "material" / "certs"
+        assert (shipped / "client-ca.pem").read_bytes() == cert.read_bytes()
+        server = x509.load_pem_x509_certificate(
+            (shipped / "nodes" / host / "server.pem").read_bytes()
+        )
+        server.verify_directly_issued_by(pinned)
+    # Rendering again keeps it; another CA is refused unless the material is renewed.
+    assert main(argv) == 0
+    other_cert, other_key = _own_ca(tmp_path / "other")
+    refused = [*argv, "--client-ca-cert", str(other_cert), "--client-ca-key", str(other_key)]
+    assert main(refused) == 1
+    assert (out / "_material" / "certs" / "client-ca.pem").read_bytes() == cert.read_bytes()
+    assert main([*argv, "--client-ca-cert", str(cert)]) == 1  # the key goes with it

@@ -14,6 +14,7 @@ from unibus.client.profile import read_stack_info
 from unibus.core.connect import NatsTarget
 from unibus.core.errors import ConfigError
 from unibus.stack.layout import DEFAULT_DIR
+from unibus.stack.material import ClientCa
 
 Subparsers = argparse._SubParsersAction
 
@@ -113,3 +114,22 @@ def _size(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def add_client_ca_args(parser: argparse.ArgumentParser) -> None:
+    """``--client-ca-cert``/``--client-ca-key``: import the client CA clients already pin."""
+    group = parser.add_argument_group("keep the client CA your clients pin (import it)")
+    group.add_argument("--client-ca-cert", type=Path, default=None, metavar="PEM")
+    group.add_argument("--client-ca-key", type=Path, default=None, metavar="PEM")
+
+
+def client_ca_of(args: argparse.Namespace) -> ClientCa | None:
+    if (args.client_ca_cert is None) != (args.client_ca_key is None):
+        raise ConfigError(
+            "--client-ca-cert and --client-ca-key go together: give both to import a client "
+            "CA, or neither to create one",
+            setting="--client-ca-cert",
+        )
+    if args.client_ca_cert is None:
+        return None
+    return ClientCa(cert=args.client_ca_cert, key=args.client_ca_key)

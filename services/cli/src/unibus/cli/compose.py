@@ -13,7 +13,13 @@ import argparse
 import os
 from pathlib import Path
 
-from unibus.cli._common import Subparsers, add_json_arg, print_json
+from unibus.cli._common import (
+    Subparsers,
+    add_client_ca_args,
+    add_json_arg,
+    client_ca_of,
+    print_json,
+)
 from unibus.core.errors import ConfigError
 from unibus.stack.compose import (
     DEFAULT_COMPOSE_DIR,
@@ -96,6 +102,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="renew all material (new CAs, new service identities); the first admin is kept",
     )
+    add_client_ca_args(init)
     add_json_arg(init)
     init.set_defaults(handler=_init)
 
@@ -141,7 +148,11 @@ def _init(args: argparse.Namespace) -> int:
         extra_sans=tuple(args.san),
     )
     layout, created = render_compose_dir(
-        args.dir, spec, toggles=NatsToggles.from_env(os.environ), force=args.force
+        args.dir,
+        spec,
+        toggles=NatsToggles.from_env(os.environ),
+        force=args.force,
+        client_ca=client_ca_of(args),
     )
     env_file = layout.root / "compose.env"
     if args.json:

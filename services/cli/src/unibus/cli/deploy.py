@@ -16,7 +16,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from unibus.cli._common import Subparsers, add_json_arg, print_json, progress
+from unibus.cli._common import (
+    Subparsers,
+    add_client_ca_args,
+    add_json_arg,
+    client_ca_of,
+    print_json,
+    progress,
+)
 from unibus.cli.rollout import cluster_answers, drive, driver_plan, print_report
 from unibus.client.profile import read_stack_info
 from unibus.core.errors import StackError
@@ -72,6 +79,7 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="renew all material (new CAs: clients re-pin); the first admin is kept",
     )
+    add_client_ca_args(render_parser)
     add_json_arg(render_parser)
     render_parser.set_defaults(handler=_render)
 
@@ -135,7 +143,13 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     topology = Topology.load(args.topology)
-    written = render(topology, args.out, toggles=NatsToggles.from_env(os.environ), force=args.force)
+    written = render(
+        topology,
+        args.out,
+        toggles=NatsToggles.from_env(os.environ),
+        force=args.force,
+        client_ca=client_ca_of(args),
+    )
     material = args.out.expanduser().absolute() / MATERIAL_DIR
     if args.json:
         print_json({"hosts": [str(p) for p in written], "material": str(material)})

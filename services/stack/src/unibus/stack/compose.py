@@ -40,7 +40,7 @@ from unibus.core.files import make_private_dirs, write_private
 from unibus.stack import topology
 from unibus.stack.certs import CertLayout, NodeSpec
 from unibus.stack.layout import StackLayout, stack_info
-from unibus.stack.material import ADMIN_PUB, auth_identities, ensure_material
+from unibus.stack.material import ADMIN_PUB, ClientCa, auth_identities, ensure_material
 from unibus.stack.natsconf import (
     AuthIdentities,
     NatsToggles,
@@ -337,6 +337,7 @@ def render_compose_dir(
     *,
     toggles: NatsToggles,
     force: bool = False,
+    client_ca: ClientCa | None = None,
 ) -> tuple[StackLayout, list[str]]:
     """``unibus compose init``: material if missing, then configs, env files, stack.json.
 
@@ -345,7 +346,9 @@ def render_compose_dir(
     """
     layout = StackLayout.at(root)
     nodes = spec.nodes()
-    created = ensure_material(layout, [node.cert_spec() for node in nodes], force=force)
+    created = ensure_material(
+        layout, [node.cert_spec() for node in nodes], force=force, client_ca=client_ca
+    )
     render_configs(layout, nodes, toggles, {n.name: n.name for n in nodes})
     env = compose_env(layout, spec)
     (layout.root / "compose.env").write_text(

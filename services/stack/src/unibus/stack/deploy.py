@@ -86,7 +86,7 @@ from unibus.stack.containers import (
 )
 from unibus.stack.drivers import ComposeNode
 from unibus.stack.layout import StackLayout, stack_info
-from unibus.stack.material import auth_identities, ensure_material
+from unibus.stack.material import ClientCa, auth_identities, ensure_material
 from unibus.stack.natsconf import NatsToggles
 from unibus.stack.topology import SERVICES
 
@@ -561,13 +561,18 @@ def _copy_into(source: StackLayout, target: Path, relative: str) -> None:
 
 
 def render(
-    topology: Topology, out: Path, *, toggles: NatsToggles, force: bool = False
+    topology: Topology,
+    out: Path,
+    *,
+    toggles: NatsToggles,
+    force: bool = False,
+    client_ca: ClientCa | None = None,
 ) -> list[Path]:
     """Write ``out/_material`` and one directory per host; returns the host directories."""
     out = out.expanduser().absolute()
     layout = StackLayout.at(out / MATERIAL_DIR)
     nodes = [topology.node_addresses(host) for host in topology.hosts]
-    ensure_material(layout, [node.cert_spec() for node in nodes], force=force)
+    ensure_material(layout, [node.cert_spec() for node in nodes], force=force, client_ca=client_ca)
     auth_identities(layout)  # fails early on a damaged identity
     written: list[Path] = []
     for host in topology.hosts:
