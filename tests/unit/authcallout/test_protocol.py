@@ -21,6 +21,7 @@ from unibus.authcallout.protocol import (
     allow_response,
     deny_response,
     open_request,
+    open_request_with,
     user_jwt,
     verify_client,
 )
@@ -821,3 +822,27 @@ def test_a_user_jwt_is_only_issued_for_a_user_key(
             ttl=60,
             now=NOW,
         )
+
+
+# -- key generations (a rotation: unibus callout-keys) -------------------------------------------
+
+
+def test_a_request_opens_with_the_generation_its_server_uses_and_says_which(
+    server: Server, claims: dict[str, Any]
+) -> None:
+    current, following = CurveKeyPair.generate(), CurveKeyPair.generate()
+    for index, sealed_to in enumerate((current, following)):
+        payload, headers = server.send(claims, sealed_to.public_key)
+        request, opened_with = open_request_with(payload, headers, (current, following), now=NOW)
+        assert opened_with == index
+        assert request.server_name == "n2"
+
+
+def test_a_request_sealed_to_a_retired_xkey_is_dropped(
+    server: Server, claims: dict[str, Any]
+) -> None:
+    retired, current = CurveKeyPair.generate(), CurveKeyPair.generate()
+    payload, headers = server.send(claims, retired.public_key)
+    with pytest.raises(Dropped) as caught:
+        open_request_with(payload, headers, (current,), now=NOW)
+    assert caught.value.reason is Reason.DROPPED_MALFORMED

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from unibus.authcallout.keys import Keys
 from unibus.authcallout.metrics import Metrics
-from unibus.authcallout.service import CalloutService, Keys
+from unibus.authcallout.service import CalloutService
 from unibus.authcallout.settings import Settings
 from unibus.core.log import get_logger
 from unibus.core.process import run_service
@@ -15,6 +16,8 @@ from unibus.core.process import run_service
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     keys = Keys.load(settings)
     metrics = Metrics()
+    for generation in keys.generations:
+        metrics.key_generations.labels(generation=generation.name).set(1)
     port = metrics.serve(settings.metrics_host, settings.metrics_port)
     get_logger("unibus.authcallout").info(
         "metrics listening", host=settings.metrics_host, port=port

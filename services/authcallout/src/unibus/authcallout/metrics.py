@@ -32,6 +32,12 @@ class Metrics:
             "1 while the view is fresh enough to admit anyone, else 0.",
             registry=self.registry,
         )
+        self.key_generations = Gauge(
+            "unibus_authcallout_key_generations",
+            "Issuer and xkey generations this callout answers with (2 during a rotation).",
+            ["generation"],
+            registry=self.registry,
+        )
         self.kicks = Counter(
             "unibus_authcallout_kicks",
             "Connections disconnected because their authorization changed.",

@@ -22,7 +22,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
@@ -41,6 +41,7 @@ __all__ = [
     "allow_response",
     "deny_response",
     "open_request",
+    "open_request_with",
     "user_jwt",
     "verify_client",
 ]
@@ -202,6 +203,18 @@ def _client_id(client_info: Mapping[str, Any]) -> int:
 def open_request(
     payload: bytes, headers: Mapping[str, str] | None, xkey: CurveKeyPair, *, now: float
 ) -> AuthRequest:
+    """One request opened with one curve key (see :func:`open_request_with`)."""
+    request, _ = open_request_with(payload, headers, (xkey,), now=now)
+    return request
+
+
+def open_request_with(
+    payload: bytes,
+    headers: Mapping[str, str] | None,
+    xkeys: Sequence[CurveKeyPair],
+    *,
+    now: float,
+) -> tuple[AuthRequest, int]:
     """Decrypt, verify and type-check one ``$SYS.REQ.USER.AUTH`` request.
 
     Our servers always encrypt (``auth_callout.xkey`` is mandatory in the rendered
@@ -209,6 +222,10 @@ def open_request(
     ``server_id.xkey`` must equal the header key the box opened with: the JWT signer and
     the box sealer are then provably the same server, and the response goes back to a key
     that server vouched for.
+
+    ``xkeys`` are the callout's curve keys (more than one while they are rotated): the
+    request opens with the one its server was configured with, whose index is returned
+    with it, so the answer is signed by the issuer of the same generation.
 
     Raises:
         Dropped: on every failure (nothing else escapes), with ``DROPPED_EXPIRED`` once
@@ -219,11 +236,9 @@ def open_request(
     server_xkey = _header(headers, XKEY_HEADER)
     if not server_xkey:
         raise _malformed(f"no {XKEY_HEADER} header: plaintext requests are not accepted")
+    token, opened_with = _open_box(data, server_xkey, xkeys)
     try:
-        token = xkey.open(data, server_xkey)
         claims = jwt.decode(token, issuer_prefix=Prefix.SERVER, max_size=MAX_REQUEST_BYTES)
-    except XKeyError:
-        raise _malformed("the request box does not open with the header key") from None
     except JWTError as exc:
         raise _malformed(f"request JWT refused: {exc}") from None
     if claims.get("aud") != REQUEST_AUDIENCE:
@@ -242,7 +257,7 @@ def open_request(
     user_nkey = _user_nkey(nats)
     client_info = _object(nats, "client_info")
     connect_opts = _object(nats, "connect_opts", required=False)
-    return AuthRequest(
+    request = AuthRequest(
         server_id=server_id,
         server_name=server_name,
         server_xkey=server_xkey,
@@ -255,6 +270,16 @@ def open_request(
         nonce=_optional(client_info, "nonce"),
         expires=float(expires),
     )
+    return request, opened_with
+
+
+def _open_box(data: bytes, server_xkey: str, xkeys: Sequence[CurveKeyPair]) -> tuple[bytes, int]:
+    for index, xkey in enumerate(xkeys):
+        try:
+            return xkey.open(data, server_xkey), index
+        except XKeyError:
+            continue
+    raise _malformed("the request box does not open with the header key")
 
 
 # -- proving the client's key -----------------------------------------------------------------

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from unibus.authcallout.keys import KeyGeneration, Keys
 from unibus.authcallout.kicks import Kicker, connection_name
 from unibus.authcallout.metrics import Metrics
 from unibus.authcallout.permissions import permissions_for
@@ -24,7 +24,7 @@ from unibus.authcallout.protocol import (
     Dropped,
     allow_response,
     deny_response,
-    open_request,
+    open_request_with,
     user_jwt,
     verify_client,
 )
@@ -34,24 +34,9 @@ from unibus.authcallout.view import Change, DirectoryView
 from unibus.core import naming
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.log import get_logger
-from unibus.core.nkeys import KeyPair, read_seed_file
-from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
 
 _SWEEP_WAIT = 10.0
 _log = get_logger("unibus.authcallout")
-
-
-@dataclass(frozen=True)
-class Keys:
-    issuer: KeyPair
-    xkey: CurveKeyPair
-
-    @classmethod
-    def load(cls, settings: Settings) -> Keys:
-        return cls(
-            issuer=read_seed_file(settings.issuer_seed),
-            xkey=read_curve_seed_file(settings.xkey_seed),
-        )
 
 
 class CalloutService:
@@ -151,9 +136,12 @@ class CalloutService:
     async def _handle(self, msg: Msg) -> Reason:
         arrived, now = time.monotonic(), time.time()
         try:
-            request = open_request(msg.data, msg.headers, self._keys.xkey, now=now)
+            request, opened_with = open_request_with(
+                msg.data, msg.headers, self._keys.xkeys, now=now
+            )
         except Dropped as dropped:
             return dropped.reason
+        keys = self._keys.generations[opened_with]
         current = False
         if self._view is not None:
             # One budget for both waits: what a stale view does not use, a catch-up across
@@ -165,17 +153,19 @@ class CalloutService:
                 remaining = max(self._settings.catch_up, deadline - time.monotonic())
                 current = await self._view.until_current(arrived, remaining)
         try:
-            response, reason = self._decide(request, time.time(), current), Reason.ALLOWED
+            response, reason = self._decide(request, keys, time.time(), current), Reason.ALLOWED
         except Denial as denial:
             reason = denial.reason
-            response = deny_response(self._keys.issuer, request, self._keys.xkey, reason, now=now)
+            response = deny_response(keys.issuer, request, keys.xkey, reason, now=now)
         try:
             await msg.respond(response)
         except Exception as exc:  # noqa: BLE001 - connection closing; the server times out and denies
             _log.warning("could not answer an auth request", error=type(exc).__name__)
         return reason
 
-    def _decide(self, request: AuthRequest, now: float, current: bool) -> bytes:
+    def _decide(
+        self, request: AuthRequest, keys: KeyGeneration, now: float, current: bool
+    ) -> bytes:
         if self._view is None:
             raise Denial(Reason.STORE_UNAVAILABLE, "view not started")
         if not current:
@@ -194,7 +184,7 @@ class CalloutService:
                 cap=self._settings.max_rooms,
             )
         token = user_jwt(
-            self._keys.issuer,
+            keys.issuer,
             request,
             user_key=key,
             connection_name=connection_name(key, lookup.stamp),
@@ -202,7 +192,7 @@ class CalloutService:
             ttl=self._settings.jwt_ttl,
             now=now,
         )
-        return allow_response(self._keys.issuer, request, self._keys.xkey, token, now=now)
+        return allow_response(keys.issuer, request, keys.xkey, token, now=now)
 
     # -- changes ----------------------------------------------------------------------------------
     async def _sweep_on_start(self) -> None:

@@ -22,6 +22,7 @@ def _verb_modules() -> list[ModuleType]:
     # verb cannot stop the others from being listed.
     from unibus.cli import (
         backup,
+        calloutkeys,
         certs,
         chaoscheck,
         clientcheck,
@@ -56,6 +57,7 @@ def _verb_modules() -> list[ModuleType]:
         provision,
         deploy,
         backup,
+        calloutkeys,
     ]
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "CONTAINER_ROOT",
     "DEFAULT_COMPOSE_DIR",
     "NODE_NAMES",
+    "OPTIONAL_FILES",
     "ROLE_FILES",
     "ROUTE_PORT",
     "SERVICE_UID",
@@ -63,6 +64,7 @@ __all__ = [
     "NodeAddresses",
     "compose_env",
     "node_config",
+    "present_optional_files",
     "render_compose_dir",
     "render_configs",
     "role_files",
@@ -125,6 +127,22 @@ def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
 
 
 ROLE_FILES: Final = ("nats", "callout", "api", "tools")
+OPTIONAL_FILES: Final[dict[str, tuple[str, ...]]] = {
+    "callout": tuple(
+        f"identities/{key}.{generation}.seed"
+        for generation in ("next", "previous")
+        for key in ("issuer", "xkey")
+    ),
+}
+"""What a role receives only while it exists: the callout's other key generations during a
+rotation (``unibus callout-keys``)."""
+
+
+def present_optional_files(source: Path, role: str) -> tuple[str, ...]:
+    """The optional files of ``role`` that ``source`` holds now."""
+    return tuple(f for f in OPTIONAL_FILES.get(role, ()) if (source / f).is_file())
+
+
 """The roles (the CA keys and the admin seed are never staged for any)."""
 PER_NODE_ROLES: Final = frozenset({"nats", "api"})
 """Staged into one volume per node (``<role>-<node>``): a node's TLS private keys reach only
@@ -404,7 +422,8 @@ def stage_material(
             "`uv run unibus compose init` (or ./scripts/up) on the host first"
         )
     counts: dict[str, int] = {}
-    for role, files in wanted.items():
+    for role, listed in wanted.items():
+        files = (*listed, *present_optional_files(source, role.partition("-")[0]))
         volume = target / role
         volume.mkdir(parents=True, exist_ok=True)
         _clear(volume)

@@ -73,6 +73,7 @@ from unibus.stack.compose import (
     ROLE_FILES,
     ROUTE_PORT,
     NodeAddresses,
+    present_optional_files,
     render_configs,
     role_files,
 )
@@ -583,6 +584,7 @@ def render(
         if material.exists():
             shutil.rmtree(material)
         files = {f for role in ROLE_FILES for f in role_files(role, [host.name])}
+        files |= {f for role in ROLE_FILES for f in present_optional_files(layout.root, role)}
         for relative in sorted(files):
             _copy_into(layout, material, relative)
         env_dir = host_dir / "env"

@@ -1,0 +1,128 @@
+"""Rotating the callout's issuer and xkey without refusing anyone: three steps, each
+followed by a rollout.
+
+The issuer signs every user JWT the callout hands out, so it is the key worth renewing;
+the xkey seals the requests and answers. A server's ``auth_callout`` block names one of
+each, and the callout answers a request with the generation its server uses
+(``unibus.authcallout.keys``). So:
+
+1. ``stage``: a next issuer and xkey are written beside the current ones. The rollout
+   restarts every callout holding both; the servers still use the current generation.
+2. ``switch``: the next generation becomes the current one, the old one is kept as the
+   previous. The rollout restarts each node with the new issuer and xkey in its config;
+   whichever generation a node runs at any moment, every callout answers it as expected.
+   Clients reconnect through the rollout with JWTs from the new issuer.
+3. ``retire``: the previous generation is deleted. The rollout restarts the callouts
+   holding only the new one: from then on an answer signed by the old issuer would be
+   refused by every server, and a request sealed to the old xkey is not opened.
+
+Each step refuses to run out of order and says which rollout to run next.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from unibus.core.errors import ConfigError
+from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
+from unibus.core.xkeys import CurveKeyPair
+from unibus.stack.layout import StackLayout
+
+__all__ = ["NEXT_AFTER", "Phase", "RotationStep", "phase", "retire", "stage", "switch"]
+
+_KEYS = ("issuer", "xkey")
+
+
+class Phase(enum.StrEnum):
+    STEADY = "steady"
+    """One generation: nothing to roll."""
+    STAGED = "staged"
+    """A next generation written; the callouts must hold it before the switch."""
+    SWITCHED = "switched"
+    """The nodes use the new generation; the previous one waits to be retired."""
+
+
+@dataclass(frozen=True)
+class RotationStep:
+    done: str
+    phase: Phase
+    next_step: str
+
+
+def _file(layout: StackLayout, key: str, generation: str = "") -> Path:
+    suffix = f".{generation}" if generation else ""
+    return layout.identities / f"{key}{suffix}.seed"
+
+
+def phase(layout: StackLayout) -> Phase:
+    """Where a rotation stands, from the files (a half-written step is refused)."""
+    found = {
+        generation: [_file(layout, key, generation).exists() for key in _KEYS]
+        for generation in ("next", "previous")
+    }
+    for generation, present in found.items():
+        if any(present) and not all(present):
+            raise ConfigError(
+                f"{layout.identities} holds half of a {generation} callout key generation: "
+                f"restore the missing {generation} seed from a backup of the material"
+            )
+    if all(found["next"]) and all(found["previous"]):
+        raise ConfigError(f"{layout.identities} holds both a next and a previous generation")
+    if all(found["next"]):
+        return Phase.STAGED
+    if all(found["previous"]):
+        return Phase.SWITCHED
+    return Phase.STEADY
+
+
+def _require(layout: StackLayout, wanted: Phase, step: str) -> None:
+    now = phase(layout)
+    if now is not wanted:
+        raise ConfigError(
+            f"cannot {step} the callout keys while the rotation is {now.value}: {NEXT_AFTER[now]}"
+        )
+
+
+NEXT_AFTER = {
+    Phase.STEADY: "nothing is staged; begin with `unibus callout-keys stage`",
+    Phase.STAGED: "after a rollout, run `unibus callout-keys switch`",
+    Phase.SWITCHED: "after a rollout, run `unibus callout-keys retire`",
+}
+
+
+def stage(layout: StackLayout) -> RotationStep:
+    """Write a next issuer and xkey beside the current ones."""
+    _require(layout, Phase.STEADY, "stage")
+    write_seed_file(_file(layout, "issuer", "next"), KeyPair.generate(Prefix.ACCOUNT).seed)
+    write_seed_file(_file(layout, "xkey", "next"), CurveKeyPair.generate().seed)
+    return RotationStep(
+        "a next issuer and xkey written", Phase.STAGED, "roll out, then `callout-keys switch`"
+    )
+
+
+def switch(layout: StackLayout) -> RotationStep:
+    """Make the next generation current; keep the old one as the previous."""
+    _require(layout, Phase.STAGED, "switch")
+    for key in _KEYS:
+        os.replace(_file(layout, key), _file(layout, key, "previous"))
+        os.replace(_file(layout, key, "next"), _file(layout, key))
+    return RotationStep(
+        "the next issuer and xkey made current",
+        Phase.SWITCHED,
+        "roll out (each node takes the new keys), then `callout-keys retire`",
+    )
+
+
+def retire(layout: StackLayout) -> RotationStep:
+    """Delete the previous generation."""
+    _require(layout, Phase.SWITCHED, "retire")
+    for key in _KEYS:
+        _file(layout, key, "previous").unlink()
+    return RotationStep(
+        "the previous issuer and xkey deleted",
+        Phase.STEADY,
+        "roll out: the callouts then hold the new keys only",
+    )
