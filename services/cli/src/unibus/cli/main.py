@@ -36,6 +36,7 @@ def _verb_modules() -> list[ModuleType]:
         retention,
         rollout,
         rooms,
+        routesecret,
         stack,
         users,
     )
@@ -58,6 +59,7 @@ def _verb_modules() -> list[ModuleType]:
         deploy,
         backup,
         calloutkeys,
+        routesecret,
     ]
 
 

@@ -237,6 +237,9 @@ async def _serve_request(stack: LocalStack, request: Request) -> None:
             report = (await run).to_json()
         elif request.kind == "replace":
             report = await _replace(stack, request, say)
+        elif request.kind == "reload":
+            report = {"reloaded": stack.reload_nodes()}
+            say(f"reloaded {', '.join(report['reloaded'])}")
         else:
             report = await _rollout(stack, request, say)
     except asyncio.CancelledError:

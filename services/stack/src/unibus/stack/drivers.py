@@ -248,6 +248,24 @@ class ComposeDriver:
         for command in self._stage_commands(nodes):
             await _run(command)
 
+    # -- reload -----------------------------------------------------------------------------
+    def _reload_commands(self) -> list[list[str]]:
+        # Staged first (the nodes read their files from the volumes), then every node
+        # reloads: what a reload changes (the route secret) must change on all together.
+        commands = self._stage_commands()
+        commands += [
+            spec.argv("kill", "-s", "SIGHUP", spec.node_service) for spec in self._nodes.values()
+        ]
+        return commands
+
+    def reload_steps(self) -> list[str]:
+        return [shlex.join(command) for command in self._reload_commands()]
+
+    async def reload(self) -> None:
+        """Stage the material, then make every node reload its config (SIGHUP)."""
+        for command in self._reload_commands():
+            await _run(command)
+
     # -- replacement ------------------------------------------------------------------------
     def wipe_steps(self, node: str) -> list[str]:
         spec = self._nodes[node]

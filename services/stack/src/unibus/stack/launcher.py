@@ -230,6 +230,22 @@ class LocalStack:
             start_new_session=True,
         )
 
+    def reload_nodes(self) -> list[str]:
+        """Render every running node's config from the current material and settings and
+        make it reload (SIGHUP): what a reload can change (the route secret, TLS files)
+        takes effect with no connection closed. Returns the nodes reloaded."""
+        reloaded = []
+        toggles = NatsToggles.from_env(self._environ)
+        for index, name in enumerate(self.spec.node_names):
+            pid = self.pid(name)
+            if pid is None:
+                continue
+            config = render_node_config(self.node_config(index), toggles)
+            write_node_config(self.layout.node_config(name), config)
+            os.kill(pid, signal.SIGHUP)
+            reloaded.append(name)
+        return reloaded
+
     def pid(self, name: str) -> int | None:
         proc = self._procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None

@@ -7,19 +7,18 @@ the same way, and a node's config names the same accounts whatever runs it.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from unibus.core.errors import ConfigError
-from unibus.core.files import write_private
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
 from unibus.stack.certs import NodeSpec, init_certs, issue_leaves
 from unibus.stack.layout import StackLayout
 from unibus.stack.natsconf import AuthIdentities
+from unibus.stack.routesecret import new_route_secret
 
 __all__ = ["ADMIN_PUB", "SEEDS", "ClientCa", "auth_identities", "ensure_material"]
 
@@ -76,7 +75,7 @@ def ensure_material(
             write_seed_file(path, KeyPair.generate(Prefix.USER).seed)
         created.append(f"identity {name}")
     if not layout.route_secret.exists():
-        write_private(layout.route_secret, secrets.token_urlsafe(32).encode() + b"\n")
+        new_route_secret(layout)
         created.append("route secret")
     admin = read_seed_file(layout.identity("admin")).public_key
     pub = layout.identities / ADMIN_PUB

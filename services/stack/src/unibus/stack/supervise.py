@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 REQUEST_VERSION: Final = 1
-KINDS: Final = ("rollout", "chaoscheck", "replace")
+KINDS: Final = ("rollout", "chaoscheck", "replace", "reload")
 _POLL: Final = 0.2
 
 
