@@ -424,6 +424,27 @@ def test_every_config_user_bypasses_the_callout(cluster: list[NodeConfig]) -> No
     assert len(config_users) == 3
 
 
+def test_other_generations_of_service_identities_are_accepted_in_their_accounts(
+    cluster: list[NodeConfig],
+) -> None:
+    """During a rotation (unibus identities) each account lists both generations of its
+    service identity, and each bypasses the callout."""
+    auth = cluster[0].auth
+    assert auth is not None
+    other = {role: _public_nkey("U") for role in ("callout", "internal", "system")}
+    rotating = replace(cluster[0], auth=replace(auth, other_users=tuple(other.items())))
+    conf = _parse(render_node_config(rotating, QUIET))
+    accounts = conf["accounts"]
+    assert accounts["AUTH"]["users"] == [{"nkey": auth.callout_user}, {"nkey": other["callout"]}]
+    assert accounts["UNIBUS"]["users"] == [
+        {"nkey": auth.internal_user},
+        {"nkey": other["internal"]},
+    ]
+    assert accounts["SYS"]["users"] == [{"nkey": auth.system_user}, {"nkey": other["system"]}]
+    bypass = set(conf["authorization"]["auth_callout"]["auth_users"])
+    assert bypass == {auth.callout_user, auth.internal_user, auth.system_user, *other.values()}
+
+
 def test_internal_user_has_no_permission_limits(cluster: list[NodeConfig]) -> None:
     conf = _parse(render_node_config(cluster[0], QUIET))
     for account in conf["accounts"].values():

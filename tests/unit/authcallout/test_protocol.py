@@ -824,7 +824,7 @@ def test_a_user_jwt_is_only_issued_for_a_user_key(
         )
 
 
-# -- key generations (a rotation: unibus callout-keys) -------------------------------------------
+# -- key generations (a rotation: unibus identities) -------------------------------------------
 
 
 def test_a_request_opens_with_the_generation_its_server_uses_and_says_which(

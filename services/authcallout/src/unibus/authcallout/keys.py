@@ -7,7 +7,7 @@ callout holds every generation its material has: the current one (``issuer.seed`
 uses it) or the previous (``*.previous.seed``, kept until no server uses it). A request
 opens with the curve key its server was configured with, and its answer is signed by the
 issuer of that same generation: so at every moment of a rotation, whichever generation a
-server runs, any callout answers it as it expects (``unibus callout-keys``).
+server runs, any callout answers it as it expects (``unibus identities``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Keys:
                 raise ConfigError(
                     f"{issuer if issuer.exists() else xkey} has no partner: a {name} "
                     "generation needs both its issuer and its xkey seed "
-                    "(`unibus callout-keys` writes them together)"
+                    "(`unibus identities` writes them together)"
                 )
             if issuer.exists():
                 found.append(

@@ -22,12 +22,12 @@ def _verb_modules() -> list[ModuleType]:
     # verb cannot stop the others from being listed.
     from unibus.cli import (
         backup,
-        calloutkeys,
         certs,
         chaoscheck,
         clientcheck,
         compose,
         deploy,
+        identities,
         index,
         keys,
         migrate,
@@ -58,7 +58,7 @@ def _verb_modules() -> list[ModuleType]:
         provision,
         deploy,
         backup,
-        calloutkeys,
+        identities,
         routesecret,
     ]
 

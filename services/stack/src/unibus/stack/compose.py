@@ -135,7 +135,7 @@ OPTIONAL_FILES: Final[dict[str, tuple[str, ...]]] = {
     ),
 }
 """What a role receives only while it exists: the callout's other key generations during a
-rotation (``unibus callout-keys``)."""
+rotation (``unibus identities``)."""
 
 
 def present_optional_files(source: Path, role: str) -> tuple[str, ...]:

@@ -130,10 +130,17 @@ def auth_identities(layout: StackLayout) -> AuthIdentities:
     def public(name: str) -> str:
         return read_seed_file(layout.identity(name)).public_key
 
+    others = tuple(
+        (role, read_seed_file(path).public_key)
+        for role in ("callout", "internal", "system")
+        for generation in ("next", "previous")
+        if (path := layout.identities / f"{role}.{generation}.seed").is_file()
+    )
     return AuthIdentities(
         issuer=public("issuer"),
         xkey=read_curve_seed_file(layout.identity("xkey")).public_key,
         callout_user=public("callout"),
         internal_user=public("internal"),
         system_user=public("system"),
+        other_users=others,
     )

@@ -129,6 +129,9 @@ class AuthIdentities:
     """``U…`` nkey user in account UNIBUS (controlplane, migrate, CLI admin), full rights."""
     system_user: str
     """``U…`` nkey user in account SYS (KICK, VARZ, health)."""
+    other_users: tuple[tuple[str, str], ...] = ()
+    """``(role, U…)`` of the other generations of the three above while they are rotated
+    (``unibus identities``): accepted beside the current ones, in the same account."""
 
 
 @dataclass(frozen=True)
@@ -413,23 +416,35 @@ def _auth_blocks(auth: AuthIdentities | None, timeout: float | None) -> str:
     callout = _check_nkey(auth.callout_user, "U", "auth.callout_user")
     internal = _check_nkey(auth.internal_user, "U", "auth.internal_user")
     system = _check_nkey(auth.system_user, "U", "auth.system_user")
-    if len({callout, internal, system}) != 3:
+    others: dict[str, list[str]] = {"callout": [], "internal": [], "system": []}
+    for role, key in auth.other_users:
+        if role not in others:
+            raise ConfigError(f"auth.other_users: unknown role {role!r}", setting="auth")
+        others[role].append(_check_nkey(key, "U", f"auth.other_users {role}"))
+    every = [callout, internal, system, *(k for keys in others.values() for k in keys)]
+    if len(set(every)) != len(every):
         raise ConfigError(
             "auth.callout_user, auth.internal_user and auth.system_user must be three "
-            "different keys: an nkey user lives in exactly one account",
+            "different keys, and so must their other generations: an nkey user lives in "
+            "exactly one account",
             setting="auth",
         )
+
+    def users(role: str, current: str, setting: str) -> str:
+        keys = [current, *others[role]]
+        return ", ".join(f"{{ nkey: {_quote(key, setting)} }}" for key in keys)
+
     lines = [
         "accounts {",
         f"  {CALLOUT_ACCOUNT} {{",
         "    # the callout service; an nkey user also makes the server send every client",
         "    # the nonce that nkey clients sign",
-        f"    users: [ {{ nkey: {_quote(callout, 'auth.callout_user')} }} ]",
+        f"    users: [ {users('callout', callout, 'auth.callout_user')} ]",
         "  }",
         f"  {BUS_ACCOUNT} {{",
         "    jetstream: enabled",
         "    # the internal service identity: no permissions block means full rights",
-        f"    users: [ {{ nkey: {_quote(internal, 'auth.internal_user')} }} ]",
+        f"    users: [ {users('internal', internal, 'auth.internal_user')} ]",
         *_member_exports(),
         "  }",
         f"  {MEMBER_ACCOUNT} {{",
@@ -438,7 +453,7 @@ def _auth_blocks(auth: AuthIdentities | None, timeout: float | None) -> str:
         *_member_imports(),
         "  }",
         f"  {SYSTEM_ACCOUNT} {{",
-        f"    users: [ {{ nkey: {_quote(system, 'auth.system_user')} }} ]",
+        f"    users: [ {users('system', system, 'auth.system_user')} ]",
         "  }",
         "}",
         f"system_account: {SYSTEM_ACCOUNT}",
@@ -457,6 +472,10 @@ def _auth_blocks(auth: AuthIdentities | None, timeout: float | None) -> str:
         f"      {_quote(callout, 'auth_users')}  # the callout service ({CALLOUT_ACCOUNT})",
         f"      {_quote(internal, 'auth_users')}  # the internal service identity ({BUS_ACCOUNT})",
         f"      {_quote(system, 'auth_users')}  # the system identity ({SYSTEM_ACCOUNT})",
+        *(
+            f"      {_quote(key, 'auth_users')}  # the {role} identity's other generation"
+            for role, key in auth.other_users
+        ),
         "    ]",
         f"    xkey: {_quote(xkey, 'auth.xkey')}",
         "  }",

@@ -1,7 +1,8 @@
-"""``unibus callout-keys``: rotate the callout's issuer and xkey, one step at a time.
+"""``unibus identities``: rotate the stack's identities, one step at a time.
 
+The callout's issuer and xkey and the callout, internal and system identities, together:
 ``stage``, ``switch`` and ``retire``, each followed by a rollout (the step says which);
-``status`` says where a rotation stands. Why three steps: ``unibus.stack.calloutkeys``.
+``status`` says where a rotation stands. Why three steps: ``unibus.stack.rotation``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from unibus.cli._common import Subparsers, add_json_arg, print_json
 from unibus.core.errors import ConfigError
-from unibus.stack import calloutkeys
+from unibus.stack import rotation
 from unibus.stack.compose import DEFAULT_COMPOSE_DIR, ComposeSpec, render_configs
 from unibus.stack.deploy import MATERIAL_DIR, Topology, render
 from unibus.stack.layout import DEFAULT_DIR, StackLayout
@@ -20,21 +21,25 @@ from unibus.stack.natsconf import NatsToggles
 
 _EPILOG = """\
 a whole rotation, on the local stack (with --compose, or --topology/--out, the same):
-  unibus callout-keys stage   --dir .unibus && unibus rollout --dir .unibus
-  unibus callout-keys switch  --dir .unibus && unibus rollout --dir .unibus
-  unibus callout-keys retire  --dir .unibus && unibus rollout --dir .unibus
+  unibus identities stage   --dir .unibus && unibus rollout --dir .unibus
+  unibus identities switch  --dir .unibus && unibus rollout --dir .unibus
+  unibus identities retire  --dir .unibus && unibus rollout --dir .unibus
 
 Every rollout goes node by node; no connection is refused on the way. Do not skip a
-rollout: a switch before the callouts hold the next keys refuses every client.
+rollout: a switch before every callout and node holds the next keys refuses clients.
+The first admin's key is a user's: add another admin and revoke it to replace it.
+Other copies of the internal or system seed (an operator's machine, stack.json) must be
+taken from the stack's directory again after the switch.
 """
 
 
 def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     parser = verbs.add_parser(
-        "callout-keys",
-        help="rotate the callout's issuer and xkey (stage, switch, retire) without downtime",
-        description="Rotate the key that signs every user JWT (the issuer) and the key "
-        "that seals auth requests (the xkey), in three steps, each followed by a rollout.",
+        "identities",
+        help="rotate the callout's issuer and xkey and the service identities, no downtime",
+        description="Rotate the key that signs every user JWT (the issuer), the key that "
+        "seals auth requests (the xkey) and the callout, internal and system identities, "
+        "in three steps, each followed by a rollout.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -45,10 +50,10 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     where.add_argument("--topology", type=Path, default=None, help="a deployment's topology")
     where.add_argument("--out", type=Path, default=None, help="with --topology: its directory")
     add_json_arg(parser)
-    parser.set_defaults(handler=_callout_keys)
+    parser.set_defaults(handler=_identities)
 
 
-def _callout_keys(args: argparse.Namespace) -> int:
+def _identities(args: argparse.Namespace) -> int:
     if (args.topology is None) != (args.out is None):
         raise ConfigError("a deployment needs both --topology and --out")
     if args.topology is not None:
@@ -64,13 +69,13 @@ def _callout_keys(args: argparse.Namespace) -> int:
     if not layout.identity("issuer").is_file():
         raise ConfigError(f"{layout.identities} holds no callout issuer: is {root} a stack?")
     if args.step == "status":
-        now = calloutkeys.phase(layout)
-        _print(args, {"phase": now.value, "next": calloutkeys.NEXT_AFTER[now]})
+        now = rotation.phase(layout)
+        _print(args, {"phase": now.value, "next": rotation.NEXT_AFTER[now]})
         return 0
     step = {
-        "stage": calloutkeys.stage,
-        "switch": calloutkeys.switch,
-        "retire": calloutkeys.retire,
+        "stage": rotation.stage,
+        "switch": rotation.switch,
+        "retire": rotation.retire,
     }[args.step](layout)
     # The nodes' configs name the current issuer and xkey, and hosts and compose volumes
     # receive the seeds from the rendered directories: render them again.

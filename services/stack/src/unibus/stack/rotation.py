@@ -1,20 +1,27 @@
-"""Rotating the callout's issuer and xkey without refusing anyone: three steps, each
-followed by a rollout.
+"""Rotating the stack's identities without refusing anyone: three steps, each followed by
+a rollout.
 
-The issuer signs every user JWT the callout hands out, so it is the key worth renewing;
-the xkey seals the requests and answers. A server's ``auth_callout`` block names one of
-each, and the callout answers a request with the generation its server uses
-(``unibus.authcallout.keys``). So:
+What rotates together: the callout's issuer (it signs every user JWT) and xkey (it seals
+the auth requests and answers), and the three service identities the servers know by
+their public keys (the callout's, the internal one, the system one). Not the first
+admin's: that is a user, changed as users are (add another admin, revoke). Two rules make
+the steps safe: a server's ``auth_callout`` block names one issuer and one xkey, and the
+callout answers a request with the generation its server uses
+(``unibus.authcallout.keys``); a server accepts every generation of a service identity
+its config lists. So:
 
-1. ``stage``: a next issuer and xkey are written beside the current ones. The rollout
-   restarts every callout holding both; the servers still use the current generation.
+1. ``stage``: a next generation of every key is written beside the current one. The
+   rollout restarts every callout holding both issuers and xkeys, and every node
+   accepting both generations of each service identity; everyone still uses the current.
 2. ``switch``: the next generation becomes the current one, the old one is kept as the
-   previous. The rollout restarts each node with the new issuer and xkey in its config;
-   whichever generation a node runs at any moment, every callout answers it as expected.
-   Clients reconnect through the rollout with JWTs from the new issuer.
-3. ``retire``: the previous generation is deleted. The rollout restarts the callouts
-   holding only the new one: from then on an answer signed by the old issuer would be
-   refused by every server, and a request sealed to the old xkey is not opened.
+   previous. The rollout restarts each node with the new issuer and xkey, and each
+   service with its new identity; whatever a node or a service runs at any moment, its
+   counterpart accepts it. Clients reconnect through the rollout with JWTs from the new
+   issuer.
+3. ``retire``: the previous generation is deleted. The rollout restarts everything with
+   the new keys only: from then on the old service identities are refused by every
+   server, an answer signed by the old issuer too, and a request sealed to the old xkey is
+   not opened.
 
 Each step refuses to run out of order and says which rollout to run next.
 """
@@ -33,7 +40,7 @@ from unibus.stack.layout import StackLayout
 
 __all__ = ["NEXT_AFTER", "Phase", "RotationStep", "phase", "retire", "stage", "switch"]
 
-_KEYS = ("issuer", "xkey")
+_KEYS = ("issuer", "xkey", "callout", "internal", "system")
 
 
 class Phase(enum.StrEnum):
@@ -66,7 +73,7 @@ def phase(layout: StackLayout) -> Phase:
     for generation, present in found.items():
         if any(present) and not all(present):
             raise ConfigError(
-                f"{layout.identities} holds half of a {generation} callout key generation: "
+                f"{layout.identities} holds part of a {generation} generation of identities: "
                 f"restore the missing {generation} seed from a backup of the material"
             )
     if all(found["next"]) and all(found["previous"]):
@@ -87,19 +94,23 @@ def _require(layout: StackLayout, wanted: Phase, step: str) -> None:
 
 
 NEXT_AFTER = {
-    Phase.STEADY: "nothing is staged; begin with `unibus callout-keys stage`",
-    Phase.STAGED: "after a rollout, run `unibus callout-keys switch`",
-    Phase.SWITCHED: "after a rollout, run `unibus callout-keys retire`",
+    Phase.STEADY: "nothing is staged; begin with `unibus identities stage`",
+    Phase.STAGED: "after a rollout, run `unibus identities switch`",
+    Phase.SWITCHED: "after a rollout, run `unibus identities retire`",
 }
 
 
 def stage(layout: StackLayout) -> RotationStep:
-    """Write a next issuer and xkey beside the current ones."""
+    """Write a next generation of every key beside the current ones."""
     _require(layout, Phase.STEADY, "stage")
     write_seed_file(_file(layout, "issuer", "next"), KeyPair.generate(Prefix.ACCOUNT).seed)
     write_seed_file(_file(layout, "xkey", "next"), CurveKeyPair.generate().seed)
+    for key in ("callout", "internal", "system"):
+        write_seed_file(_file(layout, key, "next"), KeyPair.generate(Prefix.USER).seed)
     return RotationStep(
-        "a next issuer and xkey written", Phase.STAGED, "roll out, then `callout-keys switch`"
+        "a next issuer, xkey and service identities written",
+        Phase.STAGED,
+        "roll out, then `unibus identities switch`",
     )
 
 
@@ -110,19 +121,19 @@ def switch(layout: StackLayout) -> RotationStep:
         os.replace(_file(layout, key), _file(layout, key, "previous"))
         os.replace(_file(layout, key, "next"), _file(layout, key))
     return RotationStep(
-        "the next issuer and xkey made current",
+        "the next generation made current",
         Phase.SWITCHED,
-        "roll out (each node takes the new keys), then `callout-keys retire`",
+        "roll out (each node and service takes the new keys), then `unibus identities retire`",
     )
 
 
 def retire(layout: StackLayout) -> RotationStep:
-    """Delete the previous generation."""
+    """Delete the previous generation of every key."""
     _require(layout, Phase.SWITCHED, "retire")
     for key in _KEYS:
         _file(layout, key, "previous").unlink()
     return RotationStep(
-        "the previous issuer and xkey deleted",
+        "the previous generation deleted",
         Phase.STEADY,
-        "roll out: the callouts then hold the new keys only",
+        "roll out: from then on only the new keys are accepted",
     )

@@ -1,10 +1,12 @@
-"""Rotating the callout's issuer and xkey on a running stack (issue 15): stage, switch and
-retire, each followed by a rollout, while a client connects every 200 ms: no connect is
-refused at any step; the nodes end up naming the new issuer and xkey; the callouts hold
-only the new generation; the old seeds are gone."""
+"""Rotating the stack's identities on a running stack (issue 15): the callout's issuer and
+xkey and the callout, internal and system identities; stage, switch and retire, each
+followed by a rollout, while a client connects every 200 ms: no connect is refused at any
+step; the nodes end up naming the new keys only; the old seeds are gone, and the old
+internal identity is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -27,7 +29,7 @@ def _config(layout: StackLayout, node: str) -> str:
     return layout.node_config(node).read_text()
 
 
-async def test_a_full_callout_key_rotation_refuses_no_connect_and_retires_the_old_keys(
+async def test_a_full_identity_rotation_refuses_no_connect_and_retires_the_old_keys(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "stack"
@@ -49,10 +51,13 @@ async def test_a_full_callout_key_rotation_refuses_no_connect_and_retires_the_ol
 
         old_issuer = _issuer_public(layout)
         assert old_issuer in _config(layout, "n1")
+        old_internal = tmp_path / "old-internal.nk"
+        old_internal.write_bytes(layout.identity("internal").read_bytes())
+        old_internal.chmod(0o600)
         phases = []
         async with bounded(1100), probing(connect_once, every=0.2) as outcomes:
             for step in ("stage", "switch", "retire"):
-                code, out, err = await run_cli("callout-keys", step, "--dir", str(root), "--json")
+                code, out, err = await run_cli("identities", step, "--dir", str(root), "--json")
                 assert code == 0, err
                 phases.append(json.loads(out)["phase"])
                 code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
@@ -70,8 +75,15 @@ async def test_a_full_callout_key_rotation_refuses_no_connect_and_retires_the_ol
         assert sorted(p.name for p in layout.identities.glob("*.next.seed")) == []
         assert sorted(p.name for p in layout.identities.glob("*.previous.seed")) == []
         # Out of order is refused, saying what to do.
-        code, _, err = await run_cli("callout-keys", "switch", "--dir", str(root))
+        code, _, err = await run_cli("identities", "switch", "--dir", str(root))
         assert code == 1
-        assert "callout-keys stage" in err
+        assert "identities stage" in err
+        assert read_seed_file(old_internal).public_key not in _config(layout, "n1")
+        # The retired internal identity is refused; the stack's own (the new one) works.
+        stale = NatsTarget(urls=target.urls[:1], ca_file=target.ca_file, identity_file=old_internal)
+        async with asyncio.timeout(30):
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - nats-py's types vary
+                await connect(stale, name="stale", connect_timeout=5.0, allow_reconnect=False)
+        assert "authorization violation" in str(caught.value).lower()
         code, out, err = await run_cli("clientcheck", "--dir", str(root), timeout=240)
         assert code == 0, out[-2000:] + err[-2000:]

@@ -1,5 +1,5 @@
-"""The steps of a callout key rotation on a stack's material, and what the callout loads
-at each (``unibus.stack.calloutkeys``, ``unibus.authcallout.keys``)."""
+"""The steps of an identity rotation on a stack's material, what the callout loads and
+what the nodes accept at each (``unibus.stack.rotation``, ``unibus.authcallout.keys``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from unibus.authcallout.keys import Keys
 from unibus.core.errors import ConfigError
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
 from unibus.core.xkeys import CurveKeyPair, read_curve_seed_file
-from unibus.stack.calloutkeys import Phase, phase, retire, stage, switch
 from unibus.stack.layout import StackLayout
+from unibus.stack.material import auth_identities
+from unibus.stack.rotation import Phase, phase, retire, stage, switch
 
 
 @pytest.fixture
@@ -21,6 +22,8 @@ def layout(tmp_path: Path) -> StackLayout:
     layout.identities.mkdir(parents=True)
     write_seed_file(layout.identity("issuer"), KeyPair.generate(Prefix.ACCOUNT).seed)
     write_seed_file(layout.identity("xkey"), CurveKeyPair.generate().seed)
+    for name in ("callout", "internal", "system"):
+        write_seed_file(layout.identity(name), KeyPair.generate(Prefix.USER).seed)
     return layout
 
 
@@ -55,7 +58,7 @@ def test_stage_switch_retire_move_the_generations_and_the_callout_loads_each(
 
 
 @pytest.mark.parametrize(
-    ("step", "hint"), [(switch, "callout-keys stage"), (retire, "callout-keys stage")]
+    ("step", "hint"), [(switch, "identities stage"), (retire, "identities stage")]
 )
 def test_a_step_out_of_order_is_refused_saying_what_to_run(
     layout: StackLayout, step: object, hint: str
@@ -63,14 +66,32 @@ def test_a_step_out_of_order_is_refused_saying_what_to_run(
     with pytest.raises(ConfigError, match=hint):
         step(layout)  # type: ignore[operator]
     stage(layout)
-    with pytest.raises(ConfigError, match="callout-keys switch"):
+    with pytest.raises(ConfigError, match="identities switch"):
         stage(layout)
 
 
 def test_half_a_generation_is_refused_by_the_step_and_by_the_callout(layout: StackLayout) -> None:
     stage(layout)
     (layout.identities / "xkey.next.seed").unlink()
-    with pytest.raises(ConfigError, match="half of a next"):
+    with pytest.raises(ConfigError, match="part of a next"):
         phase(layout)
     with pytest.raises(ConfigError, match="no partner"):
         _loaded(layout)
+
+
+def test_the_nodes_accept_every_generation_of_a_service_identity_until_it_is_retired(
+    layout: StackLayout,
+) -> None:
+    old = read_seed_file(layout.identity("internal")).public_key
+    assert auth_identities(layout).other_users == ()
+    stage(layout)
+    staged = auth_identities(layout)
+    new = read_seed_file(layout.identities / "internal.next.seed").public_key
+    assert staged.internal_user == old
+    assert ("internal", new) in staged.other_users
+    switch(layout)
+    switched = auth_identities(layout)
+    assert switched.internal_user == new
+    assert ("internal", old) in switched.other_users
+    retire(layout)
+    assert auth_identities(layout).other_users == ()
