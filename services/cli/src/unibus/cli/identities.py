@@ -8,16 +8,10 @@ The callout's issuer and xkey and the callout, internal and system identities, t
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from unibus.cli._common import Subparsers, add_json_arg, print_json
-from unibus.core.errors import ConfigError
+from unibus.cli._common import Subparsers
+from unibus.cli._rotating import add_rotation_args, print_step, rotation_target
 from unibus.stack import rotation
-from unibus.stack.compose import DEFAULT_COMPOSE_DIR, ComposeSpec, render_configs
-from unibus.stack.deploy import MATERIAL_DIR, Topology, render
-from unibus.stack.layout import DEFAULT_DIR, StackLayout
-from unibus.stack.natsconf import NatsToggles
 
 _EPILOG = """\
 a whole rotation, on the local stack (with --compose, or --topology/--out, the same):
@@ -43,58 +37,24 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("step", choices=("status", "stage", "switch", "retire"))
-    where = parser.add_argument_group("which stack (a local stack unless told otherwise)")
-    where.add_argument("--dir", type=Path, default=None, help=f"default {DEFAULT_DIR}")
-    where.add_argument("--compose", action="store_true", help="the compose stack's directory")
-    where.add_argument("--topology", type=Path, default=None, help="a deployment's topology")
-    where.add_argument("--out", type=Path, default=None, help="with --topology: its directory")
-    add_json_arg(parser)
+    add_rotation_args(parser)
     parser.set_defaults(handler=_identities)
 
 
 def _identities(args: argparse.Namespace) -> int:
-    if (args.topology is None) != (args.out is None):
-        raise ConfigError("a deployment needs both --topology and --out")
-    if args.topology is not None:
-        root = args.out / MATERIAL_DIR
-        rollout = f"unibus deploy apply --topology {args.topology} --out {args.out} --yes"
-    elif args.compose:
-        root = args.dir or DEFAULT_COMPOSE_DIR
-        rollout = f"unibus rollout --compose --dir {root}"
-    else:
-        root = args.dir or DEFAULT_DIR
-        rollout = f"unibus rollout --dir {root}"
-    layout = StackLayout.at(root)
-    if not layout.identity("issuer").is_file():
-        raise ConfigError(f"{layout.identities} holds no callout issuer: is {root} a stack?")
+    target = rotation_target(args)
     if args.step == "status":
-        now = rotation.phase(layout)
-        _print(args, {"phase": now.value, "next": rotation.NEXT_AFTER[now]})
+        now = rotation.phase(target.layout)
+        print_step(args, {"phase": now.value, "next": rotation.NEXT_AFTER[now]})
         return 0
     step = {
         "stage": rotation.stage,
         "switch": rotation.switch,
         "retire": rotation.retire,
-    }[args.step](layout)
-    # The nodes' configs name the current issuer and xkey, and hosts and compose volumes
-    # receive the seeds from the rendered directories: render them again.
-    toggles = NatsToggles.from_env(os.environ)
-    if args.topology is not None:
-        render(Topology.load(args.topology), args.out, toggles=toggles)
-    elif args.compose:
-        nodes = ComposeSpec().nodes()
-        render_configs(layout, nodes, toggles, {n.name: n.name for n in nodes})
-    _print(
-        args,
-        {"done": step.done, "phase": step.phase.value, "next": f"{rollout}; then {step.next_step}"},
-    )
+    }[args.step](target.layout)
+    # The nodes' configs name the current issuer, xkey and service identities, and hosts
+    # and compose volumes receive the seeds from the rendered directories.
+    target.render_again()
+    next_step = f"{target.rollout}; then {step.next_step}"
+    print_step(args, {"done": step.done, "phase": step.phase.value, "next": next_step})
     return 0
-
-
-def _print(args: argparse.Namespace, report: dict[str, str]) -> None:
-    if args.json:
-        print_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")

@@ -36,6 +36,7 @@ def _verb_modules() -> list[ModuleType]:
         retention,
         rollout,
         rooms,
+        routeca,
         routesecret,
         stack,
         users,
@@ -59,6 +60,7 @@ def _verb_modules() -> list[ModuleType]:
         deploy,
         backup,
         identities,
+        routeca,
         routesecret,
     ]
 
