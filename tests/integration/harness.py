@@ -15,8 +15,9 @@ from typing import TypeVar
 import pytest
 from nats.aio.client import Client as NATS
 
+from unibus.client.profile import read_stack_info
 from unibus.core import naming
-from unibus.core.connect import connect
+from unibus.core.connect import NatsTarget, connect
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import EpochRef, Role, RoomRecord, Status, UserRecord
 from unibus.stack.launcher import LocalStack
@@ -126,6 +127,28 @@ async def probing(
     finally:
         stop.set()
         await task
+
+
+async def connect_once(target: NatsTarget) -> None:
+    """One fresh connection to ``target``, as a plain client makes it: a bounded attempt,
+    flushed (admitted), closed. Raises whatever refused or failed it."""
+    nc = await connect(
+        target, name="unibus-test-probe", connect_timeout=1.0, max_reconnect_attempts=1
+    )
+    try:
+        await nc.flush(timeout=2.0)
+    finally:
+        await nc.close()
+
+
+def admin_target(root: Path) -> NatsTarget:
+    """The first admin of the stack ``unibus up --dir root`` runs, over every node."""
+    info = read_stack_info(root)
+    return NatsTarget(
+        urls=tuple(info.nats_urls),
+        ca_file=Path(info.ca_file),
+        identity_file=Path(info.admin_seed_file),
+    )
 
 
 async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:

@@ -13,9 +13,15 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from tests.integration.harness import bounded, probing, run_cli, running_up
+from tests.integration.harness import (
+    admin_target,
+    bounded,
+    connect_once,
+    probing,
+    run_cli,
+    running_up,
+)
 from unibus.client.profile import read_stack_info
-from unibus.core.connect import NatsTarget, connect
 from unibus.stack.layout import StackLayout
 
 NODES = ("n1", "n2", "n3")
@@ -49,23 +55,14 @@ async def test_renewed_certificates_are_served_after_a_rollout_that_refuses_no_c
         ca = Path(info.ca_file)
         ca_before = _read(ca)
         before = {n: _served(u, ca) for n, u in zip(NODES, info.nats_urls, strict=True)}
-        target = NatsTarget(
-            urls=tuple(info.nats_urls), ca_file=ca, identity_file=Path(info.admin_seed_file)
-        )
-
-        async def connect_once() -> None:
-            nc = await connect(target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1)
-            try:
-                await nc.flush(timeout=2.0)
-            finally:
-                await nc.close()
+        target = admin_target(root)
 
         code, out, err = await run_cli("certs", "renew", "--dir", str(root), "--json")
         assert code == 0, err
         renewed = json.loads(out)
         assert len(renewed["issued"]) == 2 * len(NODES)
         assert "unibus rollout" in renewed["next"]
-        async with bounded(600), probing(connect_once, every=0.2) as outcomes:
+        async with bounded(600), probing(lambda: connect_once(target), every=0.2) as outcomes:
             code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
         assert code == 0, err
 

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import bounded, probing, run_cli, running_up
-from unibus.client.profile import read_stack_info
+from tests.integration.harness import (
+    admin_target,
+    bounded,
+    connect_once,
+    probing,
+    run_cli,
+    running_up,
+)
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.nkeys import read_seed_file
 from unibus.stack.layout import StackLayout
@@ -35,19 +41,7 @@ async def test_a_full_identity_rotation_refuses_no_connect_and_retires_the_old_k
     root = tmp_path / "stack"
     layout = StackLayout.at(root)
     async with running_up(root):
-        info = read_stack_info(root)
-        target = NatsTarget(
-            urls=tuple(info.nats_urls),
-            ca_file=Path(info.ca_file),
-            identity_file=Path(info.admin_seed_file),
-        )
-
-        async def connect_once() -> None:
-            nc = await connect(target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1)
-            try:
-                await nc.flush(timeout=2.0)
-            finally:
-                await nc.close()
+        target = admin_target(root)
 
         old_issuer = _issuer_public(layout)
         assert old_issuer in _config(layout, "n1")
@@ -55,7 +49,7 @@ async def test_a_full_identity_rotation_refuses_no_connect_and_retires_the_old_k
         old_internal.write_bytes(layout.identity("internal").read_bytes())
         old_internal.chmod(0o600)
         phases = []
-        async with bounded(1100), probing(connect_once, every=0.2) as outcomes:
+        async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
             for step in ("stage", "switch", "retire"):
                 code, out, err = await run_cli("identities", step, "--dir", str(root), "--json")
                 assert code == 0, err

@@ -21,12 +21,13 @@ from tests.integration.deployment import Deployment
 from tests.integration.harness import (
     StackFactory,
     bounded,
+    connect_once,
     probing,
     run_cli,
     running_up,
 )
 from unibus.core import naming
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import NatsTarget
 from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 from unibus.core.sysreq import server_ping
 from unibus.stack.drivers import LocalDriver
@@ -39,20 +40,13 @@ PROBE_EVERY = 0.2
 NODES = ("n1", "n2", "n3")
 
 
-async def _connect_once(stack: LocalStack, seed_file: Path) -> None:
-    """One fresh connection over every node's URL, as a plain client would make it."""
-    target = NatsTarget(
+def _target(stack: LocalStack, seed_file: Path) -> NatsTarget:
+    """Every node's URL, as a plain client would name them, as ``seed_file``."""
+    return NatsTarget(
         urls=tuple(stack.client_url(n) for n in stack.spec.node_names),
         ca_file=stack.layout.certs.client_ca_cert,
-        identity_file=seed_file,
+        identity_file=Path(seed_file),
     )
-    nc = await connect(
-        target, name="unibus-test-probe", connect_timeout=1.0, max_reconnect_attempts=1
-    )
-    try:
-        await nc.flush(timeout=2.0)
-    finally:
-        await nc.close()
 
 
 async def _stream_states(sys_nc: NATS) -> dict[str, dict[str, tuple[int, int, int]]]:
@@ -113,7 +107,7 @@ async def test_a_node_whose_store_is_wiped_is_rebuilt_by_its_peers_losing_nothin
 
     async with (
         bounded(600),
-        probing(lambda: _connect_once(stack, probe_seed), every=PROBE_EVERY) as outcomes,
+        probing(lambda: connect_once(_target(stack, probe_seed)), every=PROBE_EVERY) as outcomes,
     ):
         done = asyncio.Event()
         publisher = asyncio.create_task(publish_meanwhile(done))

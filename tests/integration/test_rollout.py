@@ -20,12 +20,13 @@ from tests.integration.deployment import Deployment
 from tests.integration.harness import (
     StackFactory,
     bounded,
+    connect_once,
     probing,
     run_cli,
     running_up,
 )
 from unibus.client.room import Room
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import NatsTarget
 from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 from unibus.stack.drivers import LocalDriver
 from unibus.stack.launcher import LocalStack
@@ -35,20 +36,13 @@ from unibus.stack.rollout import RolloutRefusedError, rollout
 PROBE_EVERY = 0.2
 
 
-async def _connect_once(stack: LocalStack, seed_file: str) -> None:
-    """One fresh connection over every node's URL, as a plain client would make it."""
-    target = NatsTarget(
+def _target(stack: LocalStack, seed_file: str) -> NatsTarget:
+    """Every node's URL, as a plain client would name them, as ``seed_file``."""
+    return NatsTarget(
         urls=tuple(stack.client_url(n) for n in stack.spec.node_names),
         ca_file=stack.layout.certs.client_ca_cert,
         identity_file=Path(seed_file),
     )
-    nc = await connect(
-        target, name="unibus-test-probe", connect_timeout=1.0, max_reconnect_attempts=1
-    )
-    try:
-        await nc.flush(timeout=2.0)
-    finally:
-        await nc.close()
 
 
 def _probing(
@@ -56,7 +50,7 @@ def _probing(
 ) -> contextlib.AbstractAsyncContextManager[list[tuple[float, BaseException | None]]]:
     path = stack.layout.root / f"probe-{member.public_key[:8]}.nk"
     write_seed_file(path, member.seed)
-    return probing(lambda: _connect_once(stack, str(path)), every=PROBE_EVERY)
+    return probing(lambda: connect_once(_target(stack, str(path))), every=PROBE_EVERY)
 
 
 @contextlib.asynccontextmanager

@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.integration.harness import bounded, probing, run_cli, running_up
-from unibus.client.profile import read_stack_info
-from unibus.core.connect import NatsTarget, connect
+from tests.integration.harness import (
+    admin_target,
+    bounded,
+    connect_once,
+    probing,
+    run_cli,
+    running_up,
+)
 from unibus.stack.layout import StackLayout
 
 pytestmark = pytest.mark.timeout(1200)
@@ -29,23 +34,11 @@ async def test_a_route_ca_rotation_keeps_the_cluster_whole_and_refuses_no_connec
     root = tmp_path / "stack"
     layout = StackLayout.at(root)
     async with running_up(root):
-        info = read_stack_info(root)
-        target = NatsTarget(
-            urls=tuple(info.nats_urls),
-            ca_file=Path(info.ca_file),
-            identity_file=Path(info.admin_seed_file),
-        )
-
-        async def connect_once() -> None:
-            nc = await connect(target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1)
-            try:
-                await nc.flush(timeout=2.0)
-            finally:
-                await nc.close()
+        target = admin_target(root)
 
         (old,) = _bundle(layout)
         phases = []
-        async with bounded(1100), probing(connect_once, every=0.2) as outcomes:
+        async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
             for step in ("stage", "switch", "retire"):
                 code, out, err = await run_cli("route-ca", step, "--dir", str(root), "--json")
                 assert code == 0, err

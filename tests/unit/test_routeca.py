@@ -10,7 +10,8 @@ from cryptography import x509
 
 from unibus.core.errors import ConfigError
 from unibus.stack.certs import CertificateAuthority, CertLayout, NodeSpec, init_certs
-from unibus.stack.routeca import RouteCaPhase, phase, retire, stage, switch
+from unibus.stack.rotation import Phase
+from unibus.stack.routeca import phase, retire, stage, switch
 
 NODES = (NodeSpec.parse("n1=10.0.0.1"), NodeSpec.parse("n2=10.0.0.2"))
 
@@ -34,12 +35,12 @@ def test_stage_switch_retire_trust_both_then_issue_from_the_new_then_trust_it_al
     (old,) = _bundle(layout)
     client_ca = layout.client_ca_cert.read_bytes()
 
-    assert stage(layout).phase is RouteCaPhase.STAGED
+    assert stage(layout).phase is Phase.STAGED
     first, new = _bundle(layout)
     assert first == old  # the issuing CA first: leaves are still issued by it
     _route(layout, "n1").verify_directly_issued_by(old)
 
-    assert switch(layout).phase is RouteCaPhase.SWITCHED
+    assert switch(layout).phase is Phase.SWITCHED
     assert _bundle(layout) == [new, old]
     for node in ("n1", "n2"):
         _route(layout, node).verify_directly_issued_by(new)
@@ -47,9 +48,9 @@ def test_stage_switch_retire_trust_both_then_issue_from_the_new_then_trust_it_al
     assert issuing.cert == new
     assert layout.client_ca_cert.read_bytes() == client_ca
 
-    assert retire(layout).phase is RouteCaPhase.STEADY
+    assert retire(layout).phase is Phase.STEADY
     assert _bundle(layout) == [new]
-    assert phase(layout) is RouteCaPhase.STEADY
+    assert phase(layout) is Phase.STEADY
 
 
 def test_a_step_out_of_order_is_refused_saying_what_to_run(layout: CertLayout) -> None:

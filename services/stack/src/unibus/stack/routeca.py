@@ -16,9 +16,7 @@ the route certificates first, then any other the cluster still trusts). So:
 
 from __future__ import annotations
 
-import enum
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -27,21 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from unibus.core.errors import ConfigError
 from unibus.core.files import write_private
 from unibus.stack.certs import CertificateAuthority, CertLayout, renew_leaves, write_pem_pair
+from unibus.stack.rotation import Phase, RotationStep
 
-__all__ = ["NEXT_AFTER", "RouteCaPhase", "RouteCaStep", "phase", "retire", "stage", "switch"]
-
-
-class RouteCaPhase(enum.StrEnum):
-    STEADY = "steady"
-    STAGED = "staged"
-    SWITCHED = "switched"
-
-
-@dataclass(frozen=True)
-class RouteCaStep:
-    done: str
-    phase: RouteCaPhase
-    next_step: str
+__all__ = ["NEXT_AFTER", "phase", "retire", "stage", "switch"]
 
 
 def _next(layout: CertLayout) -> tuple[Path, Path]:
@@ -65,27 +51,27 @@ def _write_bundle(layout: CertLayout, *members: bytes) -> None:
     os.replace(tmp, layout.route_ca_cert)
 
 
-def phase(layout: CertLayout) -> RouteCaPhase:
+def phase(layout: CertLayout) -> Phase:
     next_cert, next_key = _next(layout)
     if next_cert.exists() != next_key.exists():
         raise ConfigError(f"{layout.root} holds half of a next route CA: restore it from a backup")
     if next_cert.exists() and _previous(layout).exists():
         raise ConfigError(f"{layout.root} holds both a next and a previous route CA")
     if next_cert.exists():
-        return RouteCaPhase.STAGED
+        return Phase.STAGED
     if _previous(layout).exists():
-        return RouteCaPhase.SWITCHED
-    return RouteCaPhase.STEADY
+        return Phase.SWITCHED
+    return Phase.STEADY
 
 
 NEXT_AFTER = {
-    RouteCaPhase.STEADY: "nothing is staged; begin with `unibus route-ca stage`",
-    RouteCaPhase.STAGED: "after a rollout, run `unibus route-ca switch`",
-    RouteCaPhase.SWITCHED: "after a rollout, run `unibus route-ca retire`",
+    Phase.STEADY: "nothing is staged; begin with `unibus route-ca stage`",
+    Phase.STAGED: "after a rollout, run `unibus route-ca switch`",
+    Phase.SWITCHED: "after a rollout, run `unibus route-ca retire`",
 }
 
 
-def _require(layout: CertLayout, wanted: RouteCaPhase, step: str) -> None:
+def _require(layout: CertLayout, wanted: Phase, step: str) -> None:
     now = phase(layout)
     if now is not wanted:
         raise ConfigError(
@@ -93,24 +79,24 @@ def _require(layout: CertLayout, wanted: RouteCaPhase, step: str) -> None:
         )
 
 
-def stage(layout: CertLayout) -> RouteCaStep:
+def stage(layout: CertLayout) -> RotationStep:
     """A next route CA; the nodes' bundle trusts the current and the next."""
-    _require(layout, RouteCaPhase.STEADY, "stage")
+    _require(layout, Phase.STEADY, "stage")
     ca = CertificateAuthority.create("unibus route CA")
     next_cert, next_key = _next(layout)
     write_pem_pair(ca.cert, ca.key, next_cert, next_key)
     current = _pem(layout.route_ca_cert)
     _write_bundle(layout, current, _pem(next_cert))
-    return RouteCaStep(
+    return RotationStep(
         "a next route CA made; the nodes trust both",
-        RouteCaPhase.STAGED,
+        Phase.STAGED,
         "roll out, then `unibus route-ca switch`",
     )
 
 
-def switch(layout: CertLayout) -> RouteCaStep:
+def switch(layout: CertLayout) -> RotationStep:
     """The next CA issues from now on: new route certificates for every node."""
-    _require(layout, RouteCaPhase.STAGED, "switch")
+    _require(layout, Phase.STAGED, "switch")
     next_cert, next_key = _next(layout)
     old = _pem(layout.route_ca_cert)  # the issuing CA comes first in the bundle
     _previous(layout).write_bytes(old)
@@ -120,21 +106,21 @@ def switch(layout: CertLayout) -> RouteCaStep:
     next_cert.unlink()
     next_key.unlink()
     issued = renew_leaves(layout.root)
-    return RouteCaStep(
+    return RotationStep(
         f"the next route CA issues now; {len(issued)} certificate(s) issued",
-        RouteCaPhase.SWITCHED,
+        Phase.SWITCHED,
         "roll out (each node presents its new certificate), then `unibus route-ca retire`",
     )
 
 
-def retire(layout: CertLayout) -> RouteCaStep:
+def retire(layout: CertLayout) -> RotationStep:
     """The bundle trusts the new CA alone."""
-    _require(layout, RouteCaPhase.SWITCHED, "retire")
+    _require(layout, Phase.SWITCHED, "retire")
     current = _pem(layout.route_ca_cert)
     _write_bundle(layout, current)
     _previous(layout).unlink()
-    return RouteCaStep(
+    return RotationStep(
         "the old route CA is no longer trusted",
-        RouteCaPhase.STEADY,
+        Phase.STEADY,
         "roll out: a route certificate from the old CA is refused from then on",
     )
