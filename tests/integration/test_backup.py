@@ -63,6 +63,9 @@ async def test_a_backup_restored_after_every_disk_is_lost_brings_back_history_an
     taken = json.loads(out)["assets"]
     assert sorted(taken) == sorted(BACKUP_ORDER)
     assert taken["UNIBUS_messages"]["messages"] >= len(said) + 1  # and the announcement
+    manifest = msgspec.json.decode((saved / MANIFEST_FILE).read_bytes())
+    hashed = {a["asset"] for a in manifest["assets"] if a["content_sha256"]}
+    assert hashed == set(BACKUP_ORDER) - {"UNIBUS_nonces"}, "an asset without a content hash"
     await _lose_every_disk_and_start_empty(deployment)
     nc = await deployment.stacks.connect(stack)
     assert await target_contents(nc) == {}, "the disks were not lost"
@@ -139,3 +142,16 @@ async def test_a_backup_that_is_truncated_altered_or_of_another_format_is_refuse
         expected = "format 99" if case == "another format" else users["file"]
         assert expected in err, (case, err)
         assert await target_contents(nc) == before, f"a {case} backup wrote to the target"
+    # Content parity is checked after the restore: a backup whose messages are not the
+    # ones its manifest hashed is reported, not taken for a success.
+    lying = {
+        **manifest,
+        "assets": [
+            {**a, "content_sha256": "0" * 64} if a["asset"] == "UNIBUS_users" else a
+            for a in manifest["assets"]
+        ],
+    }
+    manifest_path.write_bytes(msgspec.json.encode(lying))
+    code, _, err = await run_cli("restore", *where, "--from", str(saved), "--force", timeout=300)
+    assert code == 1
+    assert "UNIBUS_users: the restored messages differ from the backup's" in err

@@ -18,8 +18,10 @@ written before it), then those statements and keys, then the derived member → 
 A backup is refused, before anything is written, when its manifest is of another version,
 when a file is missing, shorter or longer than the manifest says, or its SHA-256 differs
 (truncated or tampered with). After a restore, each asset's state (messages, bytes, first
-and last sequence, deleted count) must equal the one its snapshot held: JetStream restores
-the blocks themselves, so any difference is a failed restore, reported as such.
+and last sequence, deleted count) must equal the one its snapshot held, and so must a
+SHA-256 over its messages (sequence, subject, headers, data), taken at the backup right
+after each snapshot (a snapshot taken again if its range changed meanwhile) and again
+after the restore: the parity the migration checks, per message instead of per record.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import api
 
 from unibus.core import naming
 from unibus.core.errors import StackError
@@ -53,12 +57,17 @@ __all__ = [
     "Manifest",
     "RestoreReport",
     "backup",
+    "content_digest",
     "restore",
     "target_contents",
     "verify_backup",
 ]
 
 MANIFEST_VERSION: Final = 1
+_STABLE_ATTEMPTS: Final = 5
+"""Snapshots of one asset taken again while writes keep changing what it held."""
+_UNHASHED: Final = frozenset({naming.NONCES_BUCKET})
+_DIGEST_BATCH: Final = 512
 MANIFEST_FILE: Final = "manifest.json"
 BACKUP_ORDER: Final[tuple[str, ...]] = (
     naming.MESSAGES_STREAM,
@@ -75,6 +84,7 @@ _API_TIMEOUT: Final = 10.0
 _CHUNK_TIMEOUT: Final = 30.0
 """Seconds between two chunks of a snapshot before it is given up as stalled."""
 _RESTORE_CHUNK: Final = 128 * 1024
+_RESERVATION_WAIT: Final = 60.0
 
 Progress = Callable[[str], None]
 
@@ -93,6 +103,9 @@ class AssetBackup(msgspec.Struct, frozen=True, kw_only=True):
     """What the snapshot holds: messages, bytes, first_seq, last_seq, num_deleted."""
     config: dict[str, Any]
     """The stream's configuration as the server gave it with the snapshot."""
+    content_sha256: str | None = None
+    """SHA-256 over the snapshot's messages (sequence, subject, headers, data) in order,
+    as the migration's parity hashes records; None for the request nonces, which expire."""
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +136,54 @@ async def _api(nc: NATS, subject: str, body: dict[str, Any]) -> dict[str, Any]:
             f"{error.get('description', 'no description')})"
         )
     return answer
+
+
+# -- content digests ------------------------------------------------------------------------------
+async def content_digest(nc: NATS, stream: str, state: dict[str, int]) -> tuple[str, int]:
+    """SHA-256 over the messages the stream holds in ``state``'s sequence range (sequence,
+    subject, headers, data, in order), and how many there were."""
+    digest = hashlib.sha256()
+    count = 0
+    if state["messages"] == 0:
+        return digest.hexdigest(), 0
+    js = nc.jetstream(timeout=_API_TIMEOUT)
+    # No filter: every subject of the stream (the blob store has two), in sequence order.
+    name = f"unibus-backup-{secrets.token_hex(6)}"
+    await js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            name=name,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=state["first_seq"],
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+        ),
+    )
+    pull = await js.pull_subscribe_bind(name, stream=stream)
+    try:
+        while True:
+            try:
+                batch = await pull.fetch(_DIGEST_BATCH, timeout=5.0)
+            except TimeoutError:
+                break
+            for msg in batch:
+                seq = msg.metadata.sequence.stream
+                if seq > state["last_seq"]:
+                    return digest.hexdigest(), count
+                headers = json.dumps(sorted((msg.headers or {}).items())).encode()
+                digest.update(f"{seq}\n{msg.subject}\n".encode() + headers + b"\n")
+                digest.update(len(msg.data).to_bytes(8, "big") + msg.data)
+                count += 1
+                if seq >= state["last_seq"]:
+                    return digest.hexdigest(), count
+            if batch and batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await pull.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    return digest.hexdigest(), count
 
 
 # -- backup ---------------------------------------------------------------------------------------
@@ -189,9 +250,24 @@ async def backup(nc: NATS, directory: Path, *, progress: Progress | None = None)
     for name in BACKUP_ORDER:
         asset = _asset(name)
         file = f"{asset.stream}.tar.s2"
-        say(f"{asset.name}: snapshot ...")
-        size, sha256, answer = await _snapshot(nc, asset, directory / file, say)
-        state = _state_of(answer.get("state") or {})
+        for attempt in range(1, _STABLE_ATTEMPTS + 1):
+            say(f"{asset.name}: snapshot ...")
+            size, sha256, answer = await _snapshot(nc, asset, directory / file, say)
+            state = _state_of(answer.get("state") or {})
+            if asset.name in _UNHASHED:
+                content = None
+                break
+            # Read back right after: a message of the snapshot's range deleted meanwhile
+            # (a key written again) shows as one less, and the snapshot is taken again.
+            content, counted = await content_digest(nc, asset.stream, state)
+            if counted == state["messages"]:
+                break
+            say(f"{asset.name}: changed while it was read; again ({attempt})")
+        else:
+            raise BackupError(
+                f"{asset.name} kept changing while it was saved ({_STABLE_ATTEMPTS} tries): "
+                "run the backup again at a quieter moment"
+            )
         entries.append(
             AssetBackup(
                 asset=asset.name,
@@ -201,6 +277,7 @@ async def backup(nc: NATS, directory: Path, *, progress: Progress | None = None)
                 sha256=sha256,
                 state=state,
                 config=dict(answer.get("config") or {}),
+                content_sha256=content,
             )
         )
         say(f"{asset.name}: {state['messages']} message(s), {size / 1e6:.1f} MB written")
@@ -308,11 +385,20 @@ async def _restore_one(
 ) -> dict[str, int]:
     config = dict(entry.config)
     config["num_replicas"] = replicas
-    answer = await _api(
-        nc,
-        f"$JS.API.STREAM.RESTORE.{entry.stream}",
-        {"config": config, "state": entry.state},
-    )
+    # A stream deleted just before (--force) holds its storage reservation a moment longer.
+    deadline = time.monotonic() + _RESERVATION_WAIT
+    while True:
+        try:
+            answer = await _api(
+                nc,
+                f"$JS.API.STREAM.RESTORE.{entry.stream}",
+                {"config": config, "state": entry.state},
+            )
+            break
+        except BackupError as exc:
+            if "insufficient storage" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(1.0)
     deliver = answer.get("deliver_subject")
     if not deliver:
         raise BackupError(f"{entry.asset}: the server gave no subject to restore into")
@@ -384,6 +470,13 @@ async def restore(
         for name in BACKUP_ORDER
         if states[name] != by_name[name].state
     ]
+    for name in BACKUP_ORDER:
+        entry = by_name[name]
+        if entry.content_sha256 is None or states[name] != entry.state:
+            continue
+        content, _ = await content_digest(nc, entry.stream, entry.state)
+        if content != entry.content_sha256:
+            differing.append(f"{name}: the restored messages differ from the backup's")
     if differing:
         raise BackupError("the restore does not match the backup: " + "; ".join(differing))
     return RestoreReport(

@@ -118,7 +118,14 @@ async def observe(nc: NATS, sys_nc: NATS, *, expected: int, timeout: float = 2.0
             assets.append(await asset_status(js, asset, cluster_size=expected))
         except nats.js.errors.NotFoundError:
             assets.append(AssetStatus.absent(asset))
-        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        except (
+            TimeoutError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ):
+            # No leader answers (an election, or quorum lost): reported as such, beside
+            # the nodes that do answer, rather than failing the whole observation.
             assets.append(AssetStatus.leaderless(asset))
     return ClusterState(expected=expected, nodes=tuple(nodes), assets=tuple(assets))
 
