@@ -197,8 +197,12 @@ async def test_a_killed_migration_converges_when_run_again(
         out, err = await proc2.communicate()
     assert proc2.returncode == 0, err.decode()
     report = json.loads(out)
+    assert (report["version"], report["outcome"]) == (1, "migrated")
     assert report["parity"]
     assert report["changed"]
+    # a scheduler reads the progress too: one JSON object per stderr line
+    progress = [json.loads(line)["progress"] for line in err.decode().splitlines()]
+    assert any(p.startswith("progress: ") for p in progress), progress
     assert _migrated_part(await _target_snapshot(stacks, stack), source) == source
 
     again = await migrate(
@@ -303,3 +307,32 @@ async def test_a_remote_url_without_ca_is_refused_before_connecting(tmp_path: Pa
     assert proc.returncode == 1
     assert b"--ca" in err2
     assert _backups(db) == []
+
+
+async def test_the_job_reports_a_failure_as_a_json_summary_a_scheduler_can_read(
+    tmp_path: Path,
+) -> None:
+    db = build_legacy_db(tmp_path / "m.db", rooms=2).path
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "unibus.migrate",
+        "--json",
+        "--db",
+        str(db),
+        "--nats-url",
+        "nats://192.0.2.10:4222",  # remote without --ca: refused before any socket opens
+        "--internal-id-file",
+        str(tmp_path / "none.nk"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1, err.decode()
+    summary = json.loads(out)
+    assert summary["version"] == 1
+    assert summary["outcome"] == "failed"
+    assert summary["error_type"] == "PostureError"
+    assert "--ca" in summary["error"]
+    assert "again" in summary["retry"]

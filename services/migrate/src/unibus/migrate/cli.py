@@ -6,7 +6,9 @@ runs (``docker compose run migrate``); ``unibus migrate-to-kv`` runs the same jo
 adds how it finds the bus; the options of the job itself, their checks, the time bound
 and the report are defined here once, so the two commands cannot drift apart. Exit
 status 0 only after a verified copy (parity of counts and content hash); 1 with one
-line on stderr otherwise.
+line on stderr otherwise. With ``--json`` a scheduler reads one JSON summary on stdout
+either way (:data:`SUMMARY_VERSION`; ``outcome`` is ``migrated``, ``unchanged`` or
+``failed``) and each progress line on stderr as a JSON object.
 
 >>> # add_migration_args(parser, default_replicas=None)
 >>> # return MigrationCommand.from_args(parser.parse_args(), target).execute(progress)
@@ -20,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -37,6 +39,30 @@ from unibus.migrate.job import (
 )
 
 DEFAULT_TIMEOUT: Final = 3600.0
+SUMMARY_VERSION: Final = 1
+"""Version of the ``--json`` summary; bumped when a field changes meaning or goes away."""
+
+
+def success_summary(report: MigrationReport) -> dict[str, Any]:
+    """The ``--json`` summary of a verified copy."""
+    outcome = "migrated" if report.changed else "unchanged"
+    return {"version": SUMMARY_VERSION, "outcome": outcome, **report.to_json()}
+
+
+def failure_summary(error: UnibusError) -> dict[str, Any]:
+    """The ``--json`` summary of a run that did not end in a verified copy."""
+    return {
+        "version": SUMMARY_VERSION,
+        "outcome": "failed",
+        "error_type": type(error).__name__,
+        "error": str(error),
+        # Every write is idempotent and the plan is recomputed from both sides.
+        "retry": "run the job again: it resumes where it stopped",
+    }
+
+
+def _json(document: dict[str, Any]) -> str:
+    return msgspec.json.format(msgspec.json.encode(document)).decode()
 
 
 def add_migration_args(
@@ -105,12 +131,24 @@ class MigrationCommand:
         )
 
     def execute(self, progress: Progress) -> int:
-        """Run the job to a verified copy and print its report; 0, or an ``UnibusError``."""
-        report = asyncio.run(self._bounded(progress))
-        if self.as_json:
-            out = msgspec.json.format(msgspec.json.encode(report.to_json())).decode()
-        else:
-            out = "\n".join(report.lines())
+        """Run the job to a verified copy and print its report; 0, or an ``UnibusError``.
+
+        With ``--json`` each progress line reaches ``progress`` as a JSON object, and a
+        failure prints its summary on stdout before the error goes up.
+        """
+
+        def say(message: str) -> None:
+            if self.as_json:
+                message = msgspec.json.encode({"progress": message}).decode()
+            progress(message)
+
+        try:
+            report = asyncio.run(self._bounded(say))
+        except UnibusError as exc:
+            if self.as_json:
+                sys.stdout.write(_json(failure_summary(exc)) + "\n")
+            raise
+        out = _json(success_summary(report)) if self.as_json else "\n".join(report.lines())
         sys.stdout.write(out + "\n")
         return 0
 
@@ -156,16 +194,27 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _failed(error: UnibusError, *, summary: bool) -> int:
+    print(f"unibus-migrate: error: {error}", file=sys.stderr)
+    if summary:
+        sys.stdout.write(_json(failure_summary(error)) + "\n")
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(json=False, level="warning")
     try:
-        target = NatsTarget(
-            urls=tuple(args.nats_url), ca_file=args.ca, identity_file=args.internal_id_file
-        )
-        return MigrationCommand.from_args(args, target).execute(_progress)
-    except UnibusError as exc:
-        print(f"unibus-migrate: error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            target = NatsTarget(
+                urls=tuple(args.nats_url), ca_file=args.ca, identity_file=args.internal_id_file
+            )
+            command = MigrationCommand.from_args(args, target)
+        except UnibusError as exc:
+            return _failed(exc, summary=args.json)
+        try:
+            return command.execute(_progress)
+        except UnibusError as exc:
+            return _failed(exc, summary=False)  # execute printed the summary
     except KeyboardInterrupt:
         return 130

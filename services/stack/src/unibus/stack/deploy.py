@@ -518,6 +518,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                     "--ca=/etc/unibus/certs/client-ca.pem",
                     "--identity=/etc/unibus/identities/internal.seed",
                     f"--replicas={CLUSTER_SIZE}",
+                    "--json",  # one summary a scheduler reads, progress as JSON lines
                 ],
                 "command": [],
                 "volumes": [
