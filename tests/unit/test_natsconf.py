@@ -603,6 +603,28 @@ def test_monitor_port_changes_but_the_bind_address_never_does(tmp_path: Path) ->
     assert conf["http"] == "127.0.0.1:18222"
 
 
+def test_a_monitor_host_off_loopback_serves_https_with_the_client_certificate(
+    cluster: list[NodeConfig], server_accepts: Callable[[str], None]
+) -> None:
+    node = replace(cluster[0], monitor_host=ANY_V4)
+    text = render_node_config(node, QUIET)
+    conf = _parse(text)
+    assert conf["https"] == f"{ANY_V4}:8222"
+    assert "http" not in conf
+    server_accepts(text)
+
+
+def test_a_loopback_monitor_host_serves_plain_http_without_a_toggle(tmp_path: Path) -> None:
+    conf = _parse(render_node_config(_single(tmp_path, monitor_host="127.0.0.1"), QUIET))
+    assert conf["http"] == "127.0.0.1:8222"
+
+
+def test_a_monitor_host_off_loopback_without_client_tls_is_refused(tmp_path: Path) -> None:
+    node = _single(tmp_path, monitor_host=ANY_V4)
+    with pytest.raises(PostureError, match="monitor_host"):
+        render_node_config(node, QUIET)
+
+
 def test_debug_toggle_enables_debug_logs_and_implies_the_monitor(
     tmp_path: Path, server_accepts: Callable[[str], None]
 ) -> None:

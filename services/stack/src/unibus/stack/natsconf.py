@@ -187,6 +187,10 @@ class NodeConfig:
     auth: AuthIdentities | None
     cluster: ClusterConfig | None
     monitor_port: int = 8222
+    monitor_host: str | None = None
+    """Serve monitoring always, on this host (a private network a scraper reaches), over
+    HTTPS with the client TLS certificate unless loopback. ``None``: only with the
+    ``monitor``/``debug`` toggles, on loopback."""
     log_file: Path | None = None
     pid_file: Path | None = None
     auth_timeout: float | None = None
@@ -287,6 +291,18 @@ def validate_posture(node: NodeConfig) -> None:
             )
         )
 
+    if node.monitor_host is not None:
+        monitor_host = _check_host(node.monitor_host, "monitor_host")
+        if not is_loopback_host(monitor_host) and node.client_tls is None:
+            problems.append(
+                (
+                    "monitor_host",
+                    f"the monitoring endpoint {monitor_host} is not loopback, so it is served "
+                    "over HTTPS with the client certificate, and there is none: set "
+                    "client_tls, or bind monitor_host to 127.0.0.1",
+                )
+            )
+
     if problems:
         details = "; ".join(f"{setting}: {message}" for setting, message in problems)
         raise PostureError(
@@ -336,9 +352,16 @@ def _optional_line(key: str, path: Path | None) -> str:
 
 
 def _monitoring(node: NodeConfig, toggles: NatsToggles) -> str:
-    if not (toggles.monitor or toggles.debug):
+    if node.monitor_host is not None:
+        host = node.monitor_host
+    elif toggles.monitor or toggles.debug:
+        host = _MONITOR_HOST
+    else:
         return ""
-    return f"http: {_quote(_hostport(_MONITOR_HOST, node.monitor_port, 'monitor_port'), 'http')}"
+    # Off loopback the endpoint is HTTPS with the client listener's certificate (the posture
+    # check requires one): it lists connections and streams, never in clear on a network.
+    scheme = "http" if is_loopback_host(host) else "https"
+    return f"{scheme}: {_quote(_hostport(host, node.monitor_port, 'monitor_port'), scheme)}"
 
 
 def _client_tls_block(tls: ClientTLS | None) -> str:

@@ -59,6 +59,8 @@ class NodePlacement:
     route: RoutePlacement | None
     """``None`` for a single node, which has no cluster."""
     monitor_port: int = 8222
+    monitor_host: str | None = None
+    """Where monitoring is always served (see ``NodeConfig.monitor_host``)."""
     log_file: Path | None = None
     pid_file: Path | None = None
 
@@ -91,6 +93,7 @@ def node_config(placement: NodePlacement, auth: AuthIdentities) -> NodeConfig:
         auth=auth,
         cluster=cluster,
         monitor_port=placement.monitor_port,
+        monitor_host=placement.monitor_host,
         log_file=placement.log_file,
         pid_file=placement.pid_file,
     )
