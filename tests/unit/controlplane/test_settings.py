@@ -9,7 +9,9 @@ import pytest
 from tests.unit.controlplane.harness import settings_from_env
 from unibus.core import envnames, limits
 from unibus.core.errors import ConfigError
+from unibus.core.metricsserver import MetricsTLS
 from unibus.core.provisioning import Provisioning
+from unibus.stack.certs import CertificateAuthority, write_pem_pair
 
 
 def test_the_nonces_are_remembered_across_the_whole_window_of_the_largest_skew() -> None:
@@ -49,3 +51,37 @@ def test_a_skew_below_a_second_or_not_a_number_is_refused(tmp_path: Path, skew: 
         settings_from_env(tmp_path, {envnames.API_SKEW: skew})
 
     assert caught.value.setting == envnames.API_SKEW
+
+
+def test_metrics_default_to_plain_http_on_loopback(tmp_path: Path) -> None:
+    settings = settings_from_env(tmp_path)
+
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9470)
+    assert settings.metrics_tls is None
+
+
+def test_metrics_off_loopback_without_tls_are_refused_naming_the_address(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_env(tmp_path, {envnames.API_METRICS_ADDR: "0.0.0.0:9470"})
+
+    assert caught.value.setting == envnames.API_METRICS_ADDR
+    assert envnames.API_METRICS_TLS_CERT in str(caught.value)
+
+
+def test_metrics_off_loopback_are_served_with_the_certificate_and_key_given(
+    tmp_path: Path,
+) -> None:
+    cert, key = CertificateAuthority.create("ca").issue("m", ips=["10.0.0.5"], dns_names=[])
+    write_pem_pair(cert, key, tmp_path / "metrics.pem", tmp_path / "metrics.key")
+
+    settings = settings_from_env(
+        tmp_path,
+        {
+            envnames.API_METRICS_ADDR: "10.0.0.5:9470",
+            envnames.API_METRICS_TLS_CERT: str(tmp_path / "metrics.pem"),
+            envnames.API_METRICS_TLS_KEY: str(tmp_path / "metrics.key"),
+        },
+    )
+
+    assert (settings.metrics_host, settings.metrics_port) == ("10.0.0.5", 9470)
+    assert settings.metrics_tls == MetricsTLS(tmp_path / "metrics.pem", tmp_path / "metrics.key")

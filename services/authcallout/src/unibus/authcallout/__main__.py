@@ -10,6 +10,7 @@ from unibus.authcallout.metrics import Metrics
 from unibus.authcallout.service import CalloutService
 from unibus.authcallout.settings import Settings
 from unibus.core.log import get_logger
+from unibus.core.metricsserver import serve_metrics
 from unibus.core.process import run_service
 
 
@@ -18,9 +19,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     metrics = Metrics()
     for generation in keys.generations:
         metrics.key_generations.labels(generation=generation.name).set(1)
-    port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    port = serve_metrics(
+        metrics.registry, settings.metrics_host, settings.metrics_port, settings.metrics_tls
+    )
     get_logger("unibus.authcallout").info(
-        "metrics listening", host=settings.metrics_host, port=port
+        "metrics listening",
+        host=settings.metrics_host,
+        port=port,
+        tls=settings.metrics_tls is not None,
     )
     await CalloutService(settings, keys, metrics).run(stop)
 

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the callout, served on a loopback-bound port by default."""
+"""Prometheus metrics of the callout, served by ``unibus.core.metricsserver`` (loopback by
+default; TLS when bound anywhere else)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from unibus.authcallout.reasons import Reason
 
@@ -56,8 +57,3 @@ class Metrics:
         )
         for reason in Reason:
             self.decisions.labels(reason=reason.value)
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint in a background thread; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])

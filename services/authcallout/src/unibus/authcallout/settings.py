@@ -9,6 +9,7 @@ from pathlib import Path
 from unibus.core import envnames, limits
 from unibus.core.errors import ConfigError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
+from unibus.core.metricsserver import MetricsTLS, read_metrics_listener
 from unibus.core.settings import EnvReader
 
 DEFAULT_JWT_TTL = limits.DEFAULT_JWT_TTL
@@ -33,6 +34,8 @@ class Settings:
     max_rooms: int = DEFAULT_MAX_ROOMS
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9471
+    metrics_tls: MetricsTLS | None = None
+    """None: plain HTTP, which the settings allow on loopback only."""
     max_staleness: float = 2.0
     heartbeat: float = 0.5
     stale_grace: float = 1.0
@@ -47,7 +50,13 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         env = EnvReader(environ)
-        host, port = env.host_port(envnames.AUTHCALLOUT_METRICS_ADDR, default=DEFAULT_METRICS_ADDR)
+        metrics = read_metrics_listener(
+            env,
+            addr=envnames.AUTHCALLOUT_METRICS_ADDR,
+            cert=envnames.AUTHCALLOUT_METRICS_TLS_CERT,
+            key=envnames.AUTHCALLOUT_METRICS_TLS_KEY,
+            default=DEFAULT_METRICS_ADDR,
+        )
         urls = env.items(envnames.NATS_URLS)
         if not urls:
             raise ConfigError(
@@ -66,8 +75,9 @@ class Settings:
                 envnames.JWT_TTL, default=DEFAULT_JWT_TTL, minimum=1.0, maximum=86_400.0
             ),
             max_rooms=read_max_rooms(env),
-            metrics_host=host,
-            metrics_port=port,
+            metrics_host=metrics.host,
+            metrics_port=metrics.port,
+            metrics_tls=metrics.tls,
             max_staleness=env.number(
                 envnames.VIEW_MAX_STALENESS, default=2.0, minimum=0.5, maximum=30.0
             ),

@@ -17,6 +17,7 @@ from unibus.core.bootstrap import ensure_first_admin
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
+from unibus.core.metricsserver import serve_metrics
 from unibus.core.process import run_service
 from unibus.core.retry import retry_until
 
@@ -41,8 +42,15 @@ def _hypercorn_config(settings: Settings) -> Config:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     metrics = ApiMetrics()
-    metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-    _log.info("metrics listening", host=settings.metrics_host, port=metrics_port)
+    metrics_port = serve_metrics(
+        metrics.registry, settings.metrics_host, settings.metrics_port, settings.metrics_tls
+    )
+    _log.info(
+        "metrics listening",
+        host=settings.metrics_host,
+        port=metrics_port,
+        tls=settings.metrics_tls is not None,
+    )
 
     def target(seed: os.PathLike[str]) -> NatsTarget:
         return NatsTarget(urls=settings.nats_urls, ca_file=settings.ca_file, identity_file=seed)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the API, served on their own (loopback by default) listener."""
+"""Prometheus metrics of the API, served on their own listener by
+``unibus.core.metricsserver`` (loopback by default; TLS when bound anywhere else)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ApiMetrics"]
 
@@ -35,7 +36,3 @@ class ApiMetrics:
             ["listener"],
             registry=self.registry,
         )
-
-    def serve(self, host: str, port: int) -> int:
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])

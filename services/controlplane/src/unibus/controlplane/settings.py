@@ -11,6 +11,7 @@ from unibus.core import envnames, limits
 from unibus.core.connect import is_loopback_host
 from unibus.core.errors import ConfigError, NkeyError, PostureError
 from unibus.core.limits import DEFAULT_MAX_ROOMS, read_max_rooms
+from unibus.core.metricsserver import MetricsTLS, read_metrics_listener
 from unibus.core.nkeys import canonical_user_key
 from unibus.core.settings import EnvReader
 
@@ -52,6 +53,8 @@ class Settings:
     tls_key: Path | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9470
+    metrics_tls: MetricsTLS | None = None
+    """None: plain HTTP, which the settings allow on loopback only."""
     node: str = ""
     cluster_size: int = 1
     skew: float = 60.0
@@ -76,8 +79,12 @@ class Settings:
         if not urls:
             raise ConfigError("UNIBUS_NATS_URLS is required", setting=envnames.NATS_URLS)
         host, port = env.host_port(envnames.API_ADDR, default=f"127.0.0.1:{DEFAULT_PORT}")
-        metrics_host, metrics_port = env.host_port(
-            envnames.API_METRICS_ADDR, default="127.0.0.1:9470"
+        metrics = read_metrics_listener(
+            env,
+            addr=envnames.API_METRICS_ADDR,
+            cert=envnames.API_METRICS_TLS_CERT,
+            key=envnames.API_METRICS_TLS_KEY,
+            default="127.0.0.1:9470",
         )
         admin = env.optional_str(envnames.BOOTSTRAP_ADMIN)
         if admin is not None:
@@ -97,8 +104,9 @@ class Settings:
             port=port,
             tls_cert=env.optional_path(envnames.API_TLS_CERT),
             tls_key=env.optional_path(envnames.API_TLS_KEY),
-            metrics_host=metrics_host,
-            metrics_port=metrics_port,
+            metrics_host=metrics.host,
+            metrics_port=metrics.port,
+            metrics_tls=metrics.tls,
             node=env.string(envnames.NODE_NAME, default=""),
             cluster_size=env.integer(envnames.CLUSTER_SIZE, default=len(urls), minimum=1),
             skew=_read_skew(env),
