@@ -1,0 +1,1269 @@
+"""The auth path: connects through the callout vs a static nkey user, a reconnect storm, revocation.
+
+    uv run python bench/authpath.py [--runs 5] [--storm 500] [--quick] [--render]
+
+Starts a 3-node stack with the launcher (provisioned, R3, services on: one callout per
+node, sharing one queue group), adds through the admin API a member of no room and
+members of 1, 32 and 256 rooms (an owner creates the rooms through the SDK and invites
+them), then measures, on that cluster and in that run:
+
+* **Connects** — fresh TLS + nkey connections, connect + flush + close, from a separate
+  client process, each connection to the next node in turn. *static*: the internal
+  identity, a static nkey user of the server config that the callout never sees (what
+  nats-server alone decides); *callout-R*: the member of R rooms, decided by the callout
+  (its user JWT grows with the rooms). Sequentially and with 16 connects in flight. Each
+  run measures every mode back to back, in an order that rotates from run to run; figures
+  are medians of the runs, ratios medians of the per-run ratios. Latency is connect +
+  flush (admitted); the rate counts the close too.
+* **CPU per decision** — from ``/proc/<pid>/stat`` of the processes the launcher started
+  (the three nats-servers, the three callouts) and of the client process, around each
+  timed window, less what the same processes spend idle over as long (the views'
+  heartbeats: a barrier write per bucket and callout every 0.5 s), per connect. The
+  callouts' own decision time comes from their ``unibus_authcallout_decision_seconds``.
+* **Reconnect storm** — ``--storm`` clients (in four client processes) with the SDK's
+  connection options (nkey, TLS first, every node in the pool, reconnect pause 0.25 s,
+  no limit on attempts), all connected to one node that leads nothing (streams and meta
+  moved away first). The node is killed (SIGKILL): every client reconnects to the two
+  others at once. Recorded: the time from the signal until each client is re-admitted,
+  and the refusals (``Authorization Violation``) the clients observe. The same with as
+  many static clients, rotated with it. The node is started again and the cluster made
+  whole before the next storm.
+* **Revocation** — a fresh member with 1 or 100 live sessions spread over the 3 nodes
+  (connections that do not reconnect) is revoked through the admin API; recorded: the
+  time from the API call until each session is closed by its server (the callouts find
+  the connections through CONNZ and KICK them).
+
+Writes ``bench/results/authpath.json`` and ``bench/results/authpath.md`` (``--render``
+rewrites the report from the JSON alone). ``--profile`` instead runs the callouts under
+cProfile during a concurrent connect load and prints where their time goes (a one-off
+aid; the figures of the report come from unprofiled runs). Loopback only; every process
+it starts is stopped by its handle. About 12 minutes on 2 shared cores. Not part of the
+tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+SCRIPT: Final = Path(__file__).resolve()
+RESULTS: Final = SCRIPT.parent / "results"
+ROOMS: Final = (0, 1, 32, 256)
+MODES: Final = ("static", *(f"callout-{r}" for r in ROOMS))
+CONCURRENCY: Final = (1, 16)
+SESSIONS: Final = (1, 100)
+PARTS: Final = ("connects", "revoke", "storm")
+GOAL_RATE: Final = 0.8
+"""Through the callout ≥ 0.8x static connects/s at 16 concurrent."""
+GOAL_P99: Final = 1.5
+"""Callout p99 ≤ 1.5x static p99 at 16 concurrent."""
+FIRM: Final = 0.1
+"""A median ratio closer than this to its goal is no firm verdict on this shared machine."""
+CONNECT_TIMEOUT: Final = 2.0
+"""What the project's connect helper uses: a connect slower than this is a failure."""
+SDK_CONNECT_TIMEOUT: Final = 5.0
+SDK_RECONNECT_WAIT: Final = 0.25
+STORM_PROCESSES: Final = 4
+STORM_BUDGET: Final = 60.0
+"""Seconds after the signal a storm client may take to be re-admitted."""
+IDLE_WINDOW: Final = 2.0
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+# -- child processes -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Child:
+    """What one client process does; passed to it as JSON."""
+
+    role: str  # connect / storm
+    identity_file: str
+    urls: list[str]
+    ca_file: str
+    count: int = 0
+    concurrency: int = 1
+    first: int = 0
+    """Index of this process's first storm client (alternates the reconnect order)."""
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    import nats.errors
+
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    )
+
+
+async def _child_connect(spec: Child) -> dict[str, Any]:
+    """``count`` connect + flush + close cycles, ``concurrency`` in flight, node by node."""
+    import nats
+
+    from unibus.core.connect import tls_options
+    from unibus.core.nkeys import read_seed_file
+
+    seed = read_seed_file(Path(spec.identity_file)).seed
+    tls = tls_options(Path(spec.ca_file))  # one context: loading the CA is not the subject
+
+    async def quiet(_: Exception) -> None:
+        return None
+
+    async def cycle(index: int) -> tuple[float | None, str]:
+        began = time.monotonic()
+        try:
+            nc = await nats.connect(
+                servers=[spec.urls[index % len(spec.urls)]],
+                name="bench-authpath",
+                nkeys_seed_str=seed,
+                allow_reconnect=False,
+                connect_timeout=CONNECT_TIMEOUT,
+                error_cb=quiet,
+                **tls,  # type: ignore[arg-type]
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is counted
+            return None, "refused" if _is_refusal(exc) else type(exc).__name__
+        try:
+            await nc.flush(timeout=CONNECT_TIMEOUT)
+            admitted: float | None = time.monotonic() - began
+            failure = ""
+        except Exception as exc:  # noqa: BLE001 - an admission that never completed
+            admitted, failure = None, "refused" if _is_refusal(exc) else type(exc).__name__
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        return admitted, failure
+
+    for index in range(3):  # imports, the TLS context, the first handshake of each node
+        await cycle(index)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    position = 0
+
+    async def worker() -> None:
+        nonlocal position
+        while position < spec.count:
+            index = position
+            position += 1
+            admitted, failure = await cycle(index)
+            if admitted is None:
+                failures[failure] = failures.get(failure, 0) + 1
+            else:
+                latencies.append(admitted)
+
+    cpu = _cpu()
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+    seconds = time.monotonic() - start
+    return {
+        "seconds": seconds,
+        "cpu": _cpu() - cpu,
+        "latencies": latencies,
+        "failures": failures,
+    }
+
+
+async def _child_storm(spec: Child) -> dict[str, Any]:
+    """``count`` clients on ``urls[0]``; after it goes, when each is admitted again."""
+    import nats
+    from nats.aio.client import Client as NATS
+
+    from unibus.core import naming
+    from unibus.core.connect import tls_options
+    from unibus.core.nkeys import read_seed_file
+
+    pair = read_seed_file(Path(spec.identity_file))
+    tls = tls_options(Path(spec.ca_file))
+    target, others = spec.urls[0], spec.urls[1:]
+    lost: dict[int, float] = {}
+    back: dict[int, float] = {}
+    refusals: list[float] = []
+    errors: dict[str, int] = {}
+    done = asyncio.Event()
+
+    async def client(index: int) -> NATS:
+        # The SDK's options (BusConnection._open), but the pool in a fixed order: every
+        # client starts on the target, and half fall back to each of the two others, as
+        # the SDK's randomized pool spreads them.
+        order = others if index % 2 == 0 else list(reversed(others))
+
+        async def error_cb(exc: Exception) -> None:
+            if _is_refusal(exc):
+                refusals.append(time.monotonic())
+            else:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+        async def disconnected_cb() -> None:
+            lost.setdefault(index, time.monotonic())
+
+        async def reconnected_cb() -> None:
+            back.setdefault(index, time.monotonic())
+            if len(back) == spec.count:
+                done.set()
+
+        return await nats.connect(
+            servers=[target, *order],
+            name="bench-storm",
+            nkeys_seed_str=pair.seed,
+            inbox_prefix=naming.inbox_prefix(pair.public_key),
+            connect_timeout=SDK_CONNECT_TIMEOUT,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=SDK_RECONNECT_WAIT,
+            dont_randomize=True,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            **tls,  # type: ignore[arg-type]
+        )
+
+    clients: list[NATS] = []
+    gate = asyncio.Semaphore(16)
+
+    async def open_one(index: int) -> None:
+        async with gate:
+            nc = await client(index)
+            await nc.flush(timeout=5.0)
+            clients.append(nc)
+
+    await asyncio.gather(*(open_one(spec.first + i) for i in range(spec.count)))
+    target_port = int(target.rsplit(":", 1)[1])
+    on_target = sum(
+        1 for nc in clients if nc.connected_url and nc.connected_url.port == target_port
+    )
+    refusals.clear()
+    errors.clear()
+    print(json.dumps({"ready": on_target}), flush=True)
+    cpu = _cpu()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout=STORM_BUDGET)
+    if len(back) < spec.count:
+        back.clear()  # indexes differ from counts when some never came back
+    result = {
+        "lost": sorted(lost.values()),
+        "back": sorted(back.values()),
+        "readmitted": sum(1 for nc in clients if nc.is_connected),
+        "refusals": refusals,
+        "errors": errors,
+        "cpu": _cpu() - cpu,
+        "on_target": on_target,
+    }
+    for nc in clients:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    return result
+
+
+def _quiet() -> None:
+    from unibus.core.log import configure_logging
+
+    configure_logging(json=False, level="warning")
+
+
+def _child_main(spec: Child) -> None:
+    _quiet()
+    roles = {"connect": _child_connect, "storm": _child_storm}
+    result = asyncio.run(roles[spec.role](spec))
+    print(json.dumps(result), flush=True)
+
+
+async def _spawn(spec: Child, log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SCRIPT),
+            "--child",
+            json.dumps(asdict(spec)),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+
+
+async def _line(proc: asyncio.subprocess.Process, what: str, log: Path, timeout: float) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=timeout)
+    if not line:
+        await proc.wait()
+        raise SystemExit(f"{what} ended ({proc.returncode}); see {log}")
+    return line.decode().strip()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# -- the parent ------------------------------------------------------------------------------------
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLK_TCK
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The callout's decision counters and decision-time sum, by reason."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=2.0) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("unibus_authcallout_decisions_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            found[reason] = found.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("unibus_authcallout_decision_seconds_sum "):
+            found["_seconds"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("unibus_authcallout_decision_seconds_count "):
+            found["_count"] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+@dataclass
+class Env:
+    stack: Any
+    root: Path
+    names: tuple[str, ...]
+    ca_file: str
+    static: str
+    members: dict[int, str]
+    """rooms -> seed file of a member of that many rooms"""
+    admin: Any = None
+    internal: Any = None
+    system: Any = None
+
+    def urls(self, nodes: Sequence[str] = ()) -> list[str]:
+        return [self.stack.client_url(n) for n in (nodes or self.names)]
+
+    def identity(self, mode: str) -> str:
+        return self.static if mode == "static" else self.members[int(mode.split("-")[1])]
+
+    def nats_pids(self, nodes: Sequence[str]) -> list[int]:
+        return [pid for n in nodes if (pid := self.stack.pid(n)) is not None]
+
+    def callout_pids(self) -> list[int]:
+        pids = (self.stack.service_pid("authcallout", n) for n in self.names)
+        return [pid for pid in pids if pid is not None]
+
+    def metrics(self) -> dict[str, float]:
+        """Every callout's counters, summed, and each callout's decisions as ``<node>:``."""
+        total: dict[str, float] = {}
+        for index, node in enumerate(self.names):
+            with contextlib.suppress(OSError):
+                for key, value in _scrape(self.stack.spec.ports[index].callout_metrics).items():
+                    total[key] = total.get(key, 0.0) + value
+                    if not key.startswith("_"):
+                        total[f"{node}:{key}"] = value
+        return total
+
+
+@dataclass
+class Sample:
+    """CPU seconds of the servers and the callouts, and the callouts' counters, at a moment."""
+
+    at: float
+    nats: float
+    callouts: float
+    metrics: dict[str, float]
+
+    @classmethod
+    async def take(cls, env: Env, nodes: Sequence[str] = ()) -> Sample:
+        """``nodes``: whose nats-servers count (default all; a stopped one cannot)."""
+        metrics = await asyncio.to_thread(env.metrics)
+        nats = _cpu_seconds(env.nats_pids(nodes or env.names))
+        return cls(time.monotonic(), nats, _cpu_seconds(env.callout_pids()), metrics)
+
+    def since(self, before: Sample) -> dict[str, Any]:
+        counts = {
+            k: self.metrics.get(k, 0.0) - before.metrics.get(k, 0.0)
+            for k in self.metrics
+            if not k.startswith("_") and ":" not in k
+        }
+        by_callout = {
+            k: int(self.metrics[k] - before.metrics.get(k, 0.0))
+            for k in self.metrics
+            if ":" in k and self.metrics[k] - before.metrics.get(k, 0.0)
+        }
+        decided = self.metrics.get("_count", 0.0) - before.metrics.get("_count", 0.0)
+        spent = self.metrics.get("_seconds", 0.0) - before.metrics.get("_seconds", 0.0)
+        return {
+            "seconds": self.at - before.at,
+            "nats_cpu": self.nats - before.nats,
+            "callout_cpu": self.callouts - before.callouts,
+            "decisions": {k: int(v) for k, v in counts.items() if v},
+            "by_callout": by_callout,
+            "decision_s_mean": spent / decided if decided else 0.0,
+        }
+
+
+@dataclass
+class Idle:
+    nats_per_s: float
+    callouts_per_s: float
+
+
+@dataclass
+class ConnectRun:
+    run: int
+    mode: str
+    concurrency: int
+    count: int
+    admitted: int
+    failures: dict[str, int]
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_us: float
+    nats_cpu_us: float
+    """The three nats-servers, per connect, less their idle CPU over the window."""
+    callout_cpu_us: float
+    """The three callouts, per connect, less their idle CPU over the window."""
+    decisions: dict[str, int]
+    decision_ms: float
+    """Mean time inside the callout per decision (its histogram)."""
+    loadavg: float
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _idle(env: Env) -> Idle:
+    before = await Sample.take(env)
+    await asyncio.sleep(IDLE_WINDOW)
+    spent = (await Sample.take(env)).since(before)
+    return Idle(spent["nats_cpu"] / spent["seconds"], spent["callout_cpu"] / spent["seconds"])
+
+
+async def _connect_run(
+    env: Env, run: int, mode: str, concurrency: int, count: int, idle: Idle
+) -> ConnectRun:
+    log = env.root / "connect.log"
+    spec = Child(
+        role="connect",
+        identity_file=env.identity(mode),
+        urls=env.urls(),
+        ca_file=env.ca_file,
+        count=count,
+        concurrency=concurrency,
+    )
+    proc = await _spawn(spec, log)
+    try:
+        if await _line(proc, "connect client", log, 60) != "ready":
+            raise SystemExit(f"connect client not ready; see {log}")
+        before = await Sample.take(env)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        result = json.loads(await _line(proc, "connect client", log, 600))
+        spent = (await Sample.take(env)).since(before)
+    finally:
+        await _stop(proc)
+    window = spent["seconds"]
+    latencies = result["latencies"]
+    return ConnectRun(
+        run=run,
+        mode=mode,
+        concurrency=concurrency,
+        count=count,
+        admitted=len(latencies),
+        failures=result["failures"],
+        per_s=len(latencies) / result["seconds"],
+        p50_ms=_percentile(latencies, 0.5) * 1e3,
+        p99_ms=_percentile(latencies, 0.99) * 1e3,
+        client_cpu_us=result["cpu"] / count * 1e6,
+        nats_cpu_us=max(0.0, spent["nats_cpu"] - idle.nats_per_s * window) / count * 1e6,
+        callout_cpu_us=max(0.0, spent["callout_cpu"] - idle.callouts_per_s * window) / count * 1e6,
+        decisions=spent["decisions"],
+        decision_ms=spent["decision_s_mean"] * 1e3,
+        loadavg=os.getloadavg()[0],
+    )
+
+
+@dataclass
+class StormRun:
+    run: int
+    mode: str
+    node: str
+    clients: int
+    on_target: int
+    readmitted: int
+    refusals: int
+    errors: dict[str, int]
+    first_s: float
+    p50_s: float
+    p99_s: float
+    all_s: float | None
+    """Signal to the last client re-admitted; None if some never were within the budget."""
+    nats_cpu_us: float
+    callout_cpu_us: float
+    client_cpu_us: float
+    decisions: dict[str, int]
+    by_callout: dict[str, int]
+    """Decisions by callout (``<node>:<reason>``): which instance answered what."""
+    decision_ms: float
+    loadavg: float
+
+
+async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
+    from unibus.core.provisioning import ASSETS
+    from unibus.stack.leadership import move_leaders, move_meta_leader
+
+    node = env.names[-1]
+    others = [n for n in env.names if n != node]
+    await _wait_whole(env)
+    await move_leaders(env.internal, [a.stream for a in ASSETS], away_from=node)
+    await move_meta_leader(env.system, away_from=node)
+    log = env.root / "storm.log"
+    per = [
+        clients // STORM_PROCESSES + (i < clients % STORM_PROCESSES) for i in range(STORM_PROCESSES)
+    ]
+    procs = []
+    first = 0
+    for count in per:
+        spec = Child(
+            role="storm",
+            identity_file=env.identity(mode),
+            urls=env.urls([node, *others]),
+            ca_file=env.ca_file,
+            count=count,
+            first=first,
+        )
+        first += count
+        procs.append(await _spawn(spec, log))
+    try:
+        ready = [json.loads(await _line(p, "storm client", log, 180)) for p in procs]
+        await asyncio.sleep(1.0)  # the connects' own decisions settle
+        before = await Sample.take(env, others)
+        signalled = time.monotonic()
+        await asyncio.to_thread(env.stack.stop_node, node, kill=True)
+        results = [
+            json.loads(await _line(p, "storm client", log, STORM_BUDGET + 60)) for p in procs
+        ]
+        spent = (await Sample.take(env, others)).since(before)
+    finally:
+        for proc in procs:
+            await _stop(proc)
+    env.stack.start_node(node)
+    await env.stack.wait_ready(budget=60.0)
+    back = sorted(t - signalled for r in results for t in r["back"])
+    complete = all(r["back"] for r in results) and len(back) == clients
+    decided = sum(spent["decisions"].values()) or 1
+    return StormRun(
+        run=run,
+        mode=mode,
+        node=node,
+        clients=clients,
+        on_target=sum(r["ready"] for r in ready),
+        readmitted=sum(r["readmitted"] for r in results),
+        refusals=sum(len(r["refusals"]) for r in results),
+        errors={
+            k: sum(r["errors"].get(k, 0) for r in results)
+            for k in {k for r in results for k in r["errors"]}
+        },
+        first_s=back[0] if back else 0.0,
+        p50_s=_percentile(back, 0.5),
+        p99_s=_percentile(back, 0.99),
+        all_s=back[-1] if complete else None,
+        nats_cpu_us=spent["nats_cpu"] / clients * 1e6,
+        callout_cpu_us=spent["callout_cpu"]
+        / max(1, decided if mode != "static" else clients)
+        * 1e6,
+        client_cpu_us=sum(r["cpu"] for r in results) / clients * 1e6,
+        decisions=spent["decisions"],
+        by_callout=spent["by_callout"],
+        decision_ms=spent["decision_s_mean"] * 1e3,
+        loadavg=os.getloadavg()[0],
+    )
+
+
+async def _wait_whole(env: Env) -> None:
+    """Every asset led, at R3, with its followers current."""
+    from unibus.core.provisioning import ASSETS, asset_status
+
+    js = env.internal.jetstream(timeout=2.0)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # not yet
+            statuses = [await asset_status(js, a, cluster_size=3) for a in ASSETS]
+            if all(st.leader and not st.degraded for st in statuses):
+                return
+        await asyncio.sleep(0.5)
+    raise SystemExit("the cluster did not become whole again within 120 s")
+
+
+@dataclass
+class RevokeRun:
+    run: int
+    sessions: int
+    api_ms: float
+    """The revoke call itself (one R3 write behind the signed API)."""
+    closed: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    loadavg: float
+
+
+async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
+    import nats
+
+    from unibus.core.connect import tls_options
+    from unibus.core.nkeys import KeyPair, Prefix
+
+    user = KeyPair.generate(Prefix.USER)
+    await env.admin.add_user(user.public_key, f"revoked-{run}-{sessions}-{serial}")
+    tls = tls_options(Path(env.ca_file))
+    closed: dict[int, float] = {}
+    everyone = asyncio.Event()
+    urls = env.urls()
+    gate = asyncio.Semaphore(16)
+
+    async def session(index: int) -> Any:
+        async def closed_cb() -> None:
+            closed.setdefault(index, time.monotonic())
+            if len(closed) == sessions:
+                everyone.set()
+
+        async def quiet(_: Exception) -> None:
+            return None
+
+        async with gate:
+            nc = await nats.connect(
+                servers=[urls[index % len(urls)]],
+                name="bench-revoke",
+                nkeys_seed_str=user.seed,
+                allow_reconnect=False,
+                connect_timeout=SDK_CONNECT_TIMEOUT,
+                error_cb=quiet,
+                closed_cb=closed_cb,
+                **tls,  # type: ignore[arg-type]
+            )
+            await nc.flush(timeout=5.0)
+            return nc
+
+    conns = await asyncio.gather(*(session(i) for i in range(sessions)))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await env.admin.revoke_user(user.public_key)
+    api = time.monotonic() - started
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(everyone.wait(), timeout=15.0)
+    for nc in conns:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    waits = sorted((t - started) * 1e3 for t in closed.values())
+    return RevokeRun(
+        run=run,
+        sessions=sessions,
+        api_ms=api * 1e3,
+        closed=len(waits),
+        p50_ms=_percentile(waits, 0.5),
+        p99_ms=_percentile(waits, 0.99),
+        max_ms=waits[-1] if waits else 0.0,
+        loadavg=os.getloadavg()[0],
+    )
+
+
+async def _setup(stack: Any, root: Path) -> Env:
+    from unibus.client.api import ApiClient
+    from unibus.client.sdk import Client
+    from unibus.core.connect import connect
+    from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+
+    names = stack.spec.node_names
+    api_urls = [stack.api_url(n) for n in names]
+    nats_urls = [stack.client_url(n) for n in names]
+    ca_file = stack.layout.certs.client_ca_cert
+    admin = ApiClient(api_urls, read_seed_file(stack.layout.identity("admin")), ca_file=ca_file)
+    owner = KeyPair.generate(Prefix.USER)
+    members = {rooms: KeyPair.generate(Prefix.USER) for rooms in ROOMS}
+    files = {}
+    await admin.add_user(owner.public_key, "bench-owner")
+    for rooms, pair in members.items():
+        await admin.add_user(pair.public_key, f"bench-rooms-{rooms}")
+        files[rooms] = str(root / f"member-{rooms}.nk")
+        write_seed_file(Path(files[rooms]), pair.seed)
+    started = time.monotonic()
+    async with await Client.open(
+        identity=owner, nats_urls=nats_urls, api_urls=api_urls, ca_file=ca_file
+    ) as client:
+        for index in range(max(ROOMS)):
+            invited = [m.public_key for rooms, m in members.items() if index < rooms]
+            await client.create_room(invited)
+    print(f"{max(ROOMS)} rooms created in {time.monotonic() - started:.0f} s", flush=True)
+    env = Env(
+        stack=stack,
+        root=root,
+        names=names,
+        ca_file=str(ca_file),
+        static=str(stack.layout.identity("internal")),
+        members=files,
+        admin=admin,
+    )
+    env.internal = await connect(stack.target("internal"), name="bench-authpath")
+    env.system = await connect(stack.target("system"), name="bench-authpath-sys")
+    return env
+
+
+def _jwt_sizes() -> dict[str, dict[str, int]]:
+    """Bytes of the user JWT and of the sealed response the callout sends, per room count."""
+    from unibus.authcallout.permissions import permissions_for
+    from unibus.authcallout.protocol import AuthRequest, allow_response, user_jwt
+    from unibus.core.naming import new_room_id
+    from unibus.core.nkeys import KeyPair, Prefix
+    from unibus.core.xkeys import CurveKeyPair
+
+    issuer, xkey, server_xkey = (
+        KeyPair.generate(Prefix.ACCOUNT),
+        CurveKeyPair.generate(),
+        CurveKeyPair.generate(),
+    )
+    user = KeyPair.generate(Prefix.USER).public_key
+    request = AuthRequest(
+        server_id=KeyPair.generate(Prefix.SERVER).public_key,
+        server_name="n1",
+        server_xkey=server_xkey.public_key,
+        user_nkey=KeyPair.generate(Prefix.USER).public_key,
+        client_id=1,
+        client_kind="Client",
+        client_type="nats",
+        client_key=user,
+        client_sig=None,
+        nonce=None,
+        expires=time.time() + 2,
+    )
+    sizes = {}
+    for rooms in ROOMS:
+        perms = permissions_for(user, [new_room_id() for _ in range(rooms)])
+        token = user_jwt(
+            issuer, request, user_key=user, permissions=perms, ttl=300, now=time.time()
+        )
+        sealed = allow_response(issuer, request, xkey, token, now=time.time())
+        sizes[str(rooms)] = {
+            "subjects": len(perms.pub_allow) + len(perms.sub_allow),
+            "jwt_bytes": len(token),
+            "response_bytes": len(sealed),
+        }
+    return sizes
+
+
+async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    from unibus.stack.launcher import LocalStack
+    from unibus.stack.layout import StackLayout, StackSpec
+
+    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+    try:
+        stack.start()
+        await stack.wait_ready(budget=60.0)
+        await stack.provision()
+        stack.start_services()
+        await stack.wait_services_ready()
+        env = await _setup(stack, root)
+        if args.profile:
+            return await _profile(env, args)
+        connects: list[ConnectRun] = []
+        idles: list[Idle] = []
+        for run in range(args.runs if "connects" in args.parts else 0):
+            idle = await _idle(env)
+            idles.append(idle)
+            for concurrency in CONCURRENCY if run % 2 == 0 else reversed(CONCURRENCY):
+                count = args.count if concurrency == 1 else args.count_concurrent
+                turn = run % len(MODES)
+                for mode in MODES[turn:] + MODES[:turn]:
+                    r = await _connect_run(env, run, mode, concurrency, count, idle)
+                    connects.append(r)
+                    print(
+                        f"connect run {run + 1}/{args.runs} x{concurrency:<2} {mode:12} "
+                        f"{r.per_s:6.0f}/s p50 {r.p50_ms:6.1f} p99 {r.p99_ms:6.1f} ms "
+                        f"failed {sum(r.failures.values())} client {r.client_cpu_us:5.0f} "
+                        f"nats {r.nats_cpu_us:5.0f} callout {r.callout_cpu_us:5.0f} µs "
+                        f"(decision {r.decision_ms:.2f} ms) load {r.loadavg:.1f}",
+                        flush=True,
+                    )
+        revokes: list[RevokeRun] = []
+        for run in range(args.runs if "revoke" in args.parts else 0):
+            for sessions in SESSIONS if run % 2 == 0 else reversed(SESSIONS):
+                for serial in range(args.revoke_trials if sessions == 1 else 1):
+                    rv = await _revoke(env, run, sessions, serial)
+                    revokes.append(rv)
+                    print(
+                        f"revoke run {run + 1}/{args.runs} {sessions:3} sessions: closed "
+                        f"{rv.closed}, p50 {rv.p50_ms:.0f} p99 {rv.p99_ms:.0f} max "
+                        f"{rv.max_ms:.0f} ms (API call {rv.api_ms:.0f} ms)",
+                        flush=True,
+                    )
+        storms: list[StormRun] = []
+        for run in range(args.storm_runs if "storm" in args.parts else 0):
+            order = ("callout-0", "static") if run % 2 == 0 else ("static", "callout-0")
+            for mode in order:
+                s = await _storm(env, run, mode, args.storm)
+                storms.append(s)
+                print(
+                    f"storm run {run + 1}/{args.storm_runs} {mode:10} {s.on_target}/{s.clients} "
+                    f"on {s.node}: re-admitted {s.readmitted}, all in {s.all_s} s (p50 "
+                    f"{s.p50_s:.2f} p99 {s.p99_s:.2f}), refusals {s.refusals}, "
+                    f"decisions {s.by_callout} load {s.loadavg:.1f}",
+                    flush=True,
+                )
+        return {
+            "connect_runs": [asdict(r) for r in connects],
+            "idle": [asdict(i) for i in idles],
+            "revoke_runs": [asdict(r) for r in revokes],
+            "storm_runs": [asdict(s) for s in storms],
+            "jwt_sizes": _jwt_sizes(),
+        }
+    finally:
+        stack.stop()
+
+
+async def _profile(env: Env, args: argparse.Namespace) -> dict[str, Any]:
+    """Each callout sampled by ``--sampler`` through a concurrent connect load per mode.
+
+    The sampler is a command with ``{pid}``, ``{seconds}`` and ``{out}`` in it that writes
+    collapsed stacks (``frame;frame;... count`` per line), for example py-spy's
+    ``record --format raw``; its self and inclusive shares are printed per mode.
+    """
+    seconds = 12
+    found: dict[str, Any] = {}
+    for mode in args.profile_modes:
+        samplers = []
+        outputs = []
+        for node in env.names:
+            pid = env.stack.service_pid("authcallout", node)
+            out = env.root / f"profile-{mode}-{node}.txt"
+            outputs.append(out)
+            command = args.sampler.format(pid=pid, seconds=seconds, out=out)
+            samplers.append(
+                await asyncio.create_subprocess_shell(
+                    command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                )
+            )
+        await asyncio.sleep(1.0)
+        count = args.count_concurrent * 4
+        r = await _connect_run(env, 0, mode, 16, count, Idle(0.0, 0.0))
+        print(f"sampled load {mode}: {r.per_s:.0f}/s p99 {r.p99_ms:.1f} ms", flush=True)
+        for sampler in samplers:
+            await sampler.wait()
+        found[mode] = _collapsed([p for p in outputs if p.exists()])
+        _print_profile(mode, found[mode])
+    return found
+
+
+def _collapsed(paths: Sequence[Path]) -> dict[str, Any]:
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, number = line.rpartition(" ")
+            if not number.isdigit():
+                continue
+            samples = int(number)
+            total += samples
+            frames = [f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1] for f in stack.split(";")]
+            self_time[frames[-1]] = self_time.get(frames[-1], 0) + samples
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+    return {"samples": total, "self": self_time, "inclusive": inclusive}
+
+
+def _print_profile(mode: str, profile: dict[str, Any]) -> None:
+    total = profile["samples"] or 1
+    print(f"--- {mode}: {total} samples over the three callouts", flush=True)
+    for title in ("inclusive", "self"):
+        print(f"  top {title}:")
+        ranked = sorted(profile[title].items(), key=lambda item: -item[1])[:40]
+        for frame, samples in ranked:
+            print(f"    {samples / total:6.1%}  {frame}")
+
+
+# -- summaries and report --------------------------------------------------------------------------
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _summarize(result: dict[str, Any]) -> dict[str, Any]:
+    connects = []
+    runs = result["connect_runs"]
+    for concurrency in CONCURRENCY:
+        mine = [r for r in runs if r["concurrency"] == concurrency]
+        static = {r["run"]: r for r in mine if r["mode"] == "static"}
+        for mode in MODES:
+            of_mode = [r for r in mine if r["mode"] == mode]
+            entry: dict[str, Any] = {"mode": mode, "concurrency": concurrency}
+            for key in (
+                "per_s",
+                "p50_ms",
+                "p99_ms",
+                "client_cpu_us",
+                "nats_cpu_us",
+                "callout_cpu_us",
+                "decision_ms",
+            ):
+                entry[key] = _median([r[key] for r in of_mode])
+            entry["failed"] = sum(sum(r["failures"].values()) for r in of_mode)
+            entry["failures"] = {
+                k: sum(r["failures"].get(k, 0) for r in of_mode)
+                for k in {k for r in of_mode for k in r["failures"]}
+            }
+            entry["rate_ratios"] = [r["per_s"] / static[r["run"]]["per_s"] for r in of_mode]
+            entry["p99_ratios"] = [r["p99_ms"] / static[r["run"]]["p99_ms"] for r in of_mode]
+            entry["rate_ratio"] = _median(entry["rate_ratios"])
+            entry["p99_ratio"] = _median(entry["p99_ratios"])
+            if mode != "static" and concurrency == 16:
+                entry["goal_rate"] = entry["rate_ratio"] >= GOAL_RATE and not entry["failed"]
+                entry["goal_p99"] = entry["p99_ratio"] <= GOAL_P99
+            connects.append(entry)
+    revokes = []
+    for sessions in SESSIONS:
+        mine = [r for r in result["revoke_runs"] if r["sessions"] == sessions]
+        revokes.append(
+            {
+                "sessions": sessions,
+                "trials": len(mine),
+                "p50_ms": _median([r["p50_ms"] for r in mine]),
+                "p99_ms": _median([r["p99_ms"] for r in mine]),
+                "max_ms": max((r["max_ms"] for r in mine), default=0.0),
+                "api_ms": _median([r["api_ms"] for r in mine]),
+                "not_closed": sum(r["sessions"] - r["closed"] for r in mine),
+                # One session per trial: pooled across trials, not a median of one value each.
+                "pooled_p99_ms": _percentile([r["p99_ms"] for r in mine], 0.99),
+            }
+        )
+    storms = []
+    for mode in ("callout-0", "static"):
+        mine = [s for s in result["storm_runs"] if s["mode"] == mode]
+        complete = [s["all_s"] for s in mine if s["all_s"] is not None]
+        storms.append(
+            {
+                "mode": mode,
+                "runs": len(mine),
+                "clients": mine[0]["clients"] if mine else 0,
+                "all_s": _median(complete) if len(complete) == len(mine) else None,
+                "all_s_runs": [s["all_s"] for s in mine],
+                "p50_s": _median([s["p50_s"] for s in mine]),
+                "p99_s": _median([s["p99_s"] for s in mine]),
+                "refusals": sum(s["refusals"] for s in mine),
+                "refusals_runs": [s["refusals"] for s in mine],
+                "nats_cpu_us": _median([s["nats_cpu_us"] for s in mine]),
+                "callout_cpu_us": _median([s["callout_cpu_us"] for s in mine]),
+                "decision_ms": _median([s["decision_ms"] for s in mine]),
+                "decisions": {
+                    k: sum(s["decisions"].get(k, 0) for s in mine)
+                    for k in {k for s in mine for k in s["decisions"]}
+                },
+                "on_target_min": min((s["on_target"] for s in mine), default=0),
+            }
+        )
+    callout = next((s for s in storms if s["mode"] == "callout-0"), None)
+    storm_goal = bool(callout and callout["runs"] and callout["refusals"] == 0 and callout["all_s"])
+    return {"connects": connects, "revokes": revokes, "storms": storms, "storm_goal": storm_goal}
+
+
+def _verdict(met: bool, ratio: float, goal: float) -> str:
+    text = "met" if met else "**missed**"
+    if abs(ratio - goal) < FIRM:
+        text += " (within the noise)"
+    return text
+
+
+def _runs(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    meta, summary = result["meta"], result["summary"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    lines = [
+        "# The auth path: connects through the callout vs a static nkey user",
+        "",
+        f"_{meta['runs']} runs, {meta['date']}; 3-node stack on loopback, R3, services on; "
+        f"{versions}; loadavg1 {meta['loadavg_before']:.1f} → {meta['loadavg_after']:.1f} "
+        f"(per run {meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f}) on {meta['cpus']} "
+        f"cores; total {meta['seconds']:.0f} s; `uv run python bench/authpath.py`"
+        + (f"; code at {meta['commit']}" if meta.get("commit") else "")
+        + "_",
+        "",
+        "Connects are TLS (handshake first) + nkey, connect + flush + close, from one client "
+        "process, each to the next node in turn. *static*: the internal identity, a static "
+        "nkey user of the server config (nats-server alone decides). *callout-R*: a member of "
+        "R rooms, decided by the callout (its user JWT grows with the rooms). Latency is "
+        "connect + flush (admitted); rate counts the close too. Every mode runs back to back "
+        "in each run, the order rotating; figures are medians of the runs, ratios medians of "
+        "the per-run ratios (callout / static, same run).",
+        "",
+        "## Connects",
+        "",
+        f"Goals at 16 concurrent: callout ≥ {GOAL_RATE}x static connects/s, callout p99 ≤ "
+        f"{GOAL_P99}x static p99.",
+        "",
+        "| in flight | mode | JWT B | connects/s | **/static** (per run) | p50 ms | p99 ms "
+        "| **p99 /static** (per run) | failed | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    sizes = result["jwt_sizes"]
+    for c in summary["connects"]:
+        mode = c["mode"]
+        jwt = "—" if mode == "static" else f"{sizes[mode.split('-')[1]]['jwt_bytes']:,}"
+        if mode == "static":
+            ratio, p99 = "1", "1"
+        else:
+            ratio = f"**{c['rate_ratio']:.2f}** ({_runs(c['rate_ratios'])})"
+            p99 = f"**{c['p99_ratio']:.2f}** ({_runs(c['p99_ratios'])})"
+        goal = "—"
+        if "goal_rate" in c:
+            goal = (
+                f"rate {_verdict(c['goal_rate'], c['rate_ratio'], GOAL_RATE)}, "
+                f"p99 {_verdict(c['goal_p99'], c['p99_ratio'], GOAL_P99)}"
+            )
+        failed = f"{c['failed']}" + (f" ({c['failures']})" if c["failed"] else "")
+        lines.append(
+            f"| {c['concurrency']} | {mode} | {jwt} | {c['per_s']:,.0f} | {ratio} "
+            f"| {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {p99} | {failed} | {goal} |"
+        )
+    lines += [
+        "",
+        "CPU per connect (medians, µs), less what the same processes spend idle over as long "
+        "(idle: the three servers "
+        f"{_median([i['nats_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s, the three "
+        f"callouts {_median([i['callouts_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s): "
+        "the client process, the three nats-servers together, the three callouts together; "
+        "and the mean time a decision takes inside the callout (request in → answer sent).",
+        "",
+        "| in flight | mode | client | nats-servers | callouts | total "
+        "| decision in the callout ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["connects"]:
+        total = c["client_cpu_us"] + c["nats_cpu_us"] + c["callout_cpu_us"]
+        decision = "—" if c["mode"] == "static" else f"{c['decision_ms']:.2f}"
+        lines.append(
+            f"| {c['concurrency']} | {c['mode']} | {c['client_cpu_us']:,.0f} "
+            f"| {c['nats_cpu_us']:,.0f} | {c['callout_cpu_us']:,.0f} | {total:,.0f} "
+            f"| {decision} |"
+        )
+    lines += [
+        "",
+        "## Reconnect storm",
+        "",
+        f"{meta['storm']} clients with the SDK's connection options (every node in the pool, "
+        f"reconnect pause {SDK_RECONNECT_WAIT} s, attempts unlimited), all on one node that "
+        "leads nothing; the node is killed (SIGKILL) and every client reconnects to the two "
+        f"others at once, half to each. {meta['storm_processes']} client processes. Time from "
+        "the signal; refusals are the `Authorization Violation` errors the clients saw. "
+        f"Goal: re-admitted with 0 refusals. {meta['storm_runs']} runs per mode, rotated.",
+        "",
+        "| mode | clients | all re-admitted (per run) | p50 s | p99 s | refusals (per run) "
+        "| decisions | nats-servers µs/client | callouts µs/decision | decision ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary["storms"]:
+        every = "—" if s["all_s"] is None else f"{s['all_s']:.2f} s"
+        per_run = ", ".join("never" if v is None else f"{v:.2f}" for v in s["all_s_runs"])
+        decisions = ", ".join(f"{k} {v}" for k, v in sorted(s["decisions"].items())) or "—"
+        static = s["mode"] == "static"
+        callout = "—" if static else f"{s['callout_cpu_us']:,.0f}"
+        decision = "—" if static else f"{s['decision_ms']:.1f}"
+        lines.append(
+            f"| {s['mode']} | {s['clients']} | {every} ({per_run}) | {s['p50_s']:.2f} "
+            f"| {s['p99_s']:.2f} | {s['refusals']} ({', '.join(map(str, s['refusals_runs']))}) "
+            f"| {decisions} | {s['nats_cpu_us']:,.0f} | {callout} | {decision} |"
+        )
+    lines += [
+        "",
+        f"Storm goal (0 refusals, all re-admitted): "
+        f"{'met' if summary['storm_goal'] else '**missed**'}.",
+        "",
+        "## Revocation",
+        "",
+        "A fresh member with N live sessions spread over the 3 nodes (connections that do "
+        "not reconnect) is revoked through the admin API; from the call until each session "
+        f"is closed by its server. N = 1: {meta['revoke_trials']} trials per run.",
+        "",
+        "| sessions | trials | p50 ms | p99 ms | max ms | not closed | the API call ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["revokes"]:
+        p99 = r["pooled_p99_ms"] if r["sessions"] == 1 else r["p99_ms"]
+        lines.append(
+            f"| {r['sessions']} | {r['trials']} | {r['p50_ms']:.0f} | {p99:.0f} "
+            f"| {r['max_ms']:.0f} | {r['not_closed']} | {r['api_ms']:.0f} |"
+        )
+    lines += [
+        "",
+        "## JWT sizes",
+        "",
+        "| rooms | subjects granted | user JWT B | sealed response B |",
+        "|---|---|---|---|",
+    ]
+    for rooms, s in sizes.items():
+        lines.append(
+            f"| {rooms} | {s['subjects']:,} | {s['jwt_bytes']:,} | {s['response_bytes']:,} |"
+        )
+    if result.get("analysis"):
+        lines += ["", "## What bounds each figure", "", *result["analysis"]]
+    if result.get("history"):
+        lines += ["", "## Before and after", "", *result["history"]]
+    return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    from unibus.stack.launcher import nats_server_binary
+
+    found = subprocess.run(
+        [str(nats_server_binary()), "--version"], capture_output=True, text=True, check=False
+    )
+    return {
+        "nats-server": found.stdout.strip().rpartition(" ")[2],
+        "nats-py": version("nats-py"),
+        "pynacl": version("pynacl"),
+    }
+
+
+def _commit() -> str:
+    found = subprocess.run(
+        ["git", "-C", str(SCRIPT.parent), "rev-parse", "--short", "HEAD"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--count", type=int, default=150, help="sequential connects per run")
+    parser.add_argument(
+        "--count-concurrent", type=int, default=320, help="connects per run at 16 in flight"
+    )
+    parser.add_argument("--storm", type=int, default=500, help="clients in the storm")
+    parser.add_argument("--storm-runs", type=int, default=3)
+    parser.add_argument("--revoke-trials", type=int, default=5, help="per run, 1 session")
+    parser.add_argument(
+        "--parts",
+        type=lambda text: tuple(text.split(",")),
+        default=PARTS,
+        help=f"comma-separated, from {', '.join(PARTS)} (a partial run writes no results)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the stack's directory")
+    parser.add_argument("--quick", action="store_true", help="1 run, small counts (smoke test)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the callouts with --sampler under load instead of measuring",
+    )
+    parser.add_argument(
+        "--sampler",
+        default="py-spy record --format raw --rate 250 --duration {seconds} -o {out} --pid {pid}",
+        help="command sampling one process ({pid}, {seconds}, {out}) into collapsed stacks",
+    )
+    parser.add_argument(
+        "--profile-modes", nargs="+", default=["callout-0", "callout-256"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS} (none with --quick)")
+    parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
+    args = parser.parse_args(argv)
+    if args.child:
+        _child_main(Child(**json.loads(args.child)))
+        return 0
+    if args.render:
+        out = args.out or RESULTS
+        _report(json.loads((out / "authpath.json").read_text()), out)
+        return 0
+    if args.quick:
+        args.runs, args.count, args.count_concurrent = 1, 30, 64
+        args.storm, args.storm_runs, args.revoke_trials = 60, 1, 2
+    _quiet()
+    started = time.monotonic()
+    loadavg_before = os.getloadavg()[0]
+    root = Path(tempfile.mkdtemp(prefix="unibus-bench-authpath-"))
+    try:
+        result = asyncio.run(_bench(args, root))
+    except BaseException:
+        print(f"kept {root} for its logs", file=sys.stderr)
+        raise
+    if args.keep:
+        print(f"kept {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.profile:
+        return 0
+    if set(args.parts) != set(PARTS):
+        print(json.dumps(result, indent=2)[:20000])
+        return 0
+    loads = [r["loadavg"] for r in result["connect_runs"] + result["storm_runs"]] or [0.0]
+    result["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": _commit(),
+        "runs": args.runs,
+        "count": args.count,
+        "count_concurrent": args.count_concurrent,
+        "storm": args.storm,
+        "storm_runs": args.storm_runs,
+        "storm_processes": STORM_PROCESSES,
+        "revoke_trials": args.revoke_trials,
+        "loadavg_before": loadavg_before,
+        "loadavg_after": os.getloadavg()[0],
+        "loadavg_min": min(loads),
+        "loadavg_max": max(loads),
+        "seconds": time.monotonic() - started,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "versions": _versions(),
+    }
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None and (out / "authpath.json").exists():
+        previous = json.loads((out / "authpath.json").read_text())
+        result["analysis"] = previous.get("analysis", [])
+        result["history"] = previous.get("history", [])
+    _report(result, out)
+    return 0
+
+
+def _report(result: dict[str, Any], out: Path | None) -> None:
+    """Summaries and markdown from the runs; written to ``out`` unless None."""
+    result["summary"] = _summarize(result)
+    markdown = _markdown(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "authpath.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "authpath.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
