@@ -36,6 +36,7 @@ IMAGE_VARIABLES = {
     "authcallout": "UNIBUS_AUTHCALLOUT_IMAGE",
     "controlplane": "UNIBUS_CONTROLPLANE_IMAGE",
     "migrate": "UNIBUS_MIGRATE_IMAGE",
+    "natsexporter": "UNIBUS_NATSEXPORTER_IMAGE",
 }
 IMAGES = {
     role: os.environ.get(variable, f"unibus/{'unibus' if role == 'tools' else role}:local")
@@ -107,8 +108,10 @@ class ComposeStack:
 
     @classmethod
     def create(cls, directory: Path, *, image: str = UNIBUS_IMAGE) -> ComposeStack:
-        ports = free_ports(6)
-        spec = ComposeSpec(nats_ports=tuple(ports[:3]), api_ports=tuple(ports[3:]))
+        ports = free_ports(7)
+        spec = ComposeSpec(
+            nats_ports=tuple(ports[:3]), api_ports=tuple(ports[3:6]), prometheus_port=ports[6]
+        )
         render_compose_dir(directory / "material", spec, toggles=NatsToggles())
         return cls(
             directory=directory / "material",
@@ -152,14 +155,21 @@ class ComposeStack:
             check=False,
         )
 
-    def up(self) -> None:
-        result = self.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "180")
+    def up(self, *profiles: str) -> None:
+        """Start the stack (and the services of ``profiles``), waiting until all are healthy."""
+        selected = [arg for profile in profiles for arg in ("--profile", profile)]
+        result = self.compose(
+            *selected, "up", "-d", "--no-build", "--wait", "--wait-timeout", "180"
+        )
         if result.returncode != 0:
             logs = self.compose("logs", "--no-color", "--tail", "30").stdout
             pytest.fail(f"docker compose up failed:\n{result.stderr[-3000:]}\n{logs[-6000:]}")
 
     def down(self) -> None:
-        self.compose("--profile", "migrate", "down", "-v", "--remove-orphans", "--timeout", "10")
+        self.compose(
+            *("--profile", "migrate", "--profile", "monitoring"),
+            *("down", "-v", "--remove-orphans", "--timeout", "10"),
+        )
 
     def container(self, service: str) -> str:
         found = self.compose("ps", "-aq", service).stdout.split()

@@ -25,6 +25,7 @@ DISTRIBUTIONS = {
     "authcallout": "unibus-authcallout",
     "controlplane": "unibus-controlplane",
     "migrate": "unibus-migrate",
+    "natsexporter": "unibus-natsexporter",
 }
 
 # Modules a role never imports, so its image must not hold them.
@@ -41,6 +42,11 @@ ABSENT_MODULES = {
     "migrate": (
         *("starlette", "cryptography", "httpx", "hypercorn"),
         *("unibus.client", "unibus.stack", "unibus.authcallout", "unibus.controlplane"),
+    ),
+    "natsexporter": (
+        *("starlette", "cryptography", "httpx", "hypercorn"),
+        *("unibus.client", "unibus.stack", "unibus.authcallout", "unibus.controlplane"),
+        "unibus.migrate",
     ),
 }
 
@@ -105,17 +111,24 @@ def test_migrate_image_runs_the_migration_job() -> None:
     assert "--db" in output
 
 
-@pytest.mark.parametrize("service", ["authcallout", "controlplane"])
-def test_service_image_starts_its_service(service: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        ("authcallout", "UNIBUS_NATS_URLS"),
+        ("controlplane", "UNIBUS_NATS_URLS"),
+        ("natsexporter", "UNIBUS_NATSEXPORTER_SERVERS"),
+    ],
+)
+def test_service_image_starts_its_service(service: str, variable: str) -> None:
     """The command imports the service's whole dependency tree and answers.
 
-    The two services take no flags: started without settings they must stop with the
+    The services take no flags: started without settings they must stop with the
     configuration error naming the variable (exit 2), which proves they imported.
     """
     status, output = _run(IMAGES[service], "python", "-m", f"unibus.{service}")
     assert status == 2, output
     assert "configuration error" in output
-    assert "UNIBUS_NATS_URLS" in output
+    assert variable in output
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -274,23 +274,27 @@ def _compose(ssh: str | None = None) -> ComposeDriver:
     return ComposeDriver(nodes)
 
 
-def test_compose_kills_and_restarts_a_node_with_its_callout_and_api() -> None:
+def test_compose_kills_and_restarts_a_node_with_its_services() -> None:
     steps = _compose().chaos_steps("n2")
     assert steps.kill == (
-        "docker compose -f compose.yaml -p demo kill n2 authcallout-n2 controlplane-n2",
+        "docker compose -f compose.yaml -p demo kill "
+        "n2 authcallout-n2 controlplane-n2 natsexporter-n2",
     )
     assert steps.revive == (
-        "docker compose -f compose.yaml -p demo start n2 authcallout-n2 controlplane-n2",
+        "docker compose -f compose.yaml -p demo start "
+        "n2 authcallout-n2 controlplane-n2 natsexporter-n2",
     )
 
 
-def test_compose_cuts_a_node_off_by_freezing_it_with_its_callout_and_api() -> None:
+def test_compose_cuts_a_node_off_by_freezing_it_with_its_services() -> None:
     steps = _compose().chaos_steps("n1")
     assert steps.isolate == (
-        "docker compose -f compose.yaml -p demo pause n1 authcallout-n1 controlplane-n1",
+        "docker compose -f compose.yaml -p demo pause "
+        "n1 authcallout-n1 controlplane-n1 natsexporter-n1",
     )
     assert steps.heal == (
-        "docker compose -f compose.yaml -p demo unpause n1 authcallout-n1 controlplane-n1",
+        "docker compose -f compose.yaml -p demo unpause "
+        "n1 authcallout-n1 controlplane-n1 natsexporter-n1",
     )
     assert "frozen" in _compose().cut_off
     assert "frozen" in LocalDriver.cut_off
@@ -326,7 +330,8 @@ def test_a_compose_plan_shows_the_commands_it_runs_on_each_node() -> None:
     driver = _compose()
     lines = plan(driver.nodes, driver.cut_off, driver.chaos_steps)
     assert (
-        "[n3] kill: docker compose -f compose.yaml -p demo kill n3 authcallout-n3 controlplane-n3"
+        "[n3] kill: docker compose -f compose.yaml -p demo kill "
+        "n3 authcallout-n3 controlplane-n3 natsexporter-n3"
     ) in lines
 
 
@@ -415,7 +420,11 @@ def fake_compose(tmp_path: Path) -> tuple[ComposeDriver, Path]:
     script = tmp_path / "compose.py"
     script.write_text(_FAKE_COMPOSE)
     state = tmp_path / "state.json"
-    names = [f"{s}{n}" for n in ("n1", "n2", "n3") for s in ("", "authcallout-", "controlplane-")]
+    names = [
+        f"{s}{n}"
+        for n in ("n1", "n2", "n3")
+        for s in ("", "authcallout-", "controlplane-", "natsexporter-")
+    ]
     state.write_text(json.dumps(dict.fromkeys(names, "running")))
     nodes = compose_nodes([sys.executable, str(script), str(state)], ["n1", "n2", "n3"])
     return ComposeDriver(nodes), state
@@ -437,6 +446,7 @@ async def test_cutting_off_and_healing_twice_changes_nothing_more(
         "n2": "paused",
         "authcallout-n2": "paused",
         "controlplane-n2": "paused",
+        "natsexporter-n2": "paused",
     }
     await driver.heal("n2")
     await driver.heal("n2")

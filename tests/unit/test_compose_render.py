@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from unibus.cli.main import main
@@ -59,7 +60,7 @@ def test_env_files_and_compose_env_hold_no_secret(rendered: Path) -> None:
     secrets.append((rendered / "identities" / "route-secret").read_text().strip())
     texts = [p.read_text() for p in (rendered / "env").glob("*.env")]
     texts += [(rendered / "compose.env").read_text(), (rendered / "stack.json").read_text()]
-    assert len(texts) == 8
+    assert len(texts) == 11  # three services per node, compose.env, stack.json
     for text in texts:
         assert not any(secret in text for secret in secrets)
     for seed in (rendered / "identities").glob("*.seed"):
@@ -67,6 +68,51 @@ def test_env_files_and_compose_env_hold_no_secret(rendered: Path) -> None:
     env = (rendered / "env" / "controlplane-n2.env").read_text()
     assert "UNIBUS_NATS_URLS=tls://n2:4222,tls://n1:4222,tls://n3:4222" in env
     assert "UNIBUS_API_TLS_KEY=/etc/unibus/certs/nodes/n2/server-key.pem" in env
+
+
+def test_prometheus_scrapes_every_container_of_every_node_over_https(rendered: Path) -> None:
+    config = yaml.safe_load((rendered / "monitoring" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for node in ("n1", "n2", "n3"):
+        for role, target in (
+            ("nats", f"natsexporter-{node}:7777"),
+            ("authcallout", f"authcallout-{node}:9471"),
+            ("controlplane", f"controlplane-{node}:9470"),
+        ):
+            job = jobs[f"{role}@{node}"]
+            assert job["scheme"] == "https"
+            assert job["tls_config"] == {
+                "ca_file": "/etc/prometheus/certs/client-ca.pem",
+                "server_name": node,
+            }
+            assert job["static_configs"] == [{"targets": [target]}]
+
+
+def test_metrics_and_monitoring_serve_the_compose_network_over_https(rendered: Path) -> None:
+    """A scraper on the compose network reads every node's monitoring endpoint, exporter,
+    callout and API metrics; each listener serves HTTPS with the node's certificate."""
+    key = "/etc/unibus/certs/nodes/n2/server-key.pem"
+    conf = (rendered / "nodes" / "n2" / "nats-server.conf").read_text()
+    assert 'https: "0.0.0.0:8222"' in conf
+    env = {
+        service: dict(
+            line.split("=", 1)
+            for line in (rendered / "env" / f"{service}-n2.env").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        for service in ("authcallout", "controlplane", "natsexporter")
+    }
+    assert env["authcallout"]["UNIBUS_AUTHCALLOUT_METRICS_ADDR"] == "0.0.0.0:9471"
+    assert env["authcallout"]["UNIBUS_AUTHCALLOUT_METRICS_TLS_KEY"] == key
+    assert env["controlplane"]["UNIBUS_API_METRICS_ADDR"] == "0.0.0.0:9470"
+    assert env["controlplane"]["UNIBUS_API_METRICS_TLS_KEY"] == key
+    assert env["natsexporter"] == {
+        "UNIBUS_NATSEXPORTER_SERVERS": "n2=https://n2:8222",
+        "UNIBUS_NATSEXPORTER_CA": "/etc/unibus/certs/client-ca.pem",
+        "UNIBUS_NATSEXPORTER_ADDR": "0.0.0.0:7777",
+        "UNIBUS_NATSEXPORTER_TLS_CERT": "/etc/unibus/certs/nodes/n2/server.pem",
+        "UNIBUS_NATSEXPORTER_TLS_KEY": key,
+    }
 
 
 def test_stack_file_points_the_host_cli_at_the_published_loopback_ports(rendered: Path) -> None:
@@ -101,7 +147,7 @@ def test_rendering_again_keeps_material_and_force_renews_it_but_the_first_admin(
     assert again == []
     assert read_stack_info(layout.root).admin_key == admin
     assert layout.certs.client_ca_cert.read_bytes() == ca
-    assert 'http: "127.0.0.1:8222"' in layout.node_config("n1").read_text()
+    assert 'https: "0.0.0.0:8222"' in layout.node_config("n1").read_text()
     internal = layout.identity("internal").read_bytes()
     admin_seed = layout.identity("admin").read_bytes()
     render_compose_dir(tmp_path / "c", ComposeSpec(), toggles=NatsToggles(), force=True)
@@ -125,22 +171,27 @@ def test_stage_gives_each_role_only_its_files(rendered: Path, tmp_path: Path) ->
     )
     assert counts == {
         **{f"nats-n{i}": 6 for i in (1, 2, 3)},
-        "callout": 6,
+        **{f"callout-n{i}": 8 for i in (1, 2, 3)},
         **{f"api-n{i}": 6 for i in (1, 2, 3)},
+        **{f"exporter-n{i}": 3 for i in (1, 2, 3)},
+        "monitoring": 4,  # the CA, prometheus.yml, the rules, the dashboard
         "tools": 3,
     }
     every = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
     assert not any("ca-key" in p or p.endswith("admin.seed") for p in every)
-    assert not any(p.startswith("nats-") and "/identities/" in p for p in every)
+    assert not any(p.startswith(("nats-", "exporter-")) and "/identities/" in p for p in every)
     assert "api-n1/identities/issuer.seed" not in every
-    for volume in (f"{role}-n{i}" for role in ("nats", "api") for i in (1, 2, 3)):
+    roles = ("nats", "callout", "api", "exporter")
+    for volume in (f"{role}-n{i}" for role in roles for i in (1, 2, 3)):
         keys = {p for p in every if p.startswith(f"{volume}/") and p.endswith("-key.pem")}
         node = volume.rpartition("-")[2]
         assert keys, volume
         assert all(f"/certs/nodes/{node}/" in key for key in keys), volume
-    assert not any(p.startswith(("tools/", "callout/")) and p.endswith("-key.pem") for p in every)
+    assert not any(
+        p.startswith(("tools/", "monitoring/")) and p.endswith(".pem") and "key" in p for p in every
+    )
     for relative in role_files("callout", ["n1"]):
-        staged = target / "callout" / relative
+        staged = target / "callout-n1" / relative
         source_mode = stat.S_IMODE((rendered / relative).stat().st_mode)
         assert staged.read_bytes() == (rendered / relative).read_bytes()
         assert stat.S_IMODE(staged.stat().st_mode) == (0o600 if source_mode == 0o600 else 0o644)
@@ -163,12 +214,15 @@ def test_compose_init_verb_reports_as_json(
 
 
 def test_compose_file_has_no_top_level_name_and_publishes_on_the_publish_host() -> None:
-    """compose v1 parsers reject `name:`; nothing is published beyond UNIBUS_PUBLISH_HOST."""
+    """compose v1 parsers reject `name:`; nothing is published beyond UNIBUS_PUBLISH_HOST,
+    and Prometheus only on loopback."""
     text = (REPO / "compose.yaml").read_text()
     assert not re.search(r"^name:", text, re.MULTILINE)
     published = re.findall(r'ports: \["([^"]+)"\]', text)
-    assert len(published) == 6
-    assert all(p.startswith("${UNIBUS_PUBLISH_HOST:-127.0.0.1}:") for p in published)
+    assert len(published) == 7
+    # clients and the API on the publish host; Prometheus (no authentication) on loopback
+    assert sum(p.startswith("${UNIBUS_PUBLISH_HOST:-127.0.0.1}:") for p in published) == 6
+    assert "127.0.0.1:${UNIBUS_PROMETHEUS_PORT:-9090}:9090" in published
 
 
 def test_compose_init_imports_the_client_ca_clients_already_pin(tmp_path: Path) -> None:

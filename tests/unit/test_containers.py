@@ -15,10 +15,16 @@ import pytest
 import yaml
 
 from unibus.stack import containers
+from unibus.stack.compose import MONITORING_DIR, PROMETHEUS_ROOT
 from unibus.stack.deploy import EXAMPLE_TOPOLOGY, Topology, host_compose
+from unibus.stack.monitoring import prometheus_args
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH = {"authcallout": containers.CALLOUT_HEALTH, "controlplane": containers.API_HEALTH}
+HEALTH = {
+    "authcallout": containers.CALLOUT_HEALTH,
+    "controlplane": containers.API_HEALTH,
+    "natsexporter": containers.EXPORTER_HEALTH,
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +78,12 @@ def test_the_per_host_services_run_the_shared_command_and_health_check(role: str
     service = _host_services()[role]
     assert tuple(service["command"]) == containers.SERVICE_COMMANDS[role]
     assert service["healthcheck"]["test"] == containers.health_test(HEALTH[role])
+
+
+def test_compose_yaml_runs_prometheus_as_the_monitoring_module_says(
+    compose_yaml: dict[str, Any],
+) -> None:
+    service = compose_yaml["services"]["prometheus"]
+    assert service["profiles"] == ["monitoring"]
+    assert service["command"] == prometheus_args(config_dir=f"{PROMETHEUS_ROOT}/{MONITORING_DIR}")
+    assert f"material-monitoring:{PROMETHEUS_ROOT}:ro" in service["volumes"]

@@ -130,13 +130,16 @@ def test_host_compose_publishes_clients_publicly_routes_privately_with_restart_p
         "100.64.0.12:4222:4222",
         "10.0.0.12:4222:4222",
         "10.0.0.12:6222:6222",
+        "10.0.0.12:8222:8222",
     ]
-    assert services["controlplane"]["ports"] == ["100.64.0.12:8470:8470"]
+    # metrics and monitoring on the private address only, never on the public one
+    assert services["controlplane"]["ports"] == ["100.64.0.12:8470:8470", "10.0.0.12:9470:9470"]
     restarts = {name: service["restart"] for name, service in services.items()}
     assert sorted(n for n, r in restarts.items() if r == "unless-stopped") == [
         "authcallout",
         "controlplane",
         "n3",
+        "natsexporter",
     ]
     assert "name" not in document, "the project name is chosen where it runs"
     stack = json.loads((out / "_material" / "stack.json").read_text())
@@ -214,7 +217,7 @@ def test_apply_without_yes_prints_the_plan_and_runs_nothing(
     assert commands[0] == "ssh root@100.64.0.10 'mkdir -p /opt/unibus'"
     assert commands[2].startswith(
         "docker save nats:2.15.1 unibus/unibus:local unibus/authcallout:local "
-        "unibus/controlplane:local | ssh root@"
+        "unibus/controlplane:local unibus/natsexporter:local | ssh root@"
     )
     assert commands[3].endswith("-p unibus up -d'")
 
@@ -230,6 +233,7 @@ def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -
         "n1": "nats:2.15.1",
         "authcallout": "unibus/authcallout:local",
         "controlplane": "unibus/controlplane:local",
+        "natsexporter": "unibus/natsexporter:local",
     }
     text = (out / "n1" / "compose.yaml").read_text()
     assert 'image: "unibus/authcallout:local"' in text
@@ -249,6 +253,7 @@ def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -
                 "tools": "registry.example.org:5000/ops/unibus:1.4",
                 "authcallout": "registry.example.org:5000/ops/authcallout:1.4",
                 "controlplane": "registry.example.org:5000/ops/controlplane:1.4",
+                "natsexporter": "registry.example.org:5000/ops/natsexporter:1.4",
             },
         ),
         (
@@ -257,6 +262,7 @@ def test_each_role_runs_its_own_image_and_apply_ships_exactly_those(out: Path) -
                 "tools": "ops/unibus:2",
                 "authcallout": "ops/authcallout:2",
                 "controlplane": "ops/api:7",
+                "natsexporter": "ops/natsexporter:2",
             },
         ),
     ],
@@ -273,7 +279,10 @@ def test_a_digest_pinned_cli_image_needs_the_service_images_named() -> None:
     text = TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{pinned}\n")
     with pytest.raises(ConfigError, match=r"cluster\.authcallout_image"):
         Topology.parse(text)
-    named = f'{pinned}\nauthcallout_image = "ops/a@sha256:1"\ncontrolplane_image = "ops/c:1"'
+    named = (
+        f'{pinned}\nauthcallout_image = "ops/a@sha256:1"\ncontrolplane_image = "ops/c:1"\n'
+        'natsexporter_image = "ops/e:1"'
+    )
     topology = Topology.parse(TOPOLOGY.replace("[cluster]\n", f"[cluster]\n{named}\n"))
     assert topology.images()["authcallout"] == "ops/a@sha256:1"
 

@@ -164,8 +164,11 @@ def test_private_routes_publish_the_route_port_on_the_private_address_only(
         "100.64.0.2:4222:4222",
         "10.9.0.2:4222:4222",
         "10.9.0.2:6222:6222",
+        "10.9.0.2:8222:8222",  # monitoring (HTTPS) for the private network's Prometheus
     ]
-    assert services["controlplane"]["ports"] == ["100.64.0.2:8470:8470"]
+    assert services["controlplane"]["ports"] == ["100.64.0.2:8470:8470", "10.9.0.2:9470:9470"]
+    assert services["authcallout"]["ports"] == ["10.9.0.2:9471:9471"]
+    assert services["natsexporter"]["ports"] == ["10.9.0.2:7777:7777"]
     urls = [a for a in services["provision"]["command"] if a.startswith("--nats-url=")]
     assert urls == [
         "--nats-url=tls://n2:4222",
@@ -184,6 +187,9 @@ def test_public_routes_run_routes_peers_and_the_route_port_over_the_public_addre
     services = _compose(out, "n2")["services"]
     assert services["n2"]["ports"] == ["100.64.0.2:4222:4222", "100.64.0.2:6222:6222"]
     assert services["controlplane"]["ports"] == ["100.64.0.2:8470:8470"]
+    # no private network: monitoring and metrics are not published on the public address
+    assert "ports" not in services["authcallout"]
+    assert "ports" not in services["natsexporter"]
     urls = [a for a in services["provision"]["command"] if a.startswith("--nats-url=")]
     assert urls == [
         "--nats-url=tls://n2:4222",
@@ -222,3 +228,29 @@ def test_the_deploy_module_examples_hold() -> None:
     result = doctest.testmod(deploy)
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def test_one_prometheus_scrapes_every_host_on_its_private_address(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    render(Topology.parse(_topology(_hosts())), out, toggles=NatsToggles())
+    config = yaml.safe_load((out / "monitoring" / "monitoring" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for i in (1, 2, 3):
+        for role, port in (("nats", 7777), ("authcallout", 9471), ("controlplane", 9470)):
+            job = jobs[f"{role}@n{i}"]
+            assert job["static_configs"] == [{"targets": [f"10.9.0.{i}:{port}"]}]
+            assert job["tls_config"]["server_name"] == f"n{i}"
+            assert job["tls_config"]["ca_file"] == "/etc/prometheus/certs/client-ca.pem"
+    ca = (out / "monitoring" / "certs" / "client-ca.pem").read_bytes()
+    assert ca == (out / "_material" / "certs" / "client-ca.pem").read_bytes()
+    assert not list((out / "monitoring").rglob("*key*"))
+    service = yaml.safe_load((out / "monitoring" / "compose.yaml").read_text())["services"][
+        "prometheus"
+    ]
+    assert service["ports"] == ["127.0.0.1:9090:9090"]
+
+
+def test_without_a_private_network_no_prometheus_is_rendered(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    render(Topology.parse(PUBLIC), out, toggles=NatsToggles())
+    assert not (out / "monitoring").exists()

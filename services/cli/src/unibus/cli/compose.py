@@ -24,6 +24,7 @@ from unibus.core.errors import ConfigError
 from unibus.stack.compose import (
     DEFAULT_COMPOSE_DIR,
     NODE_NAMES,
+    PROMETHEUS_UID,
     SERVICE_UID,
     ComposeSpec,
     render_compose_dir,
@@ -98,6 +99,13 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
         help="an extra address every node certificate is valid for (repeatable)",
     )
     init.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=ComposeSpec().prometheus_port,
+        metavar="PORT",
+        help="loopback port of the monitoring profile's Prometheus (default %(default)s)",
+    )
+    init.add_argument(
         "--force",
         action="store_true",
         help="renew all material (new CAs, new service identities); the first admin is kept",
@@ -109,9 +117,11 @@ def register(verbs: Subparsers[argparse.ArgumentParser]) -> None:
     stage = sub.add_parser(
         "stage",
         help="(inside the stack) copy the material into the per-role volumes",
-        description="Copy SOURCE's material into TARGET/nats, TARGET/callout and TARGET/api, "
-        "replacing what is there: each role gets only the files it needs, secrets 0600, "
-        "owned by the user the role runs as. Run by compose.yaml's `stage` service.",
+        description="Copy SOURCE's material into one volume per role (per node for the roles "
+        "holding a node's TLS key: TARGET/nats-n1, callout-n1, api-n1, exporter-n1, ...; "
+        "TARGET/monitoring and TARGET/tools), replacing what is there: each role gets only "
+        "the files it needs, secrets 0600, owned by the user the role runs as. Run by "
+        "compose.yaml's `stage` service.",
     )
     stage.add_argument("--source", type=Path, required=True, help="the mounted material")
     stage.add_argument("--target", type=Path, required=True, help="where the volumes are")
@@ -146,6 +156,7 @@ def _init(args: argparse.Namespace) -> int:
         nats_ports=_ports(args.nats_port, defaults.nats_ports, "--nats-port"),
         api_ports=_ports(args.api_port, defaults.api_ports, "--api-port"),
         extra_sans=tuple(args.san),
+        prometheus_port=args.prometheus_port,
     )
     layout, created = render_compose_dir(
         args.dir,
@@ -178,7 +189,14 @@ def _stage(args: argparse.Namespace) -> int:
         args.source,
         args.target,
         nodes=tuple(args.node or NODE_NAMES),
-        owners={"nats": None, "callout": owner, "api": owner, "tools": owner},
+        owners={
+            "nats": None,
+            "callout": owner,
+            "api": owner,
+            "exporter": owner,
+            "monitoring": (PROMETHEUS_UID, PROMETHEUS_UID),
+            "tools": owner,
+        },
     )
     if args.json:
         print_json(counts)

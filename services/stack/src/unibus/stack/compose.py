@@ -37,7 +37,7 @@ from typing import Final
 from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.errors import ConfigError
 from unibus.core.files import make_private_dirs, write_private
-from unibus.stack import topology
+from unibus.stack import monitoring, topology
 from unibus.stack.certs import CertLayout, NodeSpec
 from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import ADMIN_PUB, ClientCa, auth_identities, ensure_material
@@ -48,21 +48,36 @@ from unibus.stack.natsconf import (
     render_node_config,
     write_node_config,
 )
-from unibus.stack.topology import NodePlacement, RoutePlacement, ServicePlacement
+from unibus.stack.topology import (
+    CONTAINER_SERVICES,
+    MetricsPlacement,
+    NodePlacement,
+    RoutePlacement,
+    ServicePlacement,
+)
 
 __all__ = [
+    "API_METRICS_PORT",
     "API_PORT",
+    "CALLOUT_METRICS_PORT",
     "CLIENT_PORT",
     "CONTAINER_ROOT",
     "DEFAULT_COMPOSE_DIR",
+    "EXPORTER_PORT",
+    "HOST_ROLES",
+    "MONITORING_DIR",
+    "MONITOR_PORT",
     "NODE_NAMES",
     "OPTIONAL_FILES",
+    "PROMETHEUS_ROOT",
+    "PROMETHEUS_UID",
     "ROLE_FILES",
     "ROUTE_PORT",
     "SERVICE_UID",
     "ComposeSpec",
     "NodeAddresses",
     "compose_env",
+    "compose_monitoring",
     "node_config",
     "present_optional_files",
     "render_compose_dir",
@@ -80,20 +95,36 @@ STORE_DIR: Final = Path("/data/jetstream")
 CLIENT_PORT: Final = 4222
 ROUTE_PORT: Final = 6222
 API_PORT: Final = 8470
-CALLOUT_METRICS: Final = "127.0.0.1:9471"
-API_METRICS: Final = "127.0.0.1:9470"
+MONITOR_PORT: Final = 8222
+CALLOUT_METRICS_PORT: Final = monitoring.AUTHCALLOUT_METRICS_PORT
+API_METRICS_PORT: Final = monitoring.CONTROLPLANE_METRICS_PORT
+EXPORTER_PORT: Final = monitoring.NATS_EXPORTER_PORT
+"""Metrics and monitoring listen on every interface inside a container, over HTTPS with
+the node's server certificate; they are never published on the client or public
+address: a scraper reads them on the compose network (or a host's private address)."""
+_ANY: Final = "0.0.0.0"  # noqa: S104 - inside the container; publishing decides exposure
+MONITORING_DIR: Final = "monitoring"
+"""Beside the material: Prometheus' rendered directory (``unibus.stack.monitoring``)."""
+MONITORING_FILES: Final = (monitoring.CONFIG_FILE, monitoring.RULES_FILE, monitoring.CONSOLE_FILE)
+PROMETHEUS_ROOT: Final = "/etc/prometheus"
+"""Where the Prometheus container mounts the monitoring role's volume."""
+PROMETHEUS_UID: Final = 65534
+"""The user the Prometheus image runs as (nobody, as the official image)."""
 SERVICE_UID: Final = 10001
 """The unprivileged user of the unibus image (``images/unibus/Dockerfile``)."""
 NODE_NAMES: Final = ("n1", "n2", "n3")
 CLUSTER_NAME: Final = "unibus"
 
 
+def _server_files(node: str) -> tuple[str, ...]:
+    return (f"certs/nodes/{node}/server.pem", f"certs/nodes/{node}/server-key.pem")
+
+
 def _node_files(node: str) -> tuple[str, ...]:
     return (
         f"certs/nodes/{node}/route.pem",
         f"certs/nodes/{node}/route-key.pem",
-        f"certs/nodes/{node}/server.pem",
-        f"certs/nodes/{node}/server-key.pem",
+        *_server_files(node),
     )
 
 
@@ -105,11 +136,20 @@ def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
             files += [f"nodes/{node}/nats-server.conf", *_node_files(node)]
         return tuple(files)
     if role == "callout":
+        # the node's server certificate: its metrics listener serves HTTPS with it
         return (
             "certs/client-ca.pem",
             *(f"identities/{name}.seed" for name in ("callout", "issuer", "xkey")),
             *(f"identities/{name}.seed" for name in ("internal", "system")),
+            *(f for node in nodes for f in _server_files(node)),
         )
+    if role == "monitoring":
+        # Prometheus (the `monitoring` profile): its rendered directory and the CA it
+        # verifies every target with; no key of any kind
+        return ("certs/client-ca.pem", *(f"{MONITORING_DIR}/{f}" for f in MONITORING_FILES))
+    if role == "exporter":
+        # no identity at all: it reads the node's monitoring endpoint over HTTPS
+        return ("certs/client-ca.pem", *(f for node in nodes for f in _server_files(node)))
     if role == "tools":
         # provision and migrate: the internal identity, no TLS key at all
         return ("certs/client-ca.pem", "identities/internal.seed", f"identities/{ADMIN_PUB}")
@@ -121,12 +161,15 @@ def role_files(role: str, nodes: Sequence[str]) -> tuple[str, ...]:
             f"identities/{ADMIN_PUB}",
         ]
         for node in nodes:
-            files += [f"certs/nodes/{node}/server.pem", f"certs/nodes/{node}/server-key.pem"]
+            files += _server_files(node)
         return tuple(files)
-    raise ConfigError(f"unknown role {role!r}: one of nats, callout, api, tools")
+    raise ConfigError(f"unknown role {role!r}: one of {', '.join(ROLE_FILES)}")
 
 
-ROLE_FILES: Final = ("nats", "callout", "api", "tools")
+HOST_ROLES: Final = ("nats", "callout", "api", "exporter", "tools")
+"""The roles beside every node: what a host of the per-host deployment receives."""
+ROLE_FILES: Final = (*HOST_ROLES, "monitoring")
+"""Every role, Prometheus' too: on one machine the compose stack stages them all."""
 OPTIONAL_FILES: Final[dict[str, tuple[str, ...]]] = {
     "callout": tuple(
         f"identities/{key}.{generation}.seed"
@@ -144,7 +187,7 @@ def present_optional_files(source: Path, role: str) -> tuple[str, ...]:
 
 
 """The roles (the CA keys and the admin seed are never staged for any)."""
-PER_NODE_ROLES: Final = frozenset({"nats", "api"})
+PER_NODE_ROLES: Final = frozenset({"nats", "callout", "api", "exporter"})
 """Staged into one volume per node (``<role>-<node>``): a node's TLS private keys reach only
 the containers of that node."""
 
@@ -204,12 +247,14 @@ class ComposeSpec:
     api_ports: tuple[int, ...] = (8470, 8471, 8472)
     extra_sans: tuple[str, ...] = ()
     node_names: tuple[str, ...] = field(default=NODE_NAMES)
+    prometheus_port: int = monitoring.PROMETHEUS_PORT
+    """The ``monitoring`` profile's Prometheus, published on loopback only."""
 
     def __post_init__(self) -> None:
         count = len(self.node_names)
         if len(self.nats_ports) != count or len(self.api_ports) != count:
             raise ConfigError(f"give {count} NATS ports and {count} API ports")
-        ports = [*self.nats_ports, *self.api_ports]
+        ports = [*self.nats_ports, *self.api_ports, self.prometheus_port]
         if any(not 1 <= p <= 65535 for p in ports) or len(set(ports)) != len(ports):
             raise ConfigError("published ports must be distinct integers in 1..65535")
         try:
@@ -269,6 +314,8 @@ def node_config(
             routes=tuple(f"{peer.route_host}:{ROUTE_PORT}" for peer in nodes),
             secret_file=route_secret_file,
         ),
+        monitor_port=MONITOR_PORT,
+        monitor_host=_ANY,
     )
     return topology.node_config(placement, auth)
 
@@ -288,9 +335,15 @@ def service_env(
         certs=CONTAINER_CERTS,
         identities=CONTAINER_ROOT / "identities",
         cluster_size=cluster_size,
-        api_addr=f"0.0.0.0:{API_PORT}",
-        api_metrics_addr=API_METRICS,
-        callout_metrics_addr=CALLOUT_METRICS,
+        api_addr=f"{_ANY}:{API_PORT}",
+        api_metrics_addr=f"{_ANY}:{API_METRICS_PORT}",
+        callout_metrics_addr=f"{_ANY}:{CALLOUT_METRICS_PORT}",
+        # the node's own container name: its certificate carries it, and the exporter
+        # runs on the same host as its node in every deployment
+        metrics=MetricsPlacement(
+            exporter_addr=f"{_ANY}:{EXPORTER_PORT}",
+            monitor_url=f"https://{node}:{MONITOR_PORT}",
+        ),
     )
     return topology.service_env(service, placement)
 
@@ -313,11 +366,28 @@ def render_configs(
             node_config(node, nodes, auth=auth, route_secret_file=layout.route_secret), toggles
         )
         write_node_config(layout.node_config(node.name), text)
-        for service in ("authcallout", "controlplane"):
+        for service in CONTAINER_SERVICES:
             env = service_env(service, node.name, nats_hosts, cluster_size=len(nodes))
             path = layout.root / "env" / f"{service}-{node.name}.env"
             path.parent.mkdir(mode=0o755, exist_ok=True)
             path.write_text(_env_text(env))
+
+
+def compose_monitoring(node_names: Sequence[str]) -> monitoring.MonitoringSpec:
+    """What the compose stack's Prometheus scrapes: every container on the compose network,
+    over HTTPS verified with the client CA it finds in its own volume."""
+    return monitoring.MonitoringSpec(
+        nodes=[
+            monitoring.NodeTargets(
+                node=name,
+                nats=f"natsexporter-{name}:{EXPORTER_PORT}",
+                authcallout=f"authcallout-{name}:{CALLOUT_METRICS_PORT}",
+                controlplane=f"controlplane-{name}:{API_METRICS_PORT}",
+            )
+            for name in node_names
+        ],
+        tls=monitoring.ScrapeTLS(ca_file=f"{PROMETHEUS_ROOT}/certs/client-ca.pem"),
+    )
 
 
 def compose_env(layout: StackLayout, spec: ComposeSpec) -> dict[str, str]:
@@ -329,6 +399,7 @@ def compose_env(layout: StackLayout, spec: ComposeSpec) -> dict[str, str]:
     for index, name in enumerate(spec.node_names):
         env[f"UNIBUS_{name.upper()}_NATS_PORT"] = str(spec.nats_ports[index])
         env[f"UNIBUS_{name.upper()}_API_PORT"] = str(spec.api_ports[index])
+    env["UNIBUS_PROMETHEUS_PORT"] = str(spec.prometheus_port)
     return env
 
 
@@ -341,7 +412,7 @@ def compose_stack_info(layout: StackLayout, spec: ComposeSpec) -> StackInfo:
             name=name,
             client_url=f"tls://{host}:{port}",
             route_url=f"nats-route://{name}:{ROUTE_PORT}",
-            monitor_port=8222,
+            monitor_port=MONITOR_PORT,
         )
         for name, port in zip(spec.node_names, spec.nats_ports, strict=True)
     ]
@@ -368,6 +439,7 @@ def render_compose_dir(
         layout, [node.cert_spec() for node in nodes], force=force, client_ca=client_ca
     )
     render_configs(layout, nodes, toggles, {n.name: n.name for n in nodes})
+    monitoring.write_monitoring(layout.root / MONITORING_DIR, compose_monitoring(spec.node_names))
     env = compose_env(layout, spec)
     (layout.root / "compose.env").write_text(
         "# Generated by `unibus compose init`: docker compose --env-file this-file ...\n"
@@ -415,6 +487,9 @@ def stage_material(
         ConfigError: ``source`` lacks a file (``unibus compose init`` has not run).
     """
     wanted = staged_volumes(nodes)
+    if not (source / MONITORING_DIR).is_dir():
+        # A host of the per-host deployment: its Prometheus runs elsewhere.
+        wanted.pop("monitoring")
     missing = sorted({f for files in wanted.values() for f in files if not (source / f).is_file()})
     if missing:
         raise ConfigError(

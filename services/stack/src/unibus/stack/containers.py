@@ -14,6 +14,7 @@ from typing import Final
 __all__ = [
     "API_HEALTH",
     "CALLOUT_HEALTH",
+    "EXPORTER_HEALTH",
     "NATS_STOP_GRACE",
     "NATS_STOP_SIGNAL",
     "SERVICE_COMMANDS",
@@ -29,14 +30,23 @@ NATS_STOP_GRACE: Final = "60s"
 SERVICE_COMMANDS: Final = {
     "authcallout": ("python", "-m", "unibus.authcallout"),
     "controlplane": ("python", "-m", "unibus.controlplane"),
+    "natsexporter": ("python", "-m", "unibus.natsexporter"),
 }
 
 CALLOUT_HEALTH: Final = (
-    "import sys, urllib.request as u; "
-    "t = u.urlopen('http://127.0.0.1:9471/metrics', timeout=3).read().decode(); "
+    "import ssl, sys, urllib.request as u; "
+    "c = ssl.create_default_context(cafile='/etc/unibus/certs/client-ca.pem'); "
+    "t = u.urlopen('https://localhost:9471/metrics', timeout=3, context=c).read().decode(); "
     "sys.exit(0 if 'unibus_authcallout_view_fresh 1.0' in t else 1)"
 )
-"""Healthy only while the callout's view is fresh: a stale view denies every connect."""
+"""Healthy only while the callout's view is fresh: a stale view denies every connect. Its
+metrics listener serves HTTPS with the node's certificate (``localhost`` is among its names)."""
+EXPORTER_HEALTH: Final = (
+    "import ssl, urllib.request as u; "
+    "c = ssl.create_default_context(cafile='/etc/unibus/certs/client-ca.pem'); "
+    "u.urlopen('https://localhost:7777/metrics', timeout=3, context=c)"
+)
+"""Healthy when the exporter answers a scrape (its node may be down: that is a metric)."""
 API_HEALTH: Final = (
     "import ssl, urllib.request as u; "
     "c = ssl.create_default_context(cafile='/etc/unibus/certs/client-ca.pem'); "

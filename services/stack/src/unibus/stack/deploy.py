@@ -9,7 +9,12 @@
   node, its authcallout and controlplane, the stage and provision one-shots, restart
   policies), ``env/`` (paths and addresses only) and ``material/`` (its node's config and
   certificates, the CA certificates, the service identities; never a CA key or the
-  admin seed).
+  admin seed);
+* ``monitoring/`` — one Prometheus for the three hosts (config, alert rules, dashboard,
+  the client CA, a compose file): it scrapes every host's exporter (which reads its
+  node's monitoring endpoint), callout and API metrics on the private address, over
+  HTTPS, and runs on any machine of the private network. Without one (``routes = "public"``) those
+  endpoints are not published and nothing is rendered here.
 
 Routes run between the private addresses with mutual TLS; clients and the API use the
 public address. Each node's certificates carry its name, public and private IP,
@@ -28,12 +33,13 @@ name, an address or a hostname; every message names the host and the field to fi
 Images: one per role, as ``images/unibus/Dockerfile`` builds them. The topology's
 ``cluster.image`` keeps its meaning: the image with the ``unibus`` CLI (the tools image),
 which runs the ``stage`` and ``provision`` one-shots. The services run
-``cluster.authcallout_image`` and ``cluster.controlplane_image``, both optional: when
+``cluster.authcallout_image``, ``cluster.controlplane_image`` and
+``cluster.natsexporter_image``, all optional: when
 absent, each is derived from ``cluster.image`` with the same registry, namespace and tag
 and the repository named after the role, so ``unibus/unibus:local`` gives
 ``unibus/authcallout:local`` and ``registry.example.org/ops/unibus:1.4`` gives
 ``registry.example.org/ops/controlplane:1.4``. A topology written before the split thus
-needs no edit. A digest-pinned ``cluster.image`` derives nothing: the two fields are then
+needs no edit. A digest-pinned ``cluster.image`` derives nothing: those fields are then
 required. ``plan`` ships exactly the images the host compose files name (no migrate image:
 the migration runs from the operator's machine, ``unibus migrate``).
 
@@ -47,7 +53,7 @@ unibus.core.errors.ConfigError: topology: hosts[0] (n1): public_ip 203.0.113.10 
 >>> topology = Topology.parse(EXAMPLE_TOPOLOGY, allow_placeholders=True)
 >>> sorted(topology.images().items())  # doctest: +NORMALIZE_WHITESPACE
 [('authcallout', 'unibus/authcallout:local'), ('controlplane', 'unibus/controlplane:local'),
- ('tools', 'unibus/unibus:local')]
+ ('natsexporter', 'unibus/natsexporter:local'), ('tools', 'unibus/unibus:local')]
 >>> [host.name for host in topology.hosts]
 ['n1', 'n2', 'n3']
 """
@@ -68,9 +74,15 @@ from unibus.client.profile import NodeInfo, StackInfo, write_stack_info
 from unibus.core.errors import CertificateError, ConfigError
 from unibus.stack.certs import NodeSpec, issue_leaves
 from unibus.stack.compose import (
+    API_METRICS_PORT,
     API_PORT,
+    CALLOUT_METRICS_PORT,
     CLIENT_PORT,
-    ROLE_FILES,
+    EXPORTER_PORT,
+    HOST_ROLES,
+    MONITOR_PORT,
+    MONITORING_DIR,
+    PROMETHEUS_ROOT,
     ROUTE_PORT,
     NodeAddresses,
     present_optional_files,
@@ -80,6 +92,7 @@ from unibus.stack.compose import (
 from unibus.stack.containers import (
     API_HEALTH,
     CALLOUT_HEALTH,
+    EXPORTER_HEALTH,
     NATS_STOP_GRACE,
     NATS_STOP_SIGNAL,
     SERVICE_COMMANDS,
@@ -88,8 +101,16 @@ from unibus.stack.containers import (
 from unibus.stack.drivers import ComposeNode
 from unibus.stack.layout import StackLayout, stack_info
 from unibus.stack.material import ClientCa, auth_identities, ensure_material
+from unibus.stack.monitoring import (
+    PROMETHEUS_PORT,
+    MonitoringSpec,
+    NodeTargets,
+    ScrapeTLS,
+    prometheus_args,
+    write_monitoring,
+)
 from unibus.stack.natsconf import NatsToggles
-from unibus.stack.topology import SERVICES
+from unibus.stack.topology import CONTAINER_SERVICES
 
 __all__ = [
     "EXAMPLE_TOPOLOGY",
@@ -113,8 +134,9 @@ LEGACY_DB_NAME: Final = "membershipd.db"
 LEGACY_DIR_ENV: Final = "UNIBUS_LEGACY_DIR"
 LEGACY_DB_ENV: Final = "UNIBUS_LEGACY_DB"
 DEFAULT_IMAGE: Final = "unibus/unibus:local"  # the tools image (cluster.image)
-SERVICE_ROLES: Final = ("authcallout", "controlplane")
+SERVICE_ROLES: Final = ("authcallout", "controlplane", "natsexporter")
 NATS_IMAGE: Final = "nats:2.15.1"
+PROMETHEUS_IMAGE: Final = "unibus/prometheus:local"
 EXAMPLE_TOPOLOGY: Final = """
 [cluster]
 ssh_user = "root"
@@ -168,13 +190,18 @@ class Topology:
     image: str = DEFAULT_IMAGE
     authcallout_image: str | None = None
     controlplane_image: str | None = None
+    natsexporter_image: str | None = None
     routes: str = "private"
     """``private``: routes and peer connections over the private addresses; ``public``:
     over the public ones (hosts without a private network)."""
 
     def images(self) -> dict[str, str]:
         """The image of each role on a host: ``tools`` (stage, provision) and the services."""
-        explicit = {"authcallout": self.authcallout_image, "controlplane": self.controlplane_image}
+        explicit = {
+            "authcallout": self.authcallout_image,
+            "controlplane": self.controlplane_image,
+            "natsexporter": self.natsexporter_image,
+        }
         return {
             "tools": self.image,
             **{role: explicit[role] or role_image(self.image, role) for role in SERVICE_ROLES},
@@ -263,6 +290,7 @@ class Topology:
             image=_string(cluster, "image", DEFAULT_IMAGE, source),
             authcallout_image=role_images.get("authcallout"),
             controlplane_image=role_images.get("controlplane"),
+            natsexporter_image=role_images.get("natsexporter"),
             routes=routes,
         )
         try:
@@ -441,6 +469,15 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
         f"{ip}:{CLIENT_PORT}:{CLIENT_PORT}" for ip in dict.fromkeys((host.public_ip, route_ip))
     ]
     node_ports.append(f"{route_ip}:{ROUTE_PORT}:{ROUTE_PORT}")
+    # Monitoring and metrics (HTTPS, the node's certificate) on the private address only,
+    # for one Prometheus on the private network; never on the public one. Without a
+    # private network (routes = "public") they stay unpublished: scrape through a tunnel.
+    private = [route_ip] if topology.routes == "private" else []
+
+    def metrics_ports(port: int) -> dict[str, list[str]]:
+        return {"ports": [f"{ip}:{port}:{port}" for ip in private]} if private else {}
+
+    node_ports += [f"{ip}:{MONITOR_PORT}:{MONITOR_PORT}" for ip in private]
     images = topology.images()
     service = {
         "restart": "unless-stopped",
@@ -464,8 +501,9 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 "volumes": [
                     "./material:/source:ro",
                     f"material-nats:/stage/nats-{node}",
-                    "material-callout:/stage/callout",
+                    f"material-callout:/stage/callout-{node}",
                     f"material-api:/stage/api-{node}",
+                    f"material-exporter:/stage/exporter-{node}",
                     "material-tools:/stage/tools",
                 ],
             },
@@ -532,6 +570,7 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 **service,
                 "command": list(SERVICE_COMMANDS["authcallout"]),
                 "env_file": [f"env/authcallout-{node}.env"],
+                **metrics_ports(CALLOUT_METRICS_PORT),
                 "volumes": ["material-callout:/etc/unibus:ro"],
                 "healthcheck": _healthcheck(CALLOUT_HEALTH),
             },
@@ -540,15 +579,29 @@ def host_compose(host: Host, topology: Topology) -> dict[str, Any]:
                 **service,
                 "command": list(SERVICE_COMMANDS["controlplane"]),
                 "env_file": [f"env/controlplane-{node}.env"],
-                "ports": [f"{host.public_ip}:{API_PORT}:{API_PORT}"],
+                "ports": [
+                    f"{host.public_ip}:{API_PORT}:{API_PORT}",
+                    *(f"{ip}:{API_METRICS_PORT}:{API_METRICS_PORT}" for ip in private),
+                ],
                 "volumes": ["material-api:/etc/unibus:ro"],
                 "healthcheck": _healthcheck(API_HEALTH),
+            },
+            "natsexporter": {
+                "image": images["natsexporter"],
+                "restart": "unless-stopped",
+                "command": list(SERVICE_COMMANDS["natsexporter"]),
+                "env_file": [f"env/natsexporter-{node}.env"],
+                **metrics_ports(EXPORTER_PORT),
+                "volumes": ["material-exporter:/etc/unibus:ro"],
+                "healthcheck": _healthcheck(EXPORTER_HEALTH),
+                "depends_on": {"stage": {"condition": "service_completed_successfully"}},
             },
         },
         "volumes": {
             "material-nats": {},
             "material-callout": {},
             "material-api": {},
+            "material-exporter": {},
             "material-tools": {},
             "nats-data": {},
         },
@@ -584,13 +637,13 @@ def render(
         material = host_dir / "material"
         if material.exists():
             shutil.rmtree(material)
-        files = {f for role in ROLE_FILES for f in role_files(role, [host.name])}
-        files |= {f for role in ROLE_FILES for f in present_optional_files(layout.root, role)}
+        files = {f for role in HOST_ROLES for f in role_files(role, [host.name])}
+        files |= {f for role in HOST_ROLES for f in present_optional_files(layout.root, role)}
         for relative in sorted(files):
             _copy_into(layout, material, relative)
         env_dir = host_dir / "env"
         env_dir.mkdir(parents=True, exist_ok=True)
-        for service in ("authcallout", "controlplane"):
+        for service in CONTAINER_SERVICES:
             name = f"{service}-{host.name}.env"
             shutil.copy2(layout.root / "env" / name, env_dir / name)
         text = "\n".join(
@@ -605,7 +658,61 @@ def render(
     # The operator's copy renders every node's env with its own node first; nothing on the
     # hosts depends on what is left in _material/env.
     write_stack_info(layout.root, _stack_info(layout, topology))
+    render_monitoring_dir(topology, layout, out / MONITORING_DIR)
     return written
+
+
+def host_monitoring(topology: Topology) -> MonitoringSpec | None:
+    """One Prometheus on the private network scraping every host's private address (each
+    endpoint verified with the client CA against its node's name); ``None`` without a
+    private network, where the endpoints are not published."""
+    if topology.routes != "private":
+        return None
+    return MonitoringSpec(
+        nodes=[
+            NodeTargets.on_host(host.name, topology.route_ip(host), server_name=host.name)
+            for host in topology.hosts
+        ],
+        tls=ScrapeTLS(ca_file=f"{PROMETHEUS_ROOT}/certs/client-ca.pem"),
+    )
+
+
+def render_monitoring_dir(topology: Topology, layout: StackLayout, target: Path) -> None:
+    """``OUT/monitoring``: the Prometheus of the deployment, to run on any machine of the
+    private network (``docker compose up -d`` there): its config, rules, dashboard, the
+    client CA and a compose file publishing its web port on that machine's loopback."""
+    spec = host_monitoring(topology)
+    if target.exists():
+        shutil.rmtree(target)
+    if spec is None:
+        return
+    rendered = target / MONITORING_DIR
+    write_monitoring(rendered, spec)
+    ca = target / "certs" / "client-ca.pem"
+    ca.parent.mkdir(mode=0o755, parents=True)
+    shutil.copyfile(layout.certs.client_ca_cert, ca)
+    ca.chmod(0o644)
+    document = {
+        "services": {
+            "prometheus": {
+                "image": PROMETHEUS_IMAGE,
+                "restart": "unless-stopped",
+                "command": prometheus_args(config_dir=f"{PROMETHEUS_ROOT}/{MONITORING_DIR}"),
+                "ports": [f"127.0.0.1:{PROMETHEUS_PORT}:{PROMETHEUS_PORT}"],
+                "volumes": [f".:{PROMETHEUS_ROOT}:ro", "prometheus-data:/prometheus"],
+            }
+        },
+        "volumes": {"prometheus-data": {}},
+    }
+    text = "\n".join(
+        [
+            "# The deployment's Prometheus, generated by `unibus deploy render`: run it on a",
+            "# machine of the private network (`docker compose up -d` in this directory); the",
+            "# dashboard is http://127.0.0.1:9090/consoles/unibus.html there.",
+            *_yaml(document),
+        ]
+    )
+    (target / "compose.yaml").write_text(text + "\n")
 
 
 def renew_host_certificates(topology: Topology, out: Path, host_name: str) -> list[str]:
@@ -630,7 +737,7 @@ def renew_host_certificates(topology: Topology, out: Path, host_name: str) -> li
     spec = topology.node_addresses(host).cert_spec()
     issued = issue_leaves(layout.certs.root, [spec], renew={host.name})
     prefix = f"certs/nodes/{host.name}/"
-    for role in ROLE_FILES:
+    for role in HOST_ROLES:
         for relative in role_files(role, [host.name]):
             if relative.startswith(prefix):
                 _copy_into(layout, host_material, relative)
@@ -752,7 +859,7 @@ def rollout_nodes(topology: Topology) -> list[ComposeNode]:
             name=host.name,
             compose=compose,
             node_service=host.name,
-            services=SERVICES,
+            services=CONTAINER_SERVICES,
             ssh=f"{topology.ssh_user}@{host.public_ip}",
         )
         for host in topology.hosts

@@ -46,7 +46,7 @@ from typing import Final
 
 from unibus.core.errors import StackError
 from unibus.stack.launcher import LocalStack
-from unibus.stack.topology import SERVICES
+from unibus.stack.topology import CONTAINER_SERVICES, SERVICES
 
 __all__ = ["ChaosSteps", "ComposeDriver", "ComposeNode", "LocalDriver", "compose_nodes"]
 
@@ -163,7 +163,8 @@ class ComposeNode:
     """``docker compose`` with the options that select the project, as run where it is."""
     node_service: str
     services: tuple[str, ...]
-    """The node's authcallout and controlplane services."""
+    """The node's services: authcallout, controlplane and its exporter (each restarts with
+    the node, so it serves the node's current certificate)."""
     ssh: str | None = None
     """``user@host`` when the project lives on another machine."""
     stage_service: str = "stage"
@@ -193,13 +194,14 @@ class ComposeNode:
 
 def compose_nodes(compose: Sequence[str], nodes: Sequence[str]) -> list[ComposeNode]:
     """The nodes of the repository's ``compose.yaml`` (services ``nX``, ``authcallout-nX``,
-    ``controlplane-nX``) in one project on this machine; ``compose`` selects the project."""
+    ``controlplane-nX``, ``natsexporter-nX``) in one project on this machine; ``compose``
+    selects the project."""
     return [
         ComposeNode(
             name=node,
             compose=tuple(compose),
             node_service=node,
-            services=tuple(f"{service}-{node}" for service in SERVICES),
+            services=tuple(f"{service}-{node}" for service in CONTAINER_SERVICES),
             data_volume=f"{node}-data",
         )
         for node in nodes

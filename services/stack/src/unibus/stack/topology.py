@@ -21,7 +21,9 @@ from unibus.stack.certs import CertLayout
 from unibus.stack.natsconf import AuthIdentities, ClientTLS, ClusterConfig, NodeConfig, RouteTLS
 
 __all__ = [
+    "CONTAINER_SERVICES",
     "SERVICES",
+    "MetricsPlacement",
     "NodePlacement",
     "RoutePlacement",
     "ServicePlacement",
@@ -31,6 +33,8 @@ __all__ = [
 
 SERVICES: Final = ("authcallout", "controlplane")
 """The services that run beside every node."""
+CONTAINER_SERVICES: Final = (*SERVICES, "natsexporter")
+"""In containers also the node's exporter: its monitoring endpoint in Prometheus form."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,17 @@ def node_config(placement: NodePlacement, auth: AuthIdentities) -> NodeConfig:
 
 
 @dataclass(frozen=True)
+class MetricsPlacement:
+    """Metrics a scraper on a private network reads: every listener serves HTTPS with the
+    node's server certificate (client CA), and the exporter reads the node's monitoring
+    endpoint."""
+
+    exporter_addr: str
+    monitor_url: str
+    """The node's monitoring endpoint as the exporter dials it (``https://n1:8222``)."""
+
+
+@dataclass(frozen=True)
 class ServicePlacement:
     """Where one node's services reach the bus, listen, and find their material.
 
@@ -117,14 +132,36 @@ class ServicePlacement:
     api_addr: str
     api_metrics_addr: str
     callout_metrics_addr: str
+    metrics: MetricsPlacement | None = None
+    """Off loopback: how the metrics listeners serve a scraper (``None`` on loopback)."""
 
 
 def _identity(placement: ServicePlacement, name: str) -> str:
     return str(placement.identities / f"{name}.seed")
 
 
+def _metrics_tls(placement: ServicePlacement, cert: str, key: str) -> dict[str, str]:
+    if placement.metrics is None:
+        return {}
+    return {
+        cert: str(placement.certs.server_cert(placement.node)),
+        key: str(placement.certs.server_key(placement.node)),
+    }
+
+
 def service_env(service: str, placement: ServicePlacement) -> dict[str, str]:
-    """The environment ``service`` (``authcallout`` or ``controlplane``) starts with."""
+    """The environment ``service`` (one of :data:`CONTAINER_SERVICES`) starts with."""
+    if service == "natsexporter":
+        if placement.metrics is None:
+            raise ConfigError("the exporter runs only where metrics are placed off loopback")
+        return {
+            envnames.NATSEXPORTER_SERVERS: f"{placement.node}={placement.metrics.monitor_url}",
+            envnames.NATSEXPORTER_CA: str(placement.certs.client_ca_cert),
+            envnames.NATSEXPORTER_ADDR: placement.metrics.exporter_addr,
+            **_metrics_tls(
+                placement, envnames.NATSEXPORTER_TLS_CERT, envnames.NATSEXPORTER_TLS_KEY
+            ),
+        }
     common = {
         envnames.NATS_URLS: ",".join(placement.nats_urls),
         envnames.CA_FILE: str(placement.certs.client_ca_cert),
@@ -139,6 +176,11 @@ def service_env(service: str, placement: ServicePlacement) -> dict[str, str]:
             envnames.ISSUER_SEED_FILE: _identity(placement, "issuer"),
             envnames.XKEY_SEED_FILE: _identity(placement, "xkey"),
             envnames.AUTHCALLOUT_METRICS_ADDR: placement.callout_metrics_addr,
+            **_metrics_tls(
+                placement,
+                envnames.AUTHCALLOUT_METRICS_TLS_CERT,
+                envnames.AUTHCALLOUT_METRICS_TLS_KEY,
+            ),
         }
     if service == "controlplane":
         return {
@@ -148,5 +190,6 @@ def service_env(service: str, placement: ServicePlacement) -> dict[str, str]:
             envnames.API_METRICS_ADDR: placement.api_metrics_addr,
             envnames.API_TLS_CERT: str(placement.certs.server_cert(placement.node)),
             envnames.API_TLS_KEY: str(placement.certs.server_key(placement.node)),
+            **_metrics_tls(placement, envnames.API_METRICS_TLS_CERT, envnames.API_METRICS_TLS_KEY),
         }
-    raise ConfigError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
+    raise ConfigError(f"unknown service {service!r}: one of {', '.join(CONTAINER_SERVICES)}")
