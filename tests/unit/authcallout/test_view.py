@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Any, cast
 
@@ -319,3 +321,67 @@ async def test_requests_share_a_tail_read_only_if_it_started_after_they_arrived(
     # One read (two streams) for the two early requests, one more for the late one.
     assert len(tails.reads) == 4
     assert min(tails.reads[2:]) > max(tails.reads[:2])
+
+
+class _Stream:
+    """Stands in for the connection: the tails, and the messages the stream leader returns."""
+
+    def __init__(self, tails: _Tails, messages: dict[int, tuple[str, bytes]]) -> None:
+        self.tails = tails
+        self.messages = messages
+        self.gets: list[int] = []
+
+    def jetstream(self, **_: object) -> object:
+        return self.tails
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> Any:
+        del timeout
+        asked = json.loads(body)
+        self.gets.append(asked["seq"])
+        stream = subject.rsplit(".", 1)[1]
+        bucket = stream.removeprefix("KV_")
+        later = sorted(seq for seq in self.messages if seq >= asked["seq"])
+        if not later:
+            reply = {"error": {"code": 404, "description": "no message found"}}
+        else:
+            key, value = self.messages[later[0]]
+            reply = {
+                "message": {
+                    "subject": f"$KV.{bucket}.{key}",
+                    "seq": later[0],
+                    "data": base64.b64encode(value).decode(),
+                    "time": "2026-12-07T04:32:20.5Z",
+                }
+            }
+        return type("Reply", (), {"data": json.dumps(reply).encode()})()
+
+
+async def test_what_the_watch_does_not_deliver_is_read_from_the_stream_and_announced() -> None:
+    """A watch whose consumer was lost with its node must not hold decisions up: the view
+    reads the missing revisions from the stream leader, in order, and kicks for them."""
+    changes: list[Change] = []
+
+    async def on_change(change: Change) -> None:
+        changes.append(change)
+
+    stream = _Stream(_Tails(users=5, rooms=9), {8: (BARRIER_KEY, b""), 9: (ROOM, _room(BOB))})
+    view = DirectoryView(cast(Any, stream), max_staleness=2.0, on_change=on_change)
+    view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 7))
+
+    assert await view.until_current(time.monotonic(), 2.0)
+    assert view.lookup(ALICE).rooms == ()
+    assert stream.gets == [8, 9]
+    assert [(c.revision, c.users, c.revoked) for c in changes] == [(9, {ALICE}, True)]
+    await view.stop()
+
+
+async def test_a_stream_that_cannot_be_read_leaves_the_decision_denied() -> None:
+    stream = _Stream(_Tails(users=5, rooms=9), {})
+    view = DirectoryView(cast(Any, stream), max_staleness=2.0)
+    view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
+
+    assert not await view.until_current(time.monotonic(), 0.5)
+    await view.stop()

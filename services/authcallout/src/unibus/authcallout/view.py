@@ -16,6 +16,14 @@ be admitted once more with what it just lost. So before deciding, the view also 
 up with the streams' last sequence numbers as read *after* the request arrived
 (:meth:`DirectoryView.until_current`; concurrent requests share one read).
 
+The watches ride on one R1 consumer per bucket, which lives on one node: when that node is
+lost, nothing arrives until the consumer is re-created elsewhere, which takes seconds while
+the cluster notices the loss. Neither proof waits for that: whatever the watch has not
+delivered a moment after it was needed is read from the stream itself, message by message
+from the stream leader (:meth:`DirectoryView._read_through`), and applied in order exactly
+as the watch would have applied it, its changes announced (kicks) alike. Whichever of the
+two applies a revision first wins; the other skips it.
+
 Every decision carries a *stamp*, the stream revisions the view had applied. A change at
 revision r therefore affects exactly the connections stamped below r (see kicks).
 """
@@ -23,6 +31,7 @@ revision r therefore affects exactly the connections stamped below r (see kicks)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -32,6 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -54,6 +64,61 @@ _FOLLOW_HEARTBEAT: Final = 0.25
 """The followers' idle heartbeat: a consumer lost with its node is re-created within about
 two and a half of these, well inside a decision's budget."""
 _GRANT_RE: Final = re.compile(f"[0-9a-f]{{{_GRANT_CHARS}}}")
+_READ_THROUGH_AFTER: Final = 0.1
+"""How long a proof waits for the watch before it reads what is missing from the stream."""
+_READ_TIMEOUT: Final = 0.5
+_KV_OPERATION: Final = "KV-Operation"
+_MARKER_REASON: Final = "Nats-Marker-Reason"
+_MARKER_OPERATIONS: Final = {"MaxAge": "PURGE", "Purge": "PURGE", "Remove": "DEL"}
+
+
+class _ReadError(Exception):
+    """A message could not be read from the stream leader."""
+
+
+class _StoredMessage(msgspec.Struct):
+    subject: str
+    seq: int
+    time: str = ""
+    hdrs: str = ""
+    data: str = ""
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    description: str = ""
+
+
+class _MessageReply(msgspec.Struct):
+    message: _StoredMessage | None = None
+    error: _ApiError | None = None
+
+
+_MESSAGE_REPLY: Final = msgspec.json.Decoder(_MessageReply)
+
+
+def _stored_headers(encoded: str) -> dict[str, str]:
+    """The headers of a stored message (``NATS/1.0`` block, base64 in the API reply)."""
+    if not encoded:
+        return {}
+    lines = base64.b64decode(encoded).decode("utf-8", "replace").split("\r\n")[1:]
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _stored_time(text: str) -> float | None:
+    """Seconds since the epoch of Go's RFC 3339 UTC time (``...T04:32:20.123456789Z``)."""
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        whole = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    digits = fraction if fraction.isdigit() else ""
+    return whole.timestamp() + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 def grant_digest(rooms: Iterable[str]) -> str:
@@ -172,6 +237,8 @@ class DirectoryView:
         self._wake = asyncio.Event()
         self._tail_read: asyncio.Task[dict[str, int]] | None = None
         self._tail_read_started = float("-inf")
+        self._reads: dict[str, asyncio.Task[None]] = {}
+        self._read_targets: dict[str, int] = dict.fromkeys(_BUCKETS, 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,12 +247,14 @@ class DirectoryView:
         self._tasks.append(asyncio.create_task(self._heartbeat_forever()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._reads.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._reads.clear()
 
     def mark_disconnected(self) -> None:
         """The connection dropped: nothing in memory can be trusted until re-confirmed."""
@@ -237,7 +306,7 @@ class DirectoryView:
         try:
             async with asyncio.timeout(timeout):
                 tails = await self._tails_after(arrived)
-                waits = [self._applied(bucket, seq) for bucket, seq in tails.items()]
+                waits = [self._caught_up(bucket, seq) for bucket, seq in tails.items()]
                 await asyncio.gather(*waits)
         except (TimeoutError, nats.errors.Error, ProvisioningError) as exc:
             _log.info("view not shown current", error=type(exc).__name__)
@@ -270,6 +339,67 @@ class DirectoryView:
             pause=0.0,
         )
         return {bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)}
+
+    async def _caught_up(self, bucket: str, revision: int) -> None:
+        """Until ``bucket`` is applied up to ``revision``: by the watch, or else by reading."""
+        if self._state.applied[bucket] >= revision:
+            return
+        waiting = asyncio.create_task(self._applied(bucket, revision))
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=_READ_THROUGH_AFTER)
+            if not done:
+                self._read_through(bucket, revision)
+            await waiting
+        finally:
+            waiting.cancel()
+
+    def _read_through(self, bucket: str, revision: int) -> None:
+        """Have ``bucket`` read from its stream up to ``revision`` (one reader per bucket)."""
+        self._read_targets[bucket] = max(self._read_targets[bucket], revision)
+        reader = self._reads.get(bucket)
+        if reader is None or reader.done():
+            self._reads[bucket] = asyncio.create_task(self._read_missing(bucket))
+
+    async def _read_missing(self, bucket: str) -> None:
+        try:
+            while self._state.applied[bucket] < self._read_targets[bucket]:
+                entry = await self._read_after(bucket, self._state.applied[bucket])
+                await self._take(bucket, entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - best effort: the proofs still wait, then deny
+            _log.info("could not read the stream through", bucket=bucket, error=type(exc).__name__)
+
+    async def _read_after(self, bucket: str, revision: int) -> KvEntry:
+        """The first message of ``bucket`` after ``revision``, as the stream leader has it."""
+        prefix = f"$KV.{bucket}."
+        body = msgspec.json.encode({"seq": revision + 1, "next_by_subj": f"{prefix}>"})
+        reply = await self._nc.request(
+            f"$JS.API.STREAM.MSG.GET.{naming.kv_stream(bucket)}", body, timeout=_READ_TIMEOUT
+        )
+        found = _MESSAGE_REPLY.decode(reply.data).message
+        if found is None or found.seq <= revision or not found.subject.startswith(prefix):
+            raise _ReadError(f"no message of {bucket} after revision {revision}")
+        headers = _stored_headers(found.hdrs)
+        operation = headers.get(_KV_OPERATION)
+        if operation is None and _MARKER_REASON in headers:
+            operation = _MARKER_OPERATIONS.get(headers[_MARKER_REASON], "DEL")
+        return KvEntry(
+            key=found.subject.removeprefix(prefix),
+            value=base64.b64decode(found.data) if found.data else b"",
+            revision=found.seq,
+            operation=operation,
+            created=_stored_time(found.time),
+            pending=0,
+        )
+
+    async def _take(self, bucket: str, entry: KvEntry) -> None:
+        """Apply one entry after the first load, unless already applied; announce its change."""
+        if entry.revision and entry.revision <= self._state.applied[bucket]:
+            return  # the watch or the reader got there first
+        change = self.apply(bucket, entry)
+        if change is not None and self._on_change is not None:
+            await self._on_change(change)
 
     async def _applied(self, bucket: str, revision: int) -> None:
         if self._state.applied[bucket] >= revision:
@@ -351,7 +481,11 @@ class DirectoryView:
                     # outage delivers what changed meanwhile, so it still disconnects the
                     # users it affects.
                     initial = not self._loaded[bucket].is_set()
-                    change = self.apply(bucket, entry)
+                    applied = self._state.applied[bucket]
+                    if entry.revision and entry.revision <= applied:
+                        change = None  # read from the stream already (or a resumed follower)
+                    else:
+                        change = self.apply(bucket, entry)
                     if entry.pending == 0 and follower.caught_up:
                         self._loaded[bucket].set()
                     if change is not None and not initial and self._on_change is not None:
@@ -455,7 +589,11 @@ class DirectoryView:
         self._release_waiters(bucket)
         try:
             async with asyncio.timeout(self._max_staleness):
-                done, _ = await asyncio.wait({future}, timeout=self._heartbeat)
+                done, _ = await asyncio.wait({future}, timeout=_READ_THROUGH_AFTER)
+                if not done:
+                    # The watch has not delivered it yet: read it (and whatever came before).
+                    self._read_through(bucket, ack.seq)
+                    done, _ = await asyncio.wait({future}, timeout=self._heartbeat)
                 if not done:
                     # The stream committed the barrier and the follower did not deliver it:
                     # its consumer was lost with a node. Re-create it now rather than after
