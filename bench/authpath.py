@@ -514,6 +514,8 @@ class StormRun:
     run: int
     mode: str
     node: str
+    followers_on_node: int
+    """KV followers' consumers (of the callouts' views and the APIs) the node held."""
     clients: int
     on_target: int
     readmitted: int
@@ -538,9 +540,11 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
     from unibus.core.provisioning import ASSETS
     from unibus.stack.leadership import move_leaders, move_meta_leader
 
-    node = env.names[-1]
-    others = [n for n in env.names if n != node]
     await _wait_whole(env)
+    followers = await _followers_by_node(env)
+    # The worst node to lose that leads nothing: the one holding most of the views' followers.
+    node = max(reversed(env.names), key=lambda n: followers.get(n, 0))
+    others = [n for n in env.names if n != node]
     await move_leaders(env.internal, [a.stream for a in ASSETS], away_from=node)
     await move_meta_leader(env.system, away_from=node)
     log = env.root / "storm.log"
@@ -582,6 +586,7 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
         run=run,
         mode=mode,
         node=node,
+        followers_on_node=followers.get(node, 0),
         clients=clients,
         on_target=sum(r["ready"] for r in ready),
         readmitted=sum(r["readmitted"] for r in results),
@@ -604,6 +609,20 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
         decision_ms=spent["decision_s_mean"] * 1e3,
         loadavg=os.getloadavg()[0],
     )
+
+
+async def _followers_by_node(env: Env) -> dict[str, int]:
+    """Where the KV followers' consumers (R1) of the users and rooms buckets live."""
+    from unibus.core import naming
+
+    js = env.internal.jetstream(timeout=2.0)
+    found: dict[str, int] = {}
+    for bucket in (naming.USERS_BUCKET, naming.ROOMS_BUCKET):
+        for info in await js.consumers_info(naming.kv_stream(bucket)):
+            leader = info.cluster.leader if info.cluster else None
+            if info.name.startswith("unibus-follow-") and leader:
+                found[leader] = found.get(leader, 0) + 1
+    return found
 
 
 async def _wait_whole(env: Env) -> None:
@@ -830,7 +849,7 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 storms.append(s)
                 print(
                     f"storm run {run + 1}/{args.storm_runs} {mode:10} {s.on_target}/{s.clients} "
-                    f"on {s.node}: re-admitted {s.readmitted}, all in {s.all_s} s (p50 "
+                    f"on {s.node} ({s.followers_on_node} followers): re-admitted {s.readmitted}, all in {s.all_s} s (p50 "
                     f"{s.p50_s:.2f} p99 {s.p99_s:.2f}), refusals {s.refusals}, "
                     f"decisions {s.by_callout} load {s.loadavg:.1f}",
                     flush=True,
