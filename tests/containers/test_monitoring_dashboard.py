@@ -77,6 +77,19 @@ def test_the_dashboard_renders_the_cluster_the_auth_path_and_the_bus(cluster: Fa
     assert "no data" not in page
 
 
+def test_the_dashboards_links_lead_to_pages_this_prometheus_serves(cluster: FakeCluster) -> None:
+    """Debian's build serves its UI under /classic/, the official one at the root: the
+    dashboard links to whichever the running Prometheus has."""
+    _, page = cluster.get("/consoles/unibus.html")
+    nav = page.split("<nav", 1)[1].split("</nav>", 1)[0]
+    links = re.findall(r'href="([^"]+)"', nav)
+
+    assert len(links) == 5
+    for link in links:
+        status, _ = cluster.get(link)
+        assert status == 200, link
+
+
 def test_a_degraded_asset_raises_its_alert(cluster: FakeCluster) -> None:
     firing = eventually(
         lambda: cluster.query("ALERTS{alertname='UnibusAssetDegraded',alertstate='firing'}"),
