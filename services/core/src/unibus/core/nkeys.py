@@ -24,12 +24,14 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -156,6 +158,16 @@ def decode_public(key: str, expected: Prefix | None = None) -> tuple[Prefix, byt
     """
     if not isinstance(key, str):
         raise NkeyError("a public nkey must be a string")
+    prefix, raw = _decoded_public(key)
+    if expected is not None and prefix != expected:
+        raise NkeyError(f"expected a {_describe(expected)}, got a {_describe(prefix)}")
+    return prefix, raw
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded_public(key: str) -> tuple[Prefix, bytes]:
+    """The checked decoding of one key string (pure: cached, as the callout decodes the
+    same server, issuer and user keys several times per decision; errors are not cached)."""
     if _looks_like_seed(key):
         raise NkeyError("expected a public nkey but got what looks like a seed (a secret)")
     body = _checked_body(key, _PUBLIC_CHARS, "public nkey")
@@ -165,8 +177,6 @@ def decode_public(key: str, expected: Prefix | None = None) -> tuple[Prefix, byt
         raise NkeyError("public nkey has an unknown prefix") from None
     if prefix not in _PUBLIC_PREFIXES:
         raise NkeyError("public nkey has an unknown prefix")
-    if expected is not None and prefix != expected:
-        raise NkeyError(f"expected a {_describe(expected)}, got a {_describe(prefix)}")
     return prefix, body[1:]
 
 
@@ -211,11 +221,12 @@ def _seed_text(seed: str | bytes | bytearray) -> str:
 
 
 def _verify_raw(raw: bytes, data: bytes, signature: bytes) -> bool:
-    if len(signature) != _SIGNATURE_LEN:
+    if len(signature) != _SIGNATURE_LEN or len(raw) != _KEY_LEN:
         return False
     try:
-        nacl.signing.VerifyKey(raw).verify(data, signature)
-    except (nacl.exceptions.CryptoError, ValueError):
+        # What VerifyKey(raw).verify(data, signature) runs, without building a key object.
+        nacl.bindings.crypto_sign_open(bytes(signature) + bytes(data), bytes(raw))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
         # libsodium also refuses small-order and non-canonical keys here.
         return False
     return True
