@@ -26,13 +26,16 @@ ROOM = naming.new_room_id()
 
 
 class _Connection:
-    """Stands in for the NATS connection: only its JetStream context is ever used here."""
+    """Stands in for the NATS connection: its JetStream context, and requests to the API."""
 
-    def __init__(self, js: object = None) -> None:
+    def __init__(self, js: Any = None) -> None:
         self._js = js
 
     def jetstream(self, **_: object) -> object:
         return self._js
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> Any:
+        return await self._js.request(subject, body, timeout)
 
 
 def _view() -> DirectoryView:
@@ -266,13 +269,15 @@ class _Tails:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def stream_info(self, name: str) -> Any:
+    async def request(self, subject: str, body: bytes, timeout: float) -> Any:
+        """``$JS.API.STREAM.INFO.<stream>``, answered with the stream's state."""
+        del body, timeout
         self.reads.append(time.monotonic())
         await self.release.wait()
         if self.fail:
             raise nats.errors.TimeoutError
-        state = type("State", (), {"last_seq": self.last[name]})()
-        return type("Info", (), {"state": state})()
+        info = {"state": {"last_seq": self.last[subject.rsplit(".", 1)[1]]}}
+        return type("Reply", (), {"data": json.dumps(info).encode()})()
 
 
 def _view_on(tails: _Tails) -> DirectoryView:
@@ -335,7 +340,8 @@ class _Stream:
         return self.tails
 
     async def request(self, subject: str, body: bytes, timeout: float) -> Any:
-        del timeout
+        if ".STREAM.INFO." in subject:
+            return await self.tails.request(subject, body, timeout)
         asked = json.loads(body)
         self.gets.append(asked["seq"])
         stream = subject.rsplit(".", 1)[1]

@@ -29,6 +29,7 @@ Why each JetStream entry is exact:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ _ACK_PREFIX = "$JS.ACK"
 # Trailing tokens of an ack reply: delivered, stream seq, consumer seq, timestamp, pending.
 _ACK_V1_TAIL = "*.*.*.*.*"  # exactly 9 tokens in all
 _ACK_V2_TAIL = "*.*.*.*.>"  # 11 or more (a later server may append a token)
+_CACHED_SETS = 256  # at most ~0.3 MB each (a member of 256 rooms)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,17 @@ def permissions_for(
         raise TypeError("rooms must be a sequence of room ids, not one string")
     if not 0 <= slots <= naming.HISTORY_SLOTS:
         raise ValueError(f"slots must be in 0..{naming.HISTORY_SLOTS}")
+    return _permissions(user_key, frozenset(rooms), slots)
+
+
+@functools.lru_cache(maxsize=_CACHED_SETS)
+def _permissions(user_key: str, rooms: frozenset[str], slots: int) -> Permissions:
+    """The set itself: a pure function of its arguments, so each user's set is built once
+    per room set (a member of 256 rooms holds ~3,000 subjects: 3 ms to build), not on
+    every connect. A malformed room id raises and is not cached."""
     pub: set[str] = set()
     sub: set[str] = {f"{naming.inbox_prefix(user_key)}.>"}
-    for room_id in set(rooms):
+    for room_id in rooms:
         room = naming.room_wildcard(room_id)
         pub.add(room)
         sub.add(room)

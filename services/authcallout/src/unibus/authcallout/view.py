@@ -97,6 +97,19 @@ class _MessageReply(msgspec.Struct):
 _MESSAGE_REPLY: Final = msgspec.json.Decoder(_MessageReply)
 
 
+class _StreamState(msgspec.Struct):
+    last_seq: int
+
+
+class _InfoReply(msgspec.Struct):
+    state: _StreamState | None = None
+    error: _ApiError | None = None
+
+
+# Only the last sequence number is read out of a stream info (the rest is never parsed).
+_INFO_REPLY: Final = msgspec.json.Decoder(_InfoReply)
+
+
 def _stored_headers(encoded: str) -> dict[str, str]:
     """The headers of a stored message (``NATS/1.0`` block, base64 in the API reply)."""
     if not encoded:
@@ -185,10 +198,13 @@ class _State:
     rooms: dict[str, frozenset[str]] = field(default_factory=dict)
     joined: dict[tuple[str, str], int] = field(default_factory=dict)
     """(room, member) -> the revision it was first seen a member at (for the room cap)."""
+    member_of: dict[str, set[str]] = field(default_factory=dict)
+    """member -> the rooms it is in: ``rooms`` inverted, so a decision reads one user's rooms
+    without scanning every room."""
     applied: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_BUCKETS, 0))
 
     def rooms_of(self, user: str) -> tuple[str, ...]:
-        return tuple(sorted(room for room, members in self.rooms.items() if user in members))
+        return tuple(sorted(self.member_of.get(user, ())))
 
     def oldest_rooms_of(self, user: str, cap: int) -> tuple[str, ...]:
         """The ``cap`` rooms ``user`` has been a member of longest (then by id), sorted.
@@ -331,14 +347,26 @@ class DirectoryView:
         # Short attempts, retried: a request that reaches a stream while its leadership is
         # being handed over is dropped, not queued, and waiting out a long timeout on it
         # would spend a decision's whole budget on one lost message.
-        infos = await retry_until(
+        tails = await retry_until(
             "the users and rooms streams' tails",
-            lambda: asyncio.gather(*(self._js.stream_info(f"KV_{b}") for b in _BUCKETS)),
+            lambda: asyncio.gather(*(self._tail(bucket) for bucket in _BUCKETS)),
             budget=_TAIL_BUDGET,
             attempt_timeout=_TAIL_ATTEMPT_TIMEOUT,
             pause=0.0,
         )
-        return {bucket: info.state.last_seq for bucket, info in zip(_BUCKETS, infos, strict=True)}
+        return dict(zip(_BUCKETS, tails, strict=True))
+
+    async def _tail(self, bucket: str) -> int:
+        """The stream's last sequence number, from its leader (a stream info)."""
+        stream = naming.kv_stream(bucket)
+        reply = await self._nc.request(
+            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=_TAIL_ATTEMPT_TIMEOUT
+        )
+        info = _INFO_REPLY.decode(reply.data)
+        if info.state is None:
+            detail = info.error.description if info.error else "no state"
+            raise _ReadError(f"stream info of {stream}: {detail}")
+        return info.state.last_seq
 
     async def _caught_up(self, bucket: str, revision: int) -> None:
         """Until ``bucket`` is applied up to ``revision``: by the watch, or else by reading."""
@@ -425,7 +453,8 @@ class DirectoryView:
             return Lookup(Reason.REVOKED, user, stamp=stamp)
         rooms = state.oldest_rooms_of(user_key, self._max_rooms)
         granted = Stamp(stamp.users, stamp.rooms, grant_digest(rooms))
-        return Lookup(Reason.ALLOWED, user, rooms, granted, member_of=len(state.rooms_of(user_key)))
+        member_of = len(state.member_of.get(user_key, ()))
+        return Lookup(Reason.ALLOWED, user, rooms, granted, member_of=member_of)
 
     def still_grants(self, user_key: str, stamp: Stamp) -> bool:
         """Whether a connection authorized at ``stamp`` holds no more than the state gives.
@@ -555,11 +584,17 @@ class DirectoryView:
             rooms[room_id] = after
         else:
             rooms.pop(room_id, None)
-        joined = self._state.joined
+        joined, member_of = self._state.joined, self._state.member_of
         for member in after - before:
             joined[(room_id, member)] = revision
+            member_of.setdefault(member, set()).add(room_id)
         for member in before - after:
             joined.pop((room_id, member), None)
+            rooms_left = member_of.get(member)
+            if rooms_left is not None:
+                rooms_left.discard(room_id)
+                if not rooms_left:
+                    del member_of[member]
         touched = before ^ after
         if not touched:
             return None
