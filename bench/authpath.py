@@ -68,6 +68,7 @@ MODES: Final = ("static", *(f"callout-{r}" for r in ROOMS))
 CONCURRENCY: Final = (1, 16)
 SESSIONS: Final = (1, 100)
 PARTS: Final = ("connects", "revoke", "storm")
+SESSIONS_PER_PROCESS: Final = 10
 GOAL_RATE: Final = 0.8
 """Through the callout ≥ 0.8x static connects/s at 16 concurrent."""
 GOAL_P99: Final = 1.5
@@ -90,14 +91,14 @@ _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 class Child:
     """What one client process does; passed to it as JSON."""
 
-    role: str  # connect / storm
+    role: str  # connect / storm / sessions
     identity_file: str
     urls: list[str]
     ca_file: str
     count: int = 0
     concurrency: int = 1
     first: int = 0
-    """Index of this process's first storm client (alternates the reconnect order)."""
+    """Index of this process's first client (alternates nodes and reconnect orders)."""
 
 
 def _cpu() -> float:
@@ -273,6 +274,50 @@ async def _child_storm(spec: Child) -> dict[str, Any]:
     return result
 
 
+async def _child_sessions(spec: Child) -> dict[str, Any]:
+    """``count`` sessions that do not reconnect; when the servers close each of them."""
+    import nats
+
+    from unibus.core.connect import tls_options
+    from unibus.core.nkeys import read_seed_file
+
+    seed = read_seed_file(Path(spec.identity_file)).seed
+    tls = tls_options(Path(spec.ca_file))
+    closed: list[float] = []
+    everyone = asyncio.Event()
+
+    async def quiet(_: Exception) -> None:
+        return None
+
+    async def closed_cb() -> None:
+        closed.append(time.monotonic())
+        if len(closed) == spec.count:
+            everyone.set()
+
+    async def session(index: int) -> Any:
+        nc = await nats.connect(
+            servers=[spec.urls[index % len(spec.urls)]],
+            name="bench-revoke",
+            nkeys_seed_str=seed,
+            allow_reconnect=False,
+            connect_timeout=SDK_CONNECT_TIMEOUT,
+            error_cb=quiet,
+            closed_cb=closed_cb,
+            **tls,  # type: ignore[arg-type]
+        )
+        await nc.flush(timeout=5.0)
+        return nc
+
+    conns = [await session(spec.first + i) for i in range(spec.count)]
+    print("ready", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(everyone.wait(), timeout=15.0)
+    for nc in conns:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    return {"closed": closed}
+
+
 def _quiet() -> None:
     from unibus.core.log import configure_logging
 
@@ -281,7 +326,7 @@ def _quiet() -> None:
 
 def _child_main(spec: Child) -> None:
     _quiet()
-    roles = {"connect": _child_connect, "storm": _child_storm}
+    roles = {"connect": _child_connect, "storm": _child_storm, "sessions": _child_sessions}
     result = asyncio.run(roles[spec.role](spec))
     print(json.dumps(result), flush=True)
 
@@ -342,6 +387,10 @@ def _scrape(port: int) -> dict[str, float]:
             found["_seconds"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("unibus_authcallout_decision_seconds_count "):
             found["_count"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("unibus_authcallout_revoke_disconnect_seconds_sum "):
+            found["_revoke_seconds"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("unibus_authcallout_revoke_disconnect_seconds_count "):
+            found["_revoke_count"] = float(line.rsplit(" ", 1)[1])
     return found
 
 
@@ -650,57 +699,57 @@ class RevokeRun:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    kick_ms: float
+    """Mean over the callouts that kicked: the change's commit (server time) to their last
+    kick sent (``unibus_authcallout_revoke_disconnect_seconds``)."""
     loadavg: float
 
 
 async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
-    import nats
-
-    from unibus.core.connect import tls_options
-    from unibus.core.nkeys import KeyPair, Prefix
+    from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 
     user = KeyPair.generate(Prefix.USER)
     await env.admin.add_user(user.public_key, f"revoked-{run}-{sessions}-{serial}")
-    tls = tls_options(Path(env.ca_file))
-    closed: dict[int, float] = {}
-    everyone = asyncio.Event()
-    urls = env.urls()
-    gate = asyncio.Semaphore(16)
-
-    async def session(index: int) -> Any:
-        async def closed_cb() -> None:
-            closed.setdefault(index, time.monotonic())
-            if len(closed) == sessions:
-                everyone.set()
-
-        async def quiet(_: Exception) -> None:
-            return None
-
-        async with gate:
-            nc = await nats.connect(
-                servers=[urls[index % len(urls)]],
-                name="bench-revoke",
-                nkeys_seed_str=user.seed,
-                allow_reconnect=False,
-                connect_timeout=SDK_CONNECT_TIMEOUT,
-                error_cb=quiet,
-                closed_cb=closed_cb,
-                **tls,  # type: ignore[arg-type]
-            )
-            await nc.flush(timeout=5.0)
-            return nc
-
-    conns = await asyncio.gather(*(session(i) for i in range(sessions)))
-    await asyncio.sleep(0.5)
-    started = time.monotonic()
-    await env.admin.revoke_user(user.public_key)
-    api = time.monotonic() - started
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(everyone.wait(), timeout=15.0)
-    for nc in conns:
-        with contextlib.suppress(Exception):
-            await nc.close()
-    waits = sorted((t - started) * 1e3 for t in closed.values())
+    seed_file = env.root / f"revoked-{run}-{sessions}-{serial}.nk"
+    write_seed_file(seed_file, user.seed)
+    log = env.root / "revoke.log"
+    # A few sessions per process: closing a connection costs nats-py about a millisecond,
+    # and a hundred in one process would measure that process rather than the callouts.
+    per = [
+        min(SESSIONS_PER_PROCESS, sessions - first)
+        for first in range(0, sessions, SESSIONS_PER_PROCESS)
+    ]
+    procs = []
+    first = 0
+    for count in per:
+        spec = Child(
+            role="sessions",
+            identity_file=str(seed_file),
+            urls=env.urls(),
+            ca_file=env.ca_file,
+            count=count,
+            first=first,
+        )
+        first += count
+        procs.append(await _spawn(spec, log))
+    try:
+        for proc in procs:
+            if await _line(proc, "session client", log, 60) != "ready":
+                raise SystemExit(f"session client not ready; see {log}")
+        await asyncio.sleep(0.5)
+        before = await asyncio.to_thread(env.metrics)
+        started = time.monotonic()
+        await env.admin.revoke_user(user.public_key)
+        api = time.monotonic() - started
+        results = [json.loads(await _line(p, "session client", log, 60)) for p in procs]
+        await asyncio.sleep(0.3)  # the callouts' last kicks are counted
+        after = await asyncio.to_thread(env.metrics)
+    finally:
+        for proc in procs:
+            await _stop(proc)
+    kicks = after.get("_revoke_count", 0.0) - before.get("_revoke_count", 0.0)
+    kick_s = after.get("_revoke_seconds", 0.0) - before.get("_revoke_seconds", 0.0)
+    waits = sorted((t - started) * 1e3 for r in results for t in r["closed"])
     return RevokeRun(
         run=run,
         sessions=sessions,
@@ -709,6 +758,7 @@ async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
         p50_ms=_percentile(waits, 0.5),
         p99_ms=_percentile(waits, 0.99),
         max_ms=waits[-1] if waits else 0.0,
+        kick_ms=kick_s / kicks * 1e3 if kicks else 0.0,
         loadavg=os.getloadavg()[0],
     )
 
@@ -817,8 +867,9 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             idles.append(idle)
             for concurrency in CONCURRENCY if run % 2 == 0 else reversed(CONCURRENCY):
                 count = args.count if concurrency == 1 else args.count_concurrent
-                turn = run % len(MODES)
-                for mode in MODES[turn:] + MODES[:turn]:
+                modes = [m for m in MODES if m in args.modes]
+                turn = run % len(modes)
+                for mode in modes[turn:] + modes[:turn]:
                     r = await _connect_run(env, run, mode, concurrency, count, idle)
                     connects.append(r)
                     print(
@@ -838,7 +889,8 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     print(
                         f"revoke run {run + 1}/{args.runs} {sessions:3} sessions: closed "
                         f"{rv.closed}, p50 {rv.p50_ms:.0f} p99 {rv.p99_ms:.0f} max "
-                        f"{rv.max_ms:.0f} ms (API call {rv.api_ms:.0f} ms)",
+                        f"{rv.max_ms:.0f} ms (API call {rv.api_ms:.0f} ms, change -> kicked "
+                        f"{rv.kick_ms:.0f} ms)",
                         flush=True,
                     )
         storms: list[StormRun] = []
@@ -849,7 +901,8 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 storms.append(s)
                 print(
                     f"storm run {run + 1}/{args.storm_runs} {mode:10} {s.on_target}/{s.clients} "
-                    f"on {s.node} ({s.followers_on_node} followers): re-admitted {s.readmitted}, all in {s.all_s} s (p50 "
+                    f"on {s.node} ({s.followers_on_node} followers): re-admitted "
+                    f"{s.readmitted}, all in {s.all_s} s (p50 "
                     f"{s.p50_s:.2f} p99 {s.p99_s:.2f}), refusals {s.refusals}, "
                     f"decisions {s.by_callout} load {s.loadavg:.1f}",
                     flush=True,
@@ -908,8 +961,10 @@ def _collapsed(paths: Sequence[Path]) -> dict[str, Any]:
             if not number.isdigit():
                 continue
             samples = int(number)
-            total += samples
             frames = [f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1] for f in stack.split(";")]
+            if ".select " in frames[-1]:
+                continue  # waiting in the event loop's or the metrics thread's selector: idle
+            total += samples
             self_time[frames[-1]] = self_time.get(frames[-1], 0) + samples
             for frame in set(frames):
                 inclusive[frame] = inclusive.get(frame, 0) + samples
@@ -918,10 +973,10 @@ def _collapsed(paths: Sequence[Path]) -> dict[str, Any]:
 
 def _print_profile(mode: str, profile: dict[str, Any]) -> None:
     total = profile["samples"] or 1
-    print(f"--- {mode}: {total} samples over the three callouts", flush=True)
+    print(f"--- {mode}: {total} busy samples over the three callouts", flush=True)
     for title in ("inclusive", "self"):
         print(f"  top {title}:")
-        ranked = sorted(profile[title].items(), key=lambda item: -item[1])[:40]
+        ranked = sorted(profile[title].items(), key=lambda item: -item[1])[:60]
         for frame, samples in ranked:
             print(f"    {samples / total:6.1%}  {frame}")
 
@@ -974,6 +1029,7 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
                 "p99_ms": _median([r["p99_ms"] for r in mine]),
                 "max_ms": max((r["max_ms"] for r in mine), default=0.0),
                 "api_ms": _median([r["api_ms"] for r in mine]),
+                "kick_ms": _median([r.get("kick_ms", 0.0) for r in mine]),
                 "not_closed": sum(r["sessions"] - r["closed"] for r in mine),
                 # One session per trial: pooled across trials, not a median of one value each.
                 "pooled_p99_ms": _percentile([r["p99_ms"] for r in mine], 0.99),
@@ -1129,14 +1185,16 @@ def _markdown(result: dict[str, Any]) -> str:
         "not reconnect) is revoked through the admin API; from the call until each session "
         f"is closed by its server. N = 1: {meta['revoke_trials']} trials per run.",
         "",
-        "| sessions | trials | p50 ms | p99 ms | max ms | not closed | the API call ms |",
-        "|---|---|---|---|---|---|---|",
+        "| sessions | trials | p50 ms | p99 ms | max ms | not closed | the API call ms "
+        "| change → kicked, in the callouts ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["revokes"]:
         p99 = r["pooled_p99_ms"] if r["sessions"] == 1 else r["p99_ms"]
         lines.append(
             f"| {r['sessions']} | {r['trials']} | {r['p50_ms']:.0f} | {p99:.0f} "
-            f"| {r['max_ms']:.0f} | {r['not_closed']} | {r['api_ms']:.0f} |"
+            f"| {r['max_ms']:.0f} | {r['not_closed']} | {r['api_ms']:.0f} "
+            f"| {r['kick_ms']:.0f} |"
         )
     lines += [
         "",
@@ -1199,6 +1257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, from {', '.join(PARTS)} (a partial run writes no results)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory")
+    parser.add_argument(
+        "--modes",
+        type=lambda text: tuple(text.split(",")),
+        default=MODES,
+        help=f"connect modes, comma-separated, from {', '.join(MODES)} (static always)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 run, small counts (smoke test)")
     parser.add_argument(
         "--profile",
@@ -1216,6 +1280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"default {RESULTS} (none with --quick)")
     parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
     args = parser.parse_args(argv)
+    args.modes = ("static", *args.modes)
     if args.child:
         _child_main(Child(**json.loads(args.child)))
         return 0
@@ -1241,7 +1306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     if args.profile:
         return 0
-    if set(args.parts) != set(PARTS):
+    if set(args.parts) != set(PARTS) or set(args.modes) != set(MODES):
         print(json.dumps(result, indent=2)[:20000])
         return 0
     loads = [r["loadavg"] for r in result["connect_runs"] + result["storm_runs"]] or [0.0]
