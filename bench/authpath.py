@@ -1207,11 +1207,210 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {rooms} | {s['subjects']:,} | {s['jwt_bytes']:,} | {s['response_bytes']:,} |"
         )
-    if result.get("analysis"):
-        lines += ["", "## What bounds each figure", "", *result["analysis"]]
-    if result.get("history"):
-        lines += ["", "## Before and after", "", *result["history"]]
+    if result.get("baseline"):
+        lines += ["", *_before_after(result)]
+    lines += ["", "## What bounds each figure", "", *result["analysis"]]
     return "\n".join(lines) + "\n"
+
+
+def _entry(summary: dict[str, Any], mode: str, concurrency: int) -> dict[str, Any]:
+    return next(
+        c for c in summary["connects"] if c["mode"] == mode and c["concurrency"] == concurrency
+    )
+
+
+def _before_after(result: dict[str, Any]) -> list[str]:
+    before, after = result["baseline"]["summary"], result["summary"]
+    lines = [
+        "## Before and after",
+        "",
+        f"Before: the same benchmark at {result['baseline']['meta'].get('commit') or '?'} "
+        f"({result['baseline']['meta']['date']}, loadavg1 "
+        f"{result['baseline']['meta']['loadavg_min']:.1f}-"
+        f"{result['baseline']['meta']['loadavg_max']:.1f}); after: this run. Ratios are "
+        "callout / static of the same run; CPU in µs per connect.",
+        "",
+        "| in flight | mode | /static before → after | p99 /static before → after "
+        "| callouts CPU before → after | nats-servers CPU before → after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for concurrency in CONCURRENCY:
+        for mode in MODES[1:]:
+            b, a = _entry(before, mode, concurrency), _entry(after, mode, concurrency)
+            lines.append(
+                f"| {concurrency} | {mode} | {b['rate_ratio']:.2f} → **{a['rate_ratio']:.2f}** "
+                f"| {b['p99_ratio']:.2f} → **{a['p99_ratio']:.2f}** "
+                f"| {b['callout_cpu_us']:,.0f} → {a['callout_cpu_us']:,.0f} "
+                f"| {b['nats_cpu_us']:,.0f} → {a['nats_cpu_us']:,.0f} |"
+            )
+    storm_b = next(s for s in before["storms"] if s["mode"] == "callout-0")
+    storm_a = next(s for s in after["storms"] if s["mode"] == "callout-0")
+    revoke_b = {r["sessions"]: r for r in before["revokes"]}
+    revoke_a = {r["sessions"]: r for r in after["revokes"]}
+    lines += [
+        "",
+        "| figure | before | after |",
+        "|---|---|---|",
+        f"| storm refusals (per run) | {', '.join(map(str, storm_b['refusals_runs']))} "
+        f"| {', '.join(map(str, storm_a['refusals_runs']))} |",
+        "| storm: all re-admitted, s (per run) | "
+        + ", ".join("never" if v is None else f"{v:.2f}" for v in storm_b["all_s_runs"])
+        + " | "
+        + ", ".join("never" if v is None else f"{v:.2f}" for v in storm_a["all_s_runs"])
+        + " |",
+    ]
+    for sessions in SESSIONS:
+        b, a = revoke_b.get(sessions), revoke_a.get(sessions)
+        if b and a:
+            lines.append(
+                f"| revoke → {sessions} session(s) closed, p50 / p99 ms | {b['p50_ms']:.0f} / "
+                f"{_revoke_p99(b):.0f} | {a['p50_ms']:.0f} / {_revoke_p99(a):.0f} |"
+            )
+    lines += [
+        "",
+        "The storm before this work killed the highest-numbered node, which held followers in "
+        "one run of three (402 refusals); the benchmark now kills the node holding most "
+        "followers, the case that refused hundreds (489, 1,312 and 1,423 refusals in three "
+        "runs on the code before the view read the stream through).",
+    ]
+    return lines
+
+
+def _revoke_p99(entry: dict[str, Any]) -> float:
+    return float(entry["pooled_p99_ms"] if entry["sessions"] == 1 else entry["p99_ms"])
+
+
+def _analysis(result: dict[str, Any]) -> list[str]:
+    """What bounds each figure, from this run's numbers (and the profile taken with it)."""
+    summary, meta = result["summary"], result["meta"]
+    cpus = meta["cpus"] or 2
+    static16, member16 = _entry(summary, "static", 16), _entry(summary, "callout-0", 16)
+    static1, member1 = _entry(summary, "static", 1), _entry(summary, "callout-0", 1)
+
+    def total(c: dict[str, Any]) -> float:
+        return float(c["client_cpu_us"] + c["nats_cpu_us"] + c["callout_cpu_us"])
+
+    busy = total(static16) * static16["per_s"] / 1e6
+    rate, p99 = member16["rate_ratio"], member16["p99_ratio"]
+    notes = [
+        f"- **Connects at 16 in flight are bound by CPU.** The static connects keep "
+        f"{busy:.1f} of the {cpus} cores busy (client, servers) beside the rest of the machine "
+        f"(loadavg1 {meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f}). A connect through "
+        f"the callout costs {total(member16):,.0f} µs of CPU against {total(static16):,.0f} "
+        f"static: the client {member16['client_cpu_us']:,.0f} vs "
+        f"{static16['client_cpu_us']:,.0f}, the nats-servers {member16['nats_cpu_us']:,.0f} vs "
+        f"{static16['nats_cpu_us']:,.0f}, the callouts {member16['callout_cpu_us']:,.0f}: a "
+        f"CPU ratio of {total(static16) / total(member16):.2f} against a rate ratio of "
+        f"{rate:.2f} (the static runs are partly bound by their one client process, which "
+        "spends most of their CPU, so the rate ratio sits above the CPU ratio). The servers' "
+        "extra "
+        f"{member16['nats_cpu_us'] - static16['nats_cpu_us']:,.0f} µs is the callout protocol "
+        "(a user key generated, the request JWT signed and sealed to the callout's xkey, the "
+        "answer's box opened and two JWT signatures verified, the user registered) and the "
+        "catch-up's two STREAM.INFO reads at the stream leaders. The callout's "
+        f"{member16['callout_cpu_us']:,.0f} µs per decision is mostly not its handler: the "
+        "handler's own CPU path (open the box, verify the request JWT and the nonce "
+        "signature, look up, build two JWTs, seal) is 200-250 µs measured alone; the rest is "
+        "nats-py and asyncio over TLS (read the request, write the answer, two requests and "
+        "replies per catch-up read: socket writes and SSL were ~35% of the callouts' busy "
+        "samples under this load), the decision's log line (~5%) and its metrics. An A/B "
+        "run with the catch-up read switched off (not a shipped setting) measured 0.92-1.0 ms "
+        "per decision in the callouts and 2.0-2.5 ms in the servers, against 1.1-1.5 and "
+        "2.3-3.0 ms with it: the read is ~15% of the CPU of a connect.",
+        f"- Goal rate ≥ {GOAL_RATE}x at 16 in flight: "
+        f"{_verdict(bool(member16.get('goal_rate')), rate, GOAL_RATE)} ({rate:.2f}; per run "
+        f"{_runs(member16['rate_ratios'])}). Cause: on {cpus} shared cores the client, the "
+        "three servers and the three callouts compete for the same CPU, and a callout "
+        "connect needs about twice the CPU of a static one. The ceiling on this machine kind "
+        "was measured before any store was involved: the bare prototype callout reached "
+        "738 conn/s against 963-1,016 for static nkeys at 16 concurrent, 0.73-0.77x "
+        "(notes/perf-baselines.md §3). What would move it: more cores (the callout's CPU "
+        "would no longer be taken from the servers'), or a faster event loop and TLS in the "
+        "callout (uvloop; a dependency and __main__ change outside this work).",
+        f"- Goal p99 ≤ {GOAL_P99}x at 16 in flight: "
+        f"{_verdict(bool(member16.get('goal_p99')), p99, GOAL_P99)} ({p99:.2f}; per run "
+        f"{_runs(member16['p99_ratios'])}). With 16 always in flight, latency is about "
+        "16 / rate, so the p99 ratio follows the rate ratio; the catch-up read adds its "
+        "round trip on top.",
+        f"- Sequential connects are bound by latency: the callout adds "
+        f"{member1['p50_ms'] - static1['p50_ms']:.1f} ms to the p50 ({static1['p50_ms']:.1f} → "
+        f"{member1['p50_ms']:.1f} ms). {member1['decision_ms']:.1f} ms of it is the decision "
+        "inside the callout, most of that the catch-up read (two STREAM.INFO round trips to "
+        "the stream leaders, ~1 ms: with the read off a decision took 0.6-0.85 ms); the rest "
+        "is the server's side of the exchange and the extra hops (server → callout → "
+        "server). The read is what proves that no change another callout already kicked a "
+        "client for is missing from this view; it stays.",
+    ]
+    sizes = result["jwt_sizes"]
+    big16 = _entry(summary, "callout-256", 16)
+    mid16 = _entry(summary, "callout-32", 16)
+    notes.append(
+        f"- Rooms: every room adds 12 subjects to the user JWT (its subject and, per history "
+        f"slot, the consumer's create, next, delete and two ack subjects). At 32 rooms the JWT "
+        f"is {sizes['32']['jwt_bytes'] / 1024:.0f} KiB, at 256 "
+        f"{sizes['256']['jwt_bytes'] / 1024:.0f} KiB and the sealed answer "
+        f"{sizes['256']['response_bytes'] / 1024:.0f} KiB. The servers then spend "
+        f"{big16['nats_cpu_us'] / 1000:.1f} ms of CPU per connect at 256 rooms "
+        f"({mid16['nats_cpu_us'] / 1000:.1f} at 32; base64, JSON, two signatures over it and "
+        f"{sizes['256']['subjects']:,} permissions to index) and the callouts "
+        f"{big16['callout_cpu_us'] / 1000:.1f} ms (two Ed25519 signatures over 0.8 MB, which "
+        "hash it twice each, base64 and the box; the permission set itself is now cached). "
+        f"So callout-256 runs at {big16['rate_ratio']:.2f}x static, and no change inside the "
+        "callout can lift it much: the servers' share alone is 10x a static connect. What "
+        "would: fewer subjects per room (history consumers per user rather than per room and "
+        "user would drop 10 of the 12: a naming change in core, the SDK and the "
+        "permissions), not made here."
+    )
+    storm = next(s for s in summary["storms"] if s["mode"] == "callout-0")
+    static_storm = next(s for s in summary["storms"] if s["mode"] == "static")
+    if storm["runs"]:
+        every = "never" if storm["all_s"] is None else f"{storm['all_s']:.2f} s"
+        static_every = "—" if static_storm["all_s"] is None else f"{static_storm['all_s']:.2f} s"
+        notes.append(
+            f"- Reconnect storm: {storm['clients']} clients re-admitted in {every} (median; "
+            f"static {static_every}), {storm['refusals']} refusals in {storm['runs']} runs "
+            f"(goal {'met' if summary['storm_goal'] else '**missed**'}). Bound by CPU: "
+            f"{storm['clients']} TLS handshakes on two nodes and as many decisions "
+            f"({storm['callout_cpu_us']:,.0f} µs each in the callouts, "
+            f"{storm['nats_cpu_us']:,.0f} µs of server CPU per client). The killed node held "
+            "KV followers (R1 consumers) of some callouts' views: before this work their "
+            "views could not be shown current until the consumers were re-created elsewhere, "
+            "seconds later, and they refused (store_unavailable) everyone they were asked "
+            "about; the view now reads what its watch has not delivered from the stream "
+            "leader. Clients start with the SDK's options (connect timeout 5 s); a fresh SDK "
+            "connect gives up after 3 refusals in ~4 s, a reconnecting one only after 30 s "
+            "of refusals, so refusals, not the time, are what a storm must avoid."
+        )
+    revokes = {r["sessions"]: r for r in summary["revokes"]}
+    if revokes:
+        one, many = revokes[1], revokes[100]
+        notes.append(
+            f"- Revocation: one session closes {one['p50_ms']:.0f} ms (p50) after the revoke "
+            f"call, of which the signed API call itself is {one['api_ms']:.0f} ms (signature, "
+            "caller lookup, nonce claim and the user's R3 write, fsynced) and the callouts' "
+            f"change → kick {one['kick_ms']:.0f} ms. A hundred sessions over the 3 nodes "
+            f"close by {_revoke_p99(many):.0f} ms (p99): each of the three callouts (each acts "
+            "alone, so that one alive suffices) asks every server for its connections (CONNZ) "
+            f"and kicks the affected ones, {many['kick_ms']:.0f} ms from the change to the "
+            "last kick."
+        )
+    member_cpu = member16["callout_cpu_us"]
+    notes.append(
+        f"- CPU per decision (16 in flight): {member_cpu:,.0f} µs in the callouts, "
+        f"{member16['nats_cpu_us'] - static16['nats_cpu_us']:,.0f} µs more in the servers "
+        "than a static connect; sequentially "
+        f"{member1['callout_cpu_us']:,.0f} and "
+        f"{member1['nats_cpu_us'] - static1['nats_cpu_us']:,.0f} µs (fewer decisions share "
+        "each catch-up read)."
+    )
+    if max(meta["loadavg_max"], meta["loadavg_after"]) > cpus:
+        notes.append(
+            f"- Noise: the machine was shared (loadavg1 up to {meta['loadavg_max']:.1f} on "
+            f"{cpus} cores); absolute rates moved from run to run, so only same-run ratios "
+            f"are compared, and a median within {FIRM} of its goal is marked as within the "
+            "noise."
+        )
+    return notes
 
 
 def _versions() -> dict[str, str]:
@@ -1279,6 +1478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help=f"default {RESULTS} (none with --quick)")
     parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
+    parser.add_argument(
+        "--baseline", type=Path, help="an earlier authpath.json: a before/after table beside"
+    )
     args = parser.parse_args(argv)
     args.modes = ("static", *args.modes)
     if args.child:
@@ -1330,17 +1532,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
     }
     out = args.out or (None if args.quick else RESULTS)
-    if out is not None and (out / "authpath.json").exists():
-        previous = json.loads((out / "authpath.json").read_text())
-        result["analysis"] = previous.get("analysis", [])
-        result["history"] = previous.get("history", [])
+    if args.baseline is not None:
+        before = json.loads(args.baseline.read_text())
+        result["baseline"] = {
+            "meta": before["meta"],
+            "summary": before.get("baseline", {}).get("summary") or _summarize(before),
+        }
     _report(result, out)
     return 0
 
 
 def _report(result: dict[str, Any], out: Path | None) -> None:
-    """Summaries and markdown from the runs; written to ``out`` unless None."""
+    """Summaries, analysis and markdown from the runs; written to ``out`` unless None."""
     result["summary"] = _summarize(result)
+    result["analysis"] = _analysis(result)
     markdown = _markdown(result)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
