@@ -29,7 +29,7 @@ from unibus.client.api import ApiClient, ApiError
 from unibus.client.changes import successor
 from unibus.client.connection import BusConnection, BusUnavailableError
 from unibus.client.crypto import open_room_key
-from unibus.client.envelope import Sealer, decode_envelope
+from unibus.client.envelope import Sealer, decode_envelope, encode_envelope
 from unibus.client.room import RollbackError, RoomError
 from unibus.core import limits, naming
 from unibus.core.connect import NatsTarget, connect
@@ -422,7 +422,7 @@ async def test_junk_and_unknown_epoch_traffic_costs_a_receiver_at_most_one_refet
         # signed by mallory under an epoch nobody has: one refetch for all of them
         await js.publish(subject, envelope, headers={"Nats-Msg-Id": message_id})
         # the same with its epoch changed: the signature fails, no refetch at all
-        forged = msgspec.msgpack.encode(
+        forged = encode_envelope(
             msgspec.structs.replace(decode_envelope(envelope), epoch=8 + index)
         )
         await js.publish(subject, forged, headers={"Nats-Msg-Id": f"forged-{message_id}"})

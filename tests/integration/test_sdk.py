@@ -30,13 +30,19 @@ from tests.integration.deployment import PROBE, Deployment, Listener
 from tests.integration.harness import bounded, eventually, run_cli
 from unibus.client.api import ApiError
 from unibus.client.crypto import new_room_key, seal_room_key
-from unibus.client.envelope import EnvelopeError, Opener, Sealer, decode_envelope
+from unibus.client.envelope import (
+    EnvelopeError,
+    Opener,
+    Sealer,
+    decode_envelope,
+    encode_envelope,
+)
 from unibus.client.profile import write_stack_info
 from unibus.client.room import Message, Room, RoomError
 from unibus.client.sdk import BlobError, BlobRef, Client
 from unibus.core import naming
 from unibus.core.models import EpochRef, SealedKeyRecord
-from unibus.core.nkeys import KeyPair, Prefix
+from unibus.core.nkeys import KeyPair, Prefix, decode_public
 from unibus.core.roomchain import sign_sealed_key
 
 
@@ -79,7 +85,7 @@ async def _counted(room: Room, total: int) -> dict[str, int]:
 
 
 def _reencode(envelope: bytes, **changes: object) -> bytes:
-    return msgspec.msgpack.encode(msgspec.structs.replace(decode_envelope(envelope), **changes))
+    return encode_envelope(msgspec.structs.replace(decode_envelope(envelope), **changes))
 
 
 async def _room_of(client: Client, room_id: str) -> Room:
@@ -520,6 +526,7 @@ async def test_tampered_replayed_and_forged_sender_messages_are_counted_never_de
     relabelled = _reencode(bobs, sender=alice.key)
     impostor = Sealer(bob.identity, room_id)
     impostor._sender = alice.key  # encrypts as alice, but can only sign with bob's key
+    impostor._sender_raw = decode_public(alice.key)[1]
     [signed_by_bob_as_alice] = impostor.seal_batch(
         [b"signed by bob as alice"], epoch=state.epoch, key_id=state.key_id, room_key=room_key
     )
