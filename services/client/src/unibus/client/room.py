@@ -76,6 +76,7 @@ _RETRY_PAUSE_MAX: Final = 2.0
 PUBLISH_BUDGET: Final = 30.0
 """Seconds an unacknowledged message is sent again before the error reaches the caller."""
 _OVERLAP: Final = frozenset({"replay"})
+_LOUD: Final = frozenset[str]()
 _REPLAY_INACTIVE: Final = 60.0
 """Seconds a history consumer nobody pulls from lives on: a slot's longest wait."""
 _CONSUMER_EXISTS: Final = 10148
@@ -613,14 +614,15 @@ class Room:
                 continue
             return ack.seq
 
-    async def _open(
-        self, opener: Opener, data: bytes, *, quiet: frozenset[str] = frozenset()
+    async def _refused(
+        self, opener: Opener, data: bytes, reason: str, quiet: frozenset[str]
     ) -> Opened | None:
-        """The message, or ``None`` (counted unless its reason is ``quiet``)."""
-        try:
-            return opener.open(data, room_key=self.key_for, is_member=self.is_member)
-        except EnvelopeError as exc:
-            reason = exc.reason
+        """After ``opener`` refused ``data`` for ``reason``: the message after a refetch of
+        the chain if that was the cause, else ``None`` (counted unless ``quiet``).
+
+        The loops call ``opener.open`` themselves and come here only on a refusal: a
+        coroutine per message costs more than the checks on a small one.
+        """
         if reason in _REFETCH:
             try:
                 refetched = await self._refetch_for(opener, data)
@@ -719,6 +721,8 @@ class Room:
         """
         await self._ensure_admitted()
         opener = Opener(self.room_id)
+        key_for, is_member = self.key_for, self.is_member
+        opened: Opened | None
         queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=_LIVE_QUEUE)
         subscription = await self._bus.subscribe(naming.room_subject(self.room_id), queue.put)
         try:
@@ -729,7 +733,10 @@ class Room:
                 # the opener knows them as seen, so they are dropped here, uncounted.
                 for _ in range(queue.qsize()):
                     msg = queue.get_nowait()
-                    opened = await self._open(opener, msg.data, quiet=_OVERLAP)
+                    try:
+                        opened = opener.open(msg.data, room_key=key_for, is_member=is_member)
+                    except EnvelopeError as exc:
+                        opened = await self._refused(opener, msg.data, exc.reason, _OVERLAP)
                     if opened is not None:
                         yield self._live(opened, msg)
             incarnation = self._bus.incarnation
@@ -763,10 +770,14 @@ class Room:
                     except TimeoutError:
                         continue
                 heard = time.time()
-                # Received while a gap replay ran: most were delivered by it already.
-                quiet = _OVERLAP if overlap > 0 else frozenset[str]()
-                overlap = max(0, overlap - 1)
-                opened = await self._open(opener, msg.data, quiet=quiet)
+                try:
+                    opened = opener.open(msg.data, room_key=key_for, is_member=is_member)
+                except EnvelopeError as exc:
+                    # Received while a gap replay ran: most were delivered by it already.
+                    quiet = _OVERLAP if overlap > 0 else _LOUD
+                    opened = await self._refused(opener, msg.data, exc.reason, quiet)
+                if overlap:
+                    overlap -= 1
                 if opened is not None:
                     yield self._live(opened, msg)
         finally:
@@ -825,6 +836,8 @@ class Room:
         # the last message read, ends the replay; without a count (None), a fetch idling out.
         ahead = fetch() if info.num_pending != 0 else None
         newest = 0
+        key_for, is_member = self.key_for, self.is_member
+        opened: Opened | None
         try:
             while ahead is not None:
                 try:
@@ -838,9 +851,12 @@ class Room:
                 for index, msg in enumerate(batch):
                     if index % _HISTORY_YIELD == _HISTORY_YIELD - 1:
                         await asyncio.sleep(0)  # let the fetch ahead send and receive
-                    meta = msg.metadata
-                    opened = await self._open(opener, msg.data, quiet=quiet)
+                    try:
+                        opened = opener.open(msg.data, room_key=key_for, is_member=is_member)
+                    except EnvelopeError as exc:
+                        opened = await self._refused(opener, msg.data, exc.reason, quiet)
                     if opened is not None:
+                        meta = msg.metadata
                         # in stream order: an epoch below one stored earlier is stale
                         stale = opened.epoch < newest
                         newest = max(newest, opened.epoch)
