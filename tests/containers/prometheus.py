@@ -104,6 +104,40 @@ def promtool(directory: Path, *args: str) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+@dataclass(frozen=True)
+class PrometheusApi:
+    """The HTTP API of a Prometheus published on a loopback port (``http://127.0.0.1:N``)."""
+
+    url: str
+
+    def get(self, path: str, **params: str) -> tuple[int, str]:
+        """(status, body); status 0 when nothing answers."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, repr(exc)
+
+    def data(self, path: str, **params: str) -> Any:
+        status, body = self.get(path, **params)
+        assert status == 200, body
+        return json.loads(body)["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.data("/api/v1/query", query=expr)["result"]
+        return result
+
+    def targets(self) -> list[dict[str, Any]]:
+        active: list[dict[str, Any]] = self.data("/api/v1/targets", state="active")["activeTargets"]
+        return active
+
+    def firing(self, alert: str) -> list[dict[str, Any]]:
+        return self.query(f'ALERTS{{alertname="{alert}", alertstate="firing"}}')
+
+
 @dataclass
 class FakeCluster:
     directory: Path
@@ -122,7 +156,8 @@ class FakeCluster:
         _pem(fake / "fake_metrics.py", FAKE_METRICS.read_bytes())
         for node in NODES:
             # The node's server certificate names the node; Prometheus dials
-            # authcallout-n1 and controlplane-n1 and still verifies "n1" (server_name).
+            # natsexporter-n1, authcallout-n1 and controlplane-n1 and still verifies "n1"
+            # (server_name).
             cert, key = ca.issue(node, ips=[], dns_names=[node, "localhost"])
             _pem(fake / f"{node}.pem", cert.public_bytes(serialization.Encoding.PEM))
             _pem(
@@ -137,7 +172,8 @@ class FakeCluster:
         try:
             for node in NODES:
                 aliases = [
-                    f"--network-alias={alias}-{node}" for alias in ("authcallout", "controlplane")
+                    f"--network-alias={alias}-{node}"
+                    for alias in ("natsexporter", "authcallout", "controlplane")
                 ]
                 extra = ["--degraded", self.degraded] if self.degraded else []
                 self._run(
@@ -189,22 +225,15 @@ class FakeCluster:
         )
 
     # -- Prometheus' HTTP API -------------------------------------------------------------
+    @property
+    def api(self) -> PrometheusApi:
+        return PrometheusApi(self.url)
+
     def get(self, path: str, **params: str) -> tuple[int, str]:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        try:
-            url = f"{self.url}{path}{query}"  # always http://127.0.0.1:<port>
-            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError as exc:
-            return 0, repr(exc)
+        return self.api.get(path, **params)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        status, body = self.get("/api/v1/query", query=expr)
-        assert status == 200, body
-        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
-        return result
+        return self.api.query(expr)
 
     def wait_scraped(self, *, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Until every unibus target (3 roles x 3 nodes) has been scraped successfully."""

@@ -114,7 +114,7 @@ def test_compose_render_scrapes_every_role_on_every_node_by_its_compose_name() -
         if name != "prometheus"
     }
     assert targets == {
-        **{f"nats@{n}": [f"{n}:7777"] for n in NODES},
+        **{f"nats@{n}": [f"natsexporter-{n}:7777"] for n in NODES},
         **{f"authcallout@{n}": [f"authcallout-{n}:9471"] for n in NODES},
         **{f"controlplane@{n}": [f"controlplane-{n}:9470"] for n in NODES},
     }

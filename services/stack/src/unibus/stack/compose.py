@@ -377,15 +377,7 @@ def compose_monitoring(node_names: Sequence[str]) -> monitoring.MonitoringSpec:
     """What the compose stack's Prometheus scrapes: every container on the compose network,
     over HTTPS verified with the client CA it finds in its own volume."""
     return monitoring.MonitoringSpec(
-        nodes=[
-            monitoring.NodeTargets(
-                node=name,
-                nats=f"natsexporter-{name}:{EXPORTER_PORT}",
-                authcallout=f"authcallout-{name}:{CALLOUT_METRICS_PORT}",
-                controlplane=f"controlplane-{name}:{API_METRICS_PORT}",
-            )
-            for name in node_names
-        ],
+        nodes=[monitoring.NodeTargets.in_compose(name) for name in node_names],
         tls=monitoring.ScrapeTLS(ca_file=f"{PROMETHEUS_ROOT}/certs/client-ca.pem"),
     )
 

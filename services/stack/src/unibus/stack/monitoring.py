@@ -115,11 +115,11 @@ class NodeTargets:
         authcallout_port: int = AUTHCALLOUT_METRICS_PORT,
         controlplane_port: int = CONTROLPLANE_METRICS_PORT,
     ) -> NodeTargets:
-        """The compose network's names: ``n1:7777``, ``authcallout-n1:9471``,
+        """The compose network's names: ``natsexporter-n1:7777``, ``authcallout-n1:9471``,
         ``controlplane-n1:9470``."""
         return cls(
             node=node,
-            nats=f"{node}:{nats_port}",
+            nats=f"natsexporter-{node}:{nats_port}",
             authcallout=f"authcallout-{node}:{authcallout_port}",
             controlplane=f"controlplane-{node}:{controlplane_port}",
         )
