@@ -67,15 +67,21 @@ RAW_STREAM: Final = "BENCH_raw"
 RAW_STREAM_BYTES: Final = 1024 * 1024 * 1024
 RAW_SUBJECTS: Final = "bench.raw.*"
 RAW_REPLAY_SUBJECT: Final = "bench.raw.replay"
-LIVE_MODES: Final = ("raw", "raw-env", "e2e")
+LIVE_MODES: Final = ("raw", "raw-env", "room-env", "e2e")
 RAW_MODES: Final = ("raw", "raw-env")
 """raw-env: raw nats-py with the E2E envelope's size and a ``Nats-Msg-Id`` header."""
+ROOM_ENV: Final = "room-env"
+"""Raw-env as the room's members: the same payloads and ids, published by the member with
+nats-py on its SDK connection into a room's subject (stored by ``UNIBUS_messages``) and
+received by the other member on a core subscription: the E2E path without the SDK's work."""
 GOAL_LIVE: Final = 0.8
 GOAL_REPLAY: Final = 0.5
 NAIVE_REPLAY: Final = 0.1
 FIRM: Final = 0.1
 """A median ratio closer than this to its goal is no firm verdict on this shared machine."""
 SIZES: Final = (128, 1024, 16384)
+BASELINE: Final = RESULTS / "e2e-v1.json"
+"""The last run with envelope v1 (2026-11-23), for the before/after table."""
 REPLAY_SIZE: Final = 1024
 WARM: Final = b"W"
 TIMED: Final = b"T"
@@ -101,6 +107,7 @@ class Child:
     window: int = 256
     warm: bool = True
     fetch: int = 256
+    profile: str = ""  # a directory: run under cProfile and leave the stats there
 
 
 def _cpu() -> float:
@@ -150,6 +157,28 @@ async def _child_pub(spec: Child) -> dict[str, Any]:
             await asyncio.gather(
                 *(
                     js.publish(spec.subject, data, stream=RAW_STREAM, headers=headers())
+                    for data in batch
+                )
+            )
+
+    elif spec.mode == ROOM_ENV:
+        from unibus.core import naming
+
+        client = await _sdk_client(spec, "bench-pub-room-env")
+        await (await client.room(spec.room_id)).wait_admitted()
+        room_js = client.bus.jetstream()
+        room_subject = naming.room_subject(spec.room_id)
+        session, ids = os.urandom(16).hex(), itertools.count(1)
+
+        async def send(batch: Sequence[bytes]) -> None:
+            await asyncio.gather(
+                *(
+                    room_js.publish(
+                        room_subject,
+                        data,
+                        stream=naming.MESSAGES_STREAM,
+                        headers={"Nats-Msg-Id": f"{session}-{next(ids)}-{os.urandom(8).hex()}"},
+                    )
                     for data in batch
                 )
             )
@@ -226,6 +255,18 @@ async def _child_sub(spec: Child) -> dict[str, Any]:
         await nc.subscribe(spec.subject, cb=on_message)
         await nc.flush()
         closer = nc.close
+    elif spec.mode == ROOM_ENV:
+        from unibus.core import naming
+
+        client = await _sdk_client(spec, "bench-sub-room-env")
+        await (await client.room(spec.room_id)).wait_admitted()
+
+        async def on_room_message(msg: Msg) -> None:
+            count(msg.data)
+
+        await client.bus.subscribe(naming.room_subject(spec.room_id), on_room_message)
+        await client.bus.nc.flush()
+        closer = client.close
     else:
         client = await _sdk_client(spec, "bench-sub-e2e")
         room = await client.room(spec.room_id)
@@ -331,7 +372,15 @@ def _quiet() -> None:
 def _child_main(spec: Child) -> None:
     _quiet()
     roles = {"pub": _child_pub, "sub": _child_sub, "replay": _child_replay}
-    result = asyncio.run(roles[spec.role](spec))
+    if spec.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(asyncio.run, roles[spec.role](spec))
+        name = f"{spec.role}-{spec.mode}-{spec.size}-{os.getpid()}.prof"
+        profiler.dump_stats(Path(spec.profile) / name)
+    else:
+        result = asyncio.run(roles[spec.role](spec))
     print(json.dumps(result), flush=True)
 
 
@@ -385,8 +434,10 @@ class Env:
     bob: str
     live_room: str
     replay_room: str
+    env_room: str
     nats_pids: list[int]
     service_pids: list[int] = field(default_factory=list)
+    profile: str = ""
 
     def child(self, role: str, mode: str, **kwargs: Any) -> Child:
         raw = mode in RAW_MODES
@@ -398,6 +449,7 @@ class Env:
             api_urls=self.api_urls,
             ca_file=self.ca_file,
             identity_file=who,
+            profile=self.profile,
             **kwargs,
         )
 
@@ -450,9 +502,11 @@ async def _live(
 ) -> Live:
     log = env.root / f"live-{mode}.log"
     target: dict[str, str] = {"room_id": env.live_room}
+    if mode == ROOM_ENV:
+        target = {"room_id": env.env_room}
     if mode in RAW_MODES:
         target = {"subject": f"bench.raw.{mode.replace('-', '')}{size}"}
-    sent = envelope if mode == "raw-env" else size
+    sent = envelope if mode in ("raw-env", ROOM_ENV) else size
     common = {"size": sent, "count": count, "batch": args.batch, "window": args.window}
     sub = await _spawn(env.child("sub", mode, **target, **common), log)
     pub: asyncio.subprocess.Process | None = None
@@ -554,6 +608,7 @@ async def _setup(stack: Any, root: Path) -> Env:
     ) as client:
         live_room = await client.create_room([bob.public_key])
         replay_room = await client.create_room([bob.public_key])
+        env_room = await client.create_room([bob.public_key])
 
     nc = await connect(stack.target("internal"), name="bench-setup")
     try:
@@ -591,6 +646,7 @@ async def _setup(stack: Any, root: Path) -> Env:
         bob=str(files["bench-bob"]),
         live_room=live_room.room_id,
         replay_room=replay_room.room_id,
+        env_room=env_room.room_id,
         nats_pids=[pid for n in names if (pid := stack.pid(n)) is not None],
         service_pids=services,
     )
@@ -653,6 +709,9 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         stack.start_services()
         await stack.wait_services_ready()
         env = await _setup(stack, root)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            env.profile = str(args.profile.resolve())
 
         components = {size: _components(size, args.batch) for size in args.sizes}
         live: list[Live] = []
@@ -726,7 +785,10 @@ def _summarize(result: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
             "envelope_ratio": _median(envelope),
             "sdk_ratio": _median(sdk),
         }
-        for mode in LIVE_MODES:
+        if any(r["mode"] == ROOM_ENV for r in runs):
+            entry["room_ratio"] = _median(_ratios(runs, ROOM_ENV, "raw"))
+            entry["room_sdk_ratio"] = _median(_ratios(runs, "e2e", ROOM_ENV))
+        for mode in sorted({r["mode"] for r in runs}, key=LIVE_MODES.index):
             mine = [r for r in runs if r["mode"] == mode]
             entry[mode] = {
                 k: _median([r[k] for r in mine])
@@ -763,7 +825,7 @@ def _verdict(met: bool, ratio: float, goal: float) -> str:
     return text
 
 
-def _markdown(result: dict[str, Any]) -> str:
+def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     meta, summary = result["meta"], result["summary"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines = [
@@ -773,7 +835,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"`sync_interval: always`, services on; {versions}; loadavg1 "
         f"{meta['loadavg_before']:.1f} → {meta['loadavg_after']:.1f} (per run "
         f"{meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f}) on {meta['cpus']} cores; "
-        f"total {meta['seconds']:.0f} s; `uv run python bench/e2e.py`_",
+        f"total {meta['seconds']:.0f} s; envelope v{meta.get('envelope_version', 1)}; "
+        "`uv run python bench/e2e.py`_",
         "",
         "Raw: nats-py acknowledged `js.publish` into `BENCH_raw`, a stream created with the "
         "configuration of `UNIBUS_messages` (storage, replicas, retention, limits, duplicate "
@@ -782,7 +845,11 @@ def _markdown(result: dict[str, Any]) -> str:
         "(`room.publish_many`, `room.subscribe()`, `room.history()`), which verifies and "
         "decrypts every message. Raw-env, to split the difference: raw nats-py publishing "
         "payloads of the E2E envelope's size with a `Nats-Msg-Id` header, as the SDK does "
-        "(the raw baseline sends no id). Publisher and subscriber in separate processes; "
+        "(the raw baseline sends no id). Room-env: the same payloads and ids, published by "
+        "the room's member with nats-py on its SDK connection into a room's subject "
+        "(stored by `UNIBUS_messages`) and received by the other member on a core "
+        "subscription: the E2E path (identities, permissions, stream, subject, bytes) "
+        "without the SDK's crypto and plumbing. Publisher and subscriber in separate processes; "
         f"every mode publishes with {meta['window']} messages in flight "
         f"({meta['window'] // meta['batch']} concurrent batches of {meta['batch']}, each "
         "waiting for all its acks). msgs/s from the first publish to the last delivery "
@@ -793,20 +860,23 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"Goal: E2E ≥ {GOAL_LIVE}x raw.",
         "",
-        "| size | msgs per run | raw msgs/s | raw-env msgs/s | E2E msgs/s | **E2E/raw** "
-        "(per run) | raw-env/raw | E2E/raw-env | lost raw / raw-env / E2E | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size | msgs per run | raw msgs/s | raw-env msgs/s | room-env msgs/s | E2E msgs/s "
+        "| **E2E/raw** (per run) | raw-env/raw | room-env/raw | E2E/room-env "
+        "| lost raw / raw-env / room-env / E2E | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     counts = {r["size"]: r["count"] for r in result["live_runs"]}
     for s in summary["live"]:
         r, v, e = s["raw"], s["raw-env"], s["e2e"]
+        m = s.get(ROOM_ENV, {"msgs_per_s": 0.0, "lost": "-"})
         runs = ", ".join(f"{x:.2f}" for x in s["ratios"])
         verdict = _verdict(s["goal_met"], s["ratio"], GOAL_LIVE)
         lines.append(
             f"| {_size(s['size'])} | {counts[s['size']]:,} | {r['msgs_per_s']:,.0f} "
-            f"| {v['msgs_per_s']:,.0f} | {e['msgs_per_s']:,.0f} | **{s['ratio']:.2f}** "
-            f"({runs}) | {s['envelope_ratio']:.2f} | {s['sdk_ratio']:.2f} "
-            f"| {r['lost']} / {v['lost']} / {e['lost']} | {verdict} |"
+            f"| {v['msgs_per_s']:,.0f} | {m['msgs_per_s']:,.0f} | {e['msgs_per_s']:,.0f} "
+            f"| **{s['ratio']:.2f}** ({runs}) | {s['envelope_ratio']:.2f} "
+            f"| {s.get('room_ratio', 0.0):.2f} | {s.get('room_sdk_ratio', 0.0):.2f} "
+            f"| {r['lost']} / {v['lost']} / {m['lost']} / {e['lost']} | {verdict} |"
         )
     lines += [
         "",
@@ -815,20 +885,29 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{max(s['e2e']['services_cpu_us'] for s in summary['live']):.0f} µs or less "
         "(connects and room look-ups at the start of each E2E run).",
         "",
-        "| size | envelope B | pub raw / raw-env / E2E | sub raw / raw-env / E2E "
-        "| nats raw / raw-env / E2E | total raw / E2E | total ratio |",
+        "| size | envelope B | pub raw / raw-env / room-env / E2E "
+        "| sub raw / raw-env / room-env / E2E | nats raw / raw-env / room-env / E2E "
+        "| total raw / room-env / E2E | total ratio E2E/raw |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in summary["live"]:
-        r, v, e = s["raw"], s["raw-env"], s["e2e"]
+        modes = [s[mode] for mode in LIVE_MODES if mode in s]
+        r, e = s["raw"], s["e2e"]
         envelope = result["components"][str(s["size"])]["envelope_bytes"]
-        lines.append(
-            f"| {_size(s['size'])} | {envelope:,.0f} "
-            f"| {r['pub_cpu_us']:.0f} / {v['pub_cpu_us']:.0f} / {e['pub_cpu_us']:.0f} "
-            f"| {r['sub_cpu_us']:.0f} / {v['sub_cpu_us']:.0f} / {e['sub_cpu_us']:.0f} "
-            f"| {r['nats_cpu_us']:.0f} / {v['nats_cpu_us']:.0f} / {e['nats_cpu_us']:.0f} "
-            f"| {_total(r):.0f} / {_total(e):.0f} | {_total(r) / _total(e):.2f} |"
+        totals = " / ".join(
+            f"{_total(s[mode]):.0f}" for mode in ("raw", ROOM_ENV, "e2e") if mode in s
         )
+
+        def cpu(key: str, modes: list[dict[str, Any]] = modes) -> str:
+            return " / ".join(f"{mode[key]:.0f}" for mode in modes)
+
+        lines.append(
+            f"| {_size(s['size'])} | {envelope:,.0f} | {cpu('pub_cpu_us')} "
+            f"| {cpu('sub_cpu_us')} | {cpu('nats_cpu_us')} "
+            f"| {totals} | {_total(r) / _total(e):.2f} |"
+        )
+    if before is not None:
+        lines += _before_after(result, before)
     rp = summary["replay"]
     r, e = rp["raw"], rp["e2e"]
     fills = {f["mode"]: f for f in result["fills"]}
@@ -871,6 +950,60 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _before_after(result: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    """This run beside ``before`` (an earlier run's JSON): paired ratios and deltas only,
+    since the two ran on a differently loaded machine."""
+    meta, summary = result["meta"], result["summary"]
+    old_meta, old_summary = before["meta"], before["summary"]
+    old_live = {s["size"]: s for s in old_summary["live"]}
+    v_old, v_new = old_meta.get("envelope_version", 1), meta.get("envelope_version", 1)
+    lines = [
+        "",
+        f"## Before and after: envelope v{v_old} ({old_meta['date'][:10]}) → v{v_new} (this run)",
+        "",
+        "The two runs had the machine in different states (raw alone moved a lot between "
+        "them), so only same-run ratios and E2E-minus-raw CPU deltas are compared.",
+        "",
+        "| size | envelope B | E2E/raw (per run) | raw-env/raw | E2E/raw-env "
+        "| E2E minus raw, CPU µs/msg: pub / sub / nats | open µs | seal µs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary["live"]:
+        o = old_live.get(s["size"])
+        if o is None:
+            continue
+        c_old = before["components"][str(s["size"])]
+        c_new = result["components"][str(s["size"])]
+
+        def deltas(x: dict[str, Any]) -> str:
+            r, e = x["raw"], x["e2e"]
+            return " / ".join(
+                f"{e[k] - r[k]:+.0f}" for k in ("pub_cpu_us", "sub_cpu_us", "nats_cpu_us")
+            )
+
+        def runs(x: dict[str, Any]) -> str:
+            return ", ".join(f"{v:.2f}" for v in x["ratios"])
+
+        lines.append(
+            f"| {_size(s['size'])} | {c_old['envelope_bytes']:,.0f} → "
+            f"{c_new['envelope_bytes']:,.0f} | {o['ratio']:.2f} ({runs(o)}) → "
+            f"**{s['ratio']:.2f}** ({runs(s)}) | {o['envelope_ratio']:.2f} → "
+            f"{s['envelope_ratio']:.2f} | {o['sdk_ratio']:.2f} → {s['sdk_ratio']:.2f} "
+            f"| {deltas(o)} → {deltas(s)} | {c_old['open_us']:.1f} → {c_new['open_us']:.1f} "
+            f"| {c_old['seal_us']:.1f} → {c_new['seal_us']:.1f} |"
+        )
+    o_rp, rp = old_summary["replay"], summary["replay"]
+    lines += [
+        "",
+        f"Replay of {meta['replay']:,} messages of {_size(REPLAY_SIZE)}: E2E/raw "
+        f"{o_rp['ratio']:.2f} → **{rp['ratio']:.2f}**; SDK reader CPU per message "
+        f"{o_rp['e2e']['reader_cpu_us']:.0f} → {rp['e2e']['reader_cpu_us']:.0f} µs "
+        f"(raw reader {o_rp['raw']['reader_cpu_us']:.0f} → "
+        f"{rp['raw']['reader_cpu_us']:.0f} µs).",
+    ]
+    return lines
+
+
 def _total(figures: dict[str, float]) -> float:
     return (
         figures["pub_cpu_us"]
@@ -893,6 +1026,28 @@ def _versions() -> dict[str, str]:
         "nats-py": version("nats-py"),
         "pynacl": version("pynacl"),
     }
+
+
+def _overhead(meta: dict[str, Any]) -> str:
+    """What the envelope adds to a message, in the wire version the run used."""
+    if meta.get("envelope_version", 1) >= 2:
+        return (
+            "v2: version, room tag, epoch, raw sender, session, seq, batch shape, nonce, "
+            "batch signature, key id, a Merkle path of 16-byte nodes and the AEAD tag"
+        )
+    return "v1: nonce, tag, sender, session, batch signature and the Merkle path"
+
+
+def _plumbing(meta: dict[str, Any]) -> str:
+    if meta.get("envelope_version", 1) >= 2:
+        return "a queue hop and the `Message`; a coroutine only for a refused message"
+    return "a queue hop, a coroutine per message, the `Message`"
+
+
+def _envelope_version() -> int:
+    from unibus.client.envelope import VERSION
+
+    return VERSION
 
 
 def _size(size: int) -> str:
@@ -938,7 +1093,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
             f"{delta('pub_cpu_us', r, e)}, subscriber {delta('sub_cpu_us', r, e)}, servers "
             f"{delta('nats_cpu_us', r, e)} µs. Raw-env carries the same bytes (an "
             f"envelope of {c['envelope_bytes']:,.0f} B for {s['size']:,} B of plaintext: "
-            "nonce, tag, sender, session, batch signature and the Merkle path) and the "
+            f"{_overhead(meta)}) and the "
             "`Nats-Msg-Id` header, without the SDK. Of those deltas it accounts for "
             f"{delta('pub_cpu_us', r, v)} / {delta('sub_cpu_us', r, v)} / "
             f"{delta('nats_cpu_us', r, v)} µs (throughput raw-env/raw "
@@ -946,8 +1101,18 @@ def _analysis(result: dict[str, Any]) -> list[str]:
             f"{s['sdk_ratio']:.2f}). Sealing takes ≈ {c['seal_us']:.0f} µs per message in the "
             f"publisher (one Ed25519 signature per {meta['batch']}). In the subscriber, "
             f"opening takes ≈ {c['open_us']:.0f} µs, plus the plumbing of `room.subscribe()` "
-            "(a queue hop, a coroutine per message, the `Message`)."
+            f"({_plumbing(meta)})."
         )
+        if ROOM_ENV in s:
+            m = s[ROOM_ENV]
+            line += (
+                f" Room-env (the same bytes and ids, as the members, into the room: "
+                f"everything but the SDK's work) runs at {s['room_ratio']:.2f}x raw, and "
+                f"E2E at {s['room_sdk_ratio']:.2f}x room-env: the SDK's work costs "
+                f"{delta('pub_cpu_us', m, e)} µs in the publisher, "
+                f"{delta('sub_cpu_us', m, e)} in the subscriber and "
+                f"{delta('nats_cpu_us', m, e)} in the servers over room-env."
+            )
         if not s["goal_met"]:
             if s["size"] >= 16384:
                 line += (
@@ -1025,9 +1190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fetch", type=int, help="raw replay fetch batch (default: the SDK's HISTORY_BATCH)"
     )
     parser.add_argument("--quick", action="store_true", help="1 run, small sizes (smoke test)")
+    parser.add_argument(
+        "--profile", type=Path, help="run the children under cProfile, stats in this directory"
+    )
     parser.add_argument("--out", type=Path, help=f"default {RESULTS} (none with --quick)")
     parser.add_argument(
         "--render", action="store_true", help="rewrite the report from the results' JSON only"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help=f"an earlier run's JSON to compare (default {BASELINE})"
     )
     args = parser.parse_args(argv)
     if args.child:
@@ -1036,7 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         out = args.out or RESULTS
         result = json.loads((out / "e2e.json").read_text())
-        _report(result, out)
+        _report(result, out, args.baseline)
         return 0
     if args.fetch is None:
         from unibus.client.room import HISTORY_BATCH
@@ -1078,16 +1249,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "versions": _versions(),
+        "envelope_version": _envelope_version(),
     }
-    _report(result, args.out or (None if args.quick else RESULTS))
+    _report(result, args.out or (None if args.quick else RESULTS), args.baseline)
     return 0
 
 
-def _report(result: dict[str, Any], out: Path | None) -> None:
-    """Summaries, analysis and markdown from the runs; written to ``out`` unless None."""
+def _report(result: dict[str, Any], out: Path | None, baseline: Path | None = None) -> None:
+    """Summaries, analysis and markdown from the runs; written to ``out`` unless None.
+
+    ``baseline``: an earlier run's JSON (``BASELINE`` if it exists and none is given), set
+    beside this one in a before/after table.
+    """
     result["summary"] = _summarize(result, result["meta"]["sizes"])
     result["analysis"] = _analysis(result)
-    markdown = _markdown(result)
+    if baseline is None and BASELINE.exists():
+        baseline = BASELINE
+    before = json.loads(baseline.read_text()) if baseline is not None else None
+    markdown = _markdown(result, before)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
