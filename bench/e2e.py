@@ -878,6 +878,15 @@ def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> s
             f"| {s.get('room_ratio', 0.0):.2f} | {s.get('room_sdk_ratio', 0.0):.2f} "
             f"| {r['lost']} / {v['lost']} / {m['lost']} / {e['lost']} | {verdict} |"
         )
+    for other in result.get("others", []):
+        live = " / ".join(f"{ratio:.2f}" for ratio in other["live"].values())
+        sizes = " / ".join(_size(int(size)) for size in other["live"])
+        lines += [
+            "",
+            f"Another invocation with the same SDK, {other['date']} (loadavg1 up to "
+            f"{other['loadavg_max']:.1f}): E2E/raw {live} at {sizes}, replay "
+            f"{other['replay']:.2f}.",
+        ]
     lines += [
         "",
         "CPU per message (medians, µs): publisher process, subscriber process, the three "
@@ -1075,6 +1084,31 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         "The publishes are already pipelined: both modes keep the same window of "
         f"{meta['window']} publishes in flight."
     ]
+    rooms = [s for s in live if ROOM_ENV in s]
+    if rooms:
+        notes.append(
+            "- **The room path itself costs the servers more than the raw path, before any "
+            "SDK work.** The callout admits a member into the member account, which holds no "
+            "JetStream asset: the room subjects and the JetStream API reach the bus account "
+            "(where `UNIBUS_messages` lives) through service imports, and an import rewrites "
+            "each acknowledged publish's reply to a fresh `_R_` subject that routes its ack "
+            "back (`naming.MEMBER_SERVICES`). The raw baselines publish as the internal "
+            "identity, in the bus account. Room-env sends the raw-env bytes and ids the "
+            "members' way, with no SDK: the three servers spend "
+            + ", ".join(
+                f"{s[ROOM_ENV]['nats_cpu_us']:.0f} µs per message against raw-env's "
+                f"{s['raw-env']['nats_cpu_us']:.0f} at {_size(s['size'])}"
+                for s in rooms
+            )
+            + ", and room-env runs at "
+            + " / ".join(f"{s['room_ratio']:.2f}" for s in rooms)
+            + "x raw. That is the ceiling of E2E/raw on this stack, whatever the SDK does; "
+            "E2E runs at "
+            + " / ".join(f"{s['room_sdk_ratio']:.2f}" for s in rooms)
+            + "x room-env. Moving it is a change to how members reach the stream (the "
+            "account layout is a security boundary: SPEC §5, the callout's issue), not to "
+            "the envelope."
+        )
     for s in live:
         r, v, e = s["raw"], s["raw-env"], s["e2e"]
         c = result["components"][str(s["size"])]
@@ -1121,6 +1155,14 @@ def _analysis(result: dict[str, Any]) -> list[str]:
                     "both sides, and the envelope is copied several times. A faster AEAD "
                     "would help (perf-baselines §2c: OpenSSL's ChaCha20-Poly1305 runs 4x "
                     "PyNaCl's XChaCha20 at 1 KiB), and so would more cores for the servers."
+                )
+            elif ROOM_ENV in s and s["room_ratio"] < GOAL_LIVE:
+                line += (
+                    f" What would move it: the room path first (room-env alone is at "
+                    f"{s['room_ratio']:.2f}x raw, below the goal with no SDK work at all; "
+                    "see above), then fewer Python steps in `Opener.open`, `Sealer` and "
+                    "`room.subscribe()`, or more cores for the servers. On this box the "
+                    "ratio is a CPU ratio."
                 )
             else:
                 line += (
@@ -1200,6 +1242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", type=Path, help=f"an earlier run's JSON to compare (default {BASELINE})"
     )
+    parser.add_argument(
+        "--others",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other invocations' JSON of the same code: their medians are listed beside",
+    )
     args = parser.parse_args(argv)
     if args.child:
         _child_main(Child(**json.loads(args.child)))
@@ -1207,7 +1256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         out = args.out or RESULTS
         result = json.loads((out / "e2e.json").read_text())
-        _report(result, out, args.baseline)
+        _report(result, out, args.baseline, args.others)
         return 0
     if args.fetch is None:
         from unibus.client.room import HISTORY_BATCH
@@ -1251,11 +1300,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
         "envelope_version": _envelope_version(),
     }
-    _report(result, args.out or (None if args.quick else RESULTS), args.baseline)
+    _report(result, args.out or (None if args.quick else RESULTS), args.baseline, args.others)
     return 0
 
 
-def _report(result: dict[str, Any], out: Path | None, baseline: Path | None = None) -> None:
+def _report(
+    result: dict[str, Any],
+    out: Path | None,
+    baseline: Path | None = None,
+    others: Sequence[Path] = (),
+) -> None:
     """Summaries, analysis and markdown from the runs; written to ``out`` unless None.
 
     ``baseline``: an earlier run's JSON (``BASELINE`` if it exists and none is given), set
@@ -1263,6 +1317,18 @@ def _report(result: dict[str, Any], out: Path | None, baseline: Path | None = No
     """
     result["summary"] = _summarize(result, result["meta"]["sizes"])
     result["analysis"] = _analysis(result)
+    for path in others:
+        other = json.loads(path.read_text())
+        if any(o["date"] == other["meta"]["date"] for o in result.get("others", [])):
+            continue
+        result.setdefault("others", []).append(
+            {
+                "date": other["meta"]["date"],
+                "loadavg_max": other["meta"]["loadavg_max"],
+                "live": {str(x["size"]): x["ratio"] for x in other["summary"]["live"]},
+                "replay": other["summary"]["replay"]["ratio"],
+            }
+        )
     if baseline is None and BASELINE.exists():
         baseline = BASELINE
     before = json.loads(baseline.read_text()) if baseline is not None else None
