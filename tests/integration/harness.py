@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import sys
@@ -170,6 +171,25 @@ async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def rotate_with_rollouts(verb: str, root: Path) -> list[str]:
+    """``unibus VERB stage``, ``switch`` and ``retire`` on the stack at ``root``, each
+    followed by a rollout, while a client connects as the first admin every 200 ms. Fails
+    on any refused connect; returns the phase each step reported."""
+    phases = []
+    target = admin_target(root)
+    async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
+        for step in ("stage", "switch", "retire"):
+            code, out, err = await run_cli(verb, step, "--dir", str(root), "--json")
+            assert code == 0, err
+            phases.append(json.loads(out)["phase"])
+            code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
+            assert code == 0, f"rollout after {verb} {step}: {err[-2000:]}"
+    refused = [repr(e) for _, e in outcomes if e is not None]
+    assert len(outcomes) > 50, "the probe barely ran"
+    assert refused == [], f"connects refused during the {verb} rotation: {refused[:5]}"
+    return phases
 
 
 @asynccontextmanager

