@@ -67,6 +67,8 @@ _GRANT_RE: Final = re.compile(f"[0-9a-f]{{{_GRANT_CHARS}}}")
 _READ_THROUGH_AFTER: Final = 0.1
 """How long a proof waits for the watch before it reads what is missing from the stream."""
 _READ_TIMEOUT: Final = 0.5
+_READ_BUDGET: Final = 2.0
+_READ_PAUSE: Final = 0.05
 _KV_OPERATION: Final = "KV-Operation"
 _MARKER_REASON: Final = "Nats-Marker-Reason"
 _MARKER_OPERATIONS: Final = {"MaxAge": "PURGE", "Purge": "PURGE", "Remove": "DEL"}
@@ -389,14 +391,29 @@ class DirectoryView:
             self._reads[bucket] = asyncio.create_task(self._read_missing(bucket))
 
     async def _read_missing(self, bucket: str) -> None:
-        try:
-            while self._state.applied[bucket] < self._read_targets[bucket]:
+        # Failures are retried (a read during a leader change is answered 503) until reads
+        # have failed for _READ_BUDGET; the proofs waiting meanwhile deny at their deadline.
+        failing_since: float | None = None
+        while self._state.applied[bucket] < self._read_targets[bucket]:
+            try:
                 entry = await self._read_after(bucket, self._state.applied[bucket])
-                await self._take(bucket, entry)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - best effort: the proofs still wait, then deny
-            _log.info("could not read the stream through", bucket=bucket, error=type(exc).__name__)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - best effort: the proofs still wait, then deny
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= _READ_BUDGET:
+                    _log.info(
+                        "could not read the stream through",
+                        bucket=bucket,
+                        error=type(exc).__name__,
+                        detail=str(exc)[:120],
+                    )
+                    return
+                await asyncio.sleep(_READ_PAUSE)
+                continue
+            failing_since = None
+            await self._take(bucket, entry)
 
     async def _read_after(self, bucket: str, revision: int) -> KvEntry:
         """The first message of ``bucket`` after ``revision``, as the stream leader has it."""
