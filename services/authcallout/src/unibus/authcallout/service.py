@@ -3,6 +3,13 @@
 Three connections, each with the least identity it needs: the callout identity receives
 auth requests (queue group, so any number of instances share the load), the internal
 identity feeds the KV view, the system identity lists and kicks connections.
+
+Each instance receives requests on its own node whenever that node is up (the first URL):
+a server hands a request to a queue member on itself before one across a route, so with
+one instance at home on every node no request travels to another node, where the loss of
+that node would lose it (the server then times out and refuses the client). A node's stop
+sends its instance elsewhere; once the node is back, the instance subscribes there again
+and lets the other subscription drain (``_stay_home``).
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from unibus.authcallout.keys import KeyGeneration, Keys
 from unibus.authcallout.kicks import Kicker, connection_name
@@ -36,6 +45,8 @@ from unibus.core.connect import NatsTarget, connect
 from unibus.core.log import get_logger
 
 _SWEEP_WAIT = 10.0
+_HOME_CHECK = 2.0
+"""Seconds between two checks that requests arrive on this instance's own node."""
 _log = get_logger("unibus.authcallout")
 
 
@@ -48,6 +59,8 @@ class CalloutService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._view: DirectoryView | None = None
         self._kicker: Kicker | None = None
+        self._requests: tuple[NATS, Subscription] | None = None
+        """The connection and subscription requests arrive on."""
 
     def _target(self, identity: str) -> NatsTarget:
         files = {
@@ -76,22 +89,72 @@ class CalloutService:
         await self._view.start()
         gauges = asyncio.create_task(self._update_gauges())
         sweep = asyncio.create_task(self._sweep_on_start())
+        homing: asyncio.Task[None] | None = None
         try:
-            sub = await callout_nc.subscribe(
-                naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
-            )
+            self._requests = (callout_nc, await self._subscribe(callout_nc))
             _log.info("serving auth requests", instances_share=naming.CALLOUT_QUEUE)
+            homing = asyncio.create_task(self._stay_home())
             await stop.wait()
-            await sub.unsubscribe()
+            await self._requests[1].unsubscribe()
         finally:
             gauges.cancel()
             sweep.cancel()
+            if homing is not None:
+                homing.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
-            for nc in (callout_nc, sys_nc, view_nc):
+            request_nc = self._requests[0] if self._requests else callout_nc
+            for nc in {request_nc, callout_nc, sys_nc, view_nc}:
                 with contextlib.suppress(Exception):
                     await nc.close()
+
+    async def _subscribe(self, nc: NATS) -> Subscription:
+        return await nc.subscribe(
+            naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
+        )
+
+    def _at_home(self, nc: NATS) -> bool:
+        url, home = nc.connected_url, urlsplit(self._settings.nats_urls[0])
+        return url is not None and (url.hostname, url.port) == (home.hostname, home.port)
+
+    async def _stay_home(self) -> None:
+        """Move the request subscription back to this instance's own node once it is up."""
+        while True:
+            await asyncio.sleep(_HOME_CHECK)
+            if self._requests is None or self._at_home(self._requests[0]):
+                continue
+            try:
+                await self._move_home()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next check
+                _log.info("could not move requests home", error=type(exc).__name__)
+
+    async def _move_home(self) -> None:
+        if self._requests is None:
+            return
+        nc = await self._connect("callout")  # tries the own node first
+        if not self._at_home(nc):
+            await nc.close()
+            return
+        try:
+            sub = await self._subscribe(nc)
+            await nc.flush()
+        except BaseException:
+            await nc.close()
+            raise
+        old_nc, old_sub = self._requests
+        self._requests = (nc, sub)
+        _log.info("serving auth requests on this node again")
+        # Requests already on their way to the old subscription are still answered: drain
+        # delivers them before it unsubscribes, and their tasks answer on the old connection.
+        with contextlib.suppress(Exception):
+            await old_sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            budget = self._settings.stale_grace + self._settings.catch_up + 1.0
+            await asyncio.wait(pending, timeout=budget)
+        with contextlib.suppress(Exception):
+            await old_nc.close()
 
     async def _connect(self, identity: str) -> NATS:
         async def disconnected() -> None:
