@@ -15,7 +15,8 @@ the peers at their route addresses. Here, on one Docker engine:
   real files publish ports on the host's addresses; here no such address exists on the
   engine's machine (publishing on it fails), and the node and its services listen in the
   ``vps`` namespace instead, which is what publishing on a VPS amounts to: the address
-  answers on 4222, 6222 and 8470. The override therefore resets ``ports``. One difference
+  answers on 4222, 6222 and 8470 (and the metrics ports). The override therefore resets
+  ``ports``. One difference
   remains: a VPS publishes 6222 on the route address only; here the route port answers on
   both (a firewall matter, outside what the rehearsal proves);
 * the test process reaches the public addresses directly (bridge networks are routed on
@@ -242,8 +243,9 @@ class Rehearsal:
                 host: joined(ports=_Reset()),
                 "provision": joined(),
                 "migrate": joined(),
-                "authcallout": joined(),
+                "authcallout": joined(ports=_Reset()),
                 "controlplane": joined(ports=_Reset()),
+                "natsexporter": joined(ports=_Reset()),
             },
             "networks": {
                 role: {"name": network.name, "external": True}

@@ -47,9 +47,13 @@ def _containers(stack: ComposeStack) -> dict[str, str]:
     return {name: state for name, state in pairs if "stage" not in name and "provision" not in name}
 
 
+SERVICE_CONTAINERS = 12
+"""Three nodes, each with its callout, API and exporter."""
+
+
 def _all_running(stack: ComposeStack) -> None:
     states = _containers(stack)
-    assert len(states) == 9, states
+    assert len(states) == SERVICE_CONTAINERS, states
     assert set(states.values()) == {"running"}, states
 
 

@@ -151,7 +151,8 @@ def test_a_compose_rollout_of_a_degraded_cluster_is_refused(stack: ComposeStack)
         assert result.returncode == 1
         assert "refusing to roll a degraded cluster" in result.stderr
         running = docker(
-            "ps", "-q", "--filter", f"name={stack.project}-n", "--filter", "status=running"
+            *("ps", "-q", "--filter", f"name=^{stack.project}-n[0-9]"),
+            *("--filter", "status=running"),
         )
         assert len(running.stdout.split()) == 2, "the rollout touched a node"
     finally:

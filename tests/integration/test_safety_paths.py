@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
@@ -408,7 +409,7 @@ sys.exit(status)
 """
 
 
-async def test_the_migration_command_exits_1_without_a_report_when_parity_fails(
+async def test_the_migration_command_exits_1_with_a_failure_summary_when_parity_fails(
     stacks: StackFactory, tmp_path: Path
 ) -> None:
     stack, db = await _migration_target(stacks, tmp_path)
@@ -428,7 +429,12 @@ async def test_the_migration_command_exits_1_without_a_report_when_parity_fails(
     text = err.decode()
     lost = text.rpartition("lost: ")[2].strip()
     assert command.returncode == 1, text
-    assert out == b""  # no report: nothing a script could take for a verified copy
+    # no report, only the failure's summary: nothing a script could take for a verified copy
+    summary = json.loads(out)
+    assert summary["outcome"] == "failed"
+    assert "parity check failed" in summary["error"]
+    assert "parity" not in summary
+    assert "target_hash" not in summary
     assert "unibus-migrate: error: parity check failed" in text
     assert f"sealed key {lost} missing" in text
 
