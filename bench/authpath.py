@@ -1323,15 +1323,19 @@ def _before_after(result: dict[str, Any]) -> list[str]:
         f"{result['baseline']['meta']['loadavg_max']:.1f}); after: this run. Ratios are "
         "callout / static of the same run; CPU in µs per connect.",
         "",
-        "| in flight | mode | /static before → after | p99 /static before → after "
-        "| callouts CPU before → after | nats-servers CPU before → after |",
-        "|---|---|---|---|---|---|",
+        "| in flight | mode | connects/s before → after (static) | /static before → after "
+        "| p99 /static before → after | callouts CPU before → after "
+        "| nats-servers CPU before → after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for concurrency in CONCURRENCY:
+        sb, sa = _entry(before, "static", concurrency), _entry(after, "static", concurrency)
         for mode in MODES[1:]:
             b, a = _entry(before, mode, concurrency), _entry(after, mode, concurrency)
             lines.append(
-                f"| {concurrency} | {mode} | {b['rate_ratio']:.2f} → **{a['rate_ratio']:.2f}** "
+                f"| {concurrency} | {mode} | {b['per_s']:,.0f} → {a['per_s']:,.0f} "
+                f"({sb['per_s']:,.0f} → {sa['per_s']:,.0f}) "
+                f"| {b['rate_ratio']:.2f} → **{a['rate_ratio']:.2f}** "
                 f"| {b['p99_ratio']:.2f} → **{a['p99_ratio']:.2f}** "
                 f"| {b['callout_cpu_us']:,.0f} → {a['callout_cpu_us']:,.0f} "
                 f"| {b['nats_cpu_us']:,.0f} → {a['nats_cpu_us']:,.0f} |"
