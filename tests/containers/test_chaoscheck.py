@@ -47,8 +47,9 @@ def _containers(stack: ComposeStack) -> dict[str, str]:
     return {name: state for name, state in pairs if "stage" not in name and "provision" not in name}
 
 
-SERVICE_CONTAINERS = 12
-"""Three nodes, each with its callout, API and exporter."""
+NODE_CONTAINERS = 4
+"""A node and, beside it, its callout, API and exporter."""
+SERVICE_CONTAINERS = 3 * NODE_CONTAINERS
 
 
 def _all_running(stack: ComposeStack) -> None:
@@ -124,10 +125,10 @@ def test_a_compose_chaoscheck_interrupted_during_stop_two_restores_the_cluster(
         # Interrupt once the two nodes and their services are down: there is damage to undo.
         eventually(
             lambda: _containers(stack),
-            until=lambda states: list(states.values()).count("exited") == 6,
+            until=lambda states: list(states.values()).count("exited") == 2 * NODE_CONTAINERS,
             timeout=60,
             interval=0.2,
-            what="two nodes killed with their callouts and APIs",
+            what="two nodes killed with their callouts, APIs and exporters",
         )
         cli.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=420)
