@@ -202,6 +202,23 @@ def _fail(reason: str, message: str) -> NoReturn:
     raise EnvelopeError(reason, message)
 
 
+def _member_key(
+    sender: str,
+    epoch: int,
+    key_id: str,
+    room_key: Callable[[int, str], bytes | None],
+    is_member: Callable[[str, int], bool],
+) -> bytes:
+    """The room key that opens a message of ``sender`` at ``epoch``, once ``sender`` is known
+    to be a member then (both envelope versions check the same, in this order)."""
+    if not is_member(sender, epoch):
+        _fail("not_member", f"the sender is not a member of the room at epoch {epoch}")
+    key = room_key(epoch, key_id)
+    if not isinstance(key, bytes | bytearray) or len(key) != _KEY_BYTES:
+        _fail("unknown_epoch", f"no room key for epoch {epoch}, key id {key_id}")
+    return bytes(key)
+
+
 class EnvelopeV1(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     """A v1 envelope as it travels (a msgpack array, in this field order)."""
 
@@ -918,11 +935,7 @@ class Opener:
         if tag != self._tag:
             _fail("wrong_room", "the envelope belongs to another room")
         sender = _user_key(raw)
-        if not is_member(sender, epoch):
-            _fail("not_member", f"the sender is not a member of the room at epoch {epoch}")
-        key = room_key(epoch, key_id)
-        if not isinstance(key, bytes | bytearray) or len(key) != _KEY_BYTES:
-            _fail("unknown_epoch", f"no room key for epoch {epoch}, key id {key_id}")
+        key = _member_key(sender, epoch, key_id, room_key, is_member)
         ct = data[path_end:]
         ad = self._ad2_prefix + data[_V2_FIXED - 1 : kid_end] + data[_V2_BOUND]
         leaf = _sha256(_LEAF_TAG + ad + nonce + ct).digest()[:16]
@@ -935,18 +948,10 @@ class Opener:
             self._authenticate(
                 2, sender, raw, session, epoch, key_id, first, size, index, path, signature, leaf
             )
-        plaintext = _aead_decrypt(ct, ad, nonce, bytes(key))
+        plaintext = _aead_decrypt(ct, ad, nonce, key)
         if plaintext is None:
             _fail("decrypt_failed", "the message does not decrypt with the room key")
-        stream_key = (sender, session)
-        stream = self._streams.get(stream_key)
-        if stream is None:
-            stream = self._new_stream(stream_key)
-        elif not stream.is_new(seq):
-            _fail("replay", "this message was seen before or is older than the replay window")
-        else:
-            self._streams.move_to_end(stream_key)
-        stream.record(seq, self._window)
+        self._record(sender, session, seq)
         return Opened(
             plaintext, sender, self._room_id, epoch, key_id, seq, _msg_id(session, seq, nonce)
         )
@@ -961,14 +966,10 @@ class Opener:
         if env.room_id != self._room_id:
             _fail("wrong_room", "the envelope belongs to another room")
         sender, epoch = env.sender, env.epoch
-        if not is_member(sender, epoch):
-            _fail("not_member", f"the sender is not a member of the room at epoch {epoch}")
-        key = room_key(epoch, env.key_id)
-        if not isinstance(key, bytes | bytearray) or len(key) != _KEY_BYTES:
-            _fail("unknown_epoch", f"no room key for epoch {epoch}, key id {env.key_id}")
+        key = _member_key(sender, epoch, env.key_id, room_key, is_member)
         ad = _associated_data(self._room_id, epoch, env.key_id, sender, env.session, env.seq, v=1)
         self._authenticate_envelope(env, _leaf_hash(ad, env.nonce, env.ciphertext, v=1))
-        plaintext = _aead_decrypt(env.ciphertext, ad, env.nonce, bytes(key))
+        plaintext = _aead_decrypt(env.ciphertext, ad, env.nonce, key)
         if plaintext is None:
             _fail("decrypt_failed", "the message does not decrypt with the room key")
         self._record(sender, env.session, env.seq)
