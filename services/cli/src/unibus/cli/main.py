@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+import nats.errors
+
 from unibus.core.errors import UnibusError
 from unibus.core.log import configure_logging
 
@@ -86,6 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except UnibusError as exc:
         print(f"unibus {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    except (nats.errors.Error, TimeoutError) as exc:
+        # What a verb did not translate itself: still one line, never a traceback.
+        print(
+            f"unibus {args.verb}: error: the bus did not answer ({type(exc).__name__}: "
+            f"{exc or 'no detail'}); check that the nodes are up (`unibus status`), "
+            "then run it again",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -85,6 +85,10 @@ _CHUNK_TIMEOUT: Final = 30.0
 """Seconds between two chunks of a snapshot before it is given up as stalled."""
 _RESTORE_CHUNK: Final = 128 * 1024
 _RESERVATION_WAIT: Final = 60.0
+_RESTORE_START_TIMEOUT: Final = 60.0
+"""Seconds for a restore's first answer: the server gives it only once the new stream's
+group has formed on its peers, which on a cluster just started, or busy, takes longer than
+any other API call. Asked once: a second ask would find the first one's stream."""
 
 Progress = Callable[[str], None]
 
@@ -126,8 +130,16 @@ def _asset(name: str) -> Asset:
     return next(asset for asset in ASSETS if asset.name == name)
 
 
-async def _api(nc: NATS, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = await nc.request(subject, json.dumps(body).encode(), timeout=_API_TIMEOUT)
+async def _api(
+    nc: NATS, subject: str, body: dict[str, Any], *, timeout: float = _API_TIMEOUT
+) -> dict[str, Any]:
+    try:
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+    except nats.errors.TimeoutError:
+        raise BackupError(
+            f"{subject}: no answer within {timeout:g}s; check that every node is up "
+            "(`unibus status`), then run it again"
+        ) from None
     answer: dict[str, Any] = json.loads(reply.data)
     error = answer.get("error")
     if error:
@@ -393,6 +405,7 @@ async def _restore_one(
                 nc,
                 f"$JS.API.STREAM.RESTORE.{entry.stream}",
                 {"config": config, "state": entry.state},
+                timeout=_RESTORE_START_TIMEOUT,
             )
             break
         except BackupError as exc:
