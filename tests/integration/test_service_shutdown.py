@@ -1,8 +1,9 @@
 """A service stops when told to, even while it cannot reach the cluster.
 
 A callout or API started while every node is down keeps retrying its first connect; a
-SIGTERM must still end it (within ``SHUTDOWN_GRACE``, well inside the 10 s a container
-engine waits before SIGKILL), with status 0.
+SIGTERM must still end it, with status 0, well inside the 10 s a container engine waits
+before SIGKILL. With nothing yet to drain, it ends at once: never by the forced cancel
+that ends a stop still running after ``SHUTDOWN_GRACE``.
 """
 
 from __future__ import annotations
@@ -51,3 +52,4 @@ async def test_a_service_started_while_every_node_is_down_exits_0_on_sigterm(
         what=f"{service} ending after SIGTERM",
     )
     assert stack.service_exit_status(service, "n1") == 0, log.read_text()[-2000:]
+    assert "still not stopped; cancelling" not in log.read_text()

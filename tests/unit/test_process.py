@@ -20,7 +20,7 @@ _SERVICE = textwrap.dedent(
     import asyncio, sys
     from dataclasses import dataclass
     from unibus.core.errors import ConfigError, UnibusError
-    from unibus.core.process import run_service
+    from unibus.core.process import run_service, unless_stopped
 
     @dataclass
     class Settings:
@@ -38,6 +38,21 @@ _SERVICE = textwrap.dedent(
             # What a first connect to a cluster that is down does: retry, never looking at stop.
             while True:
                 await asyncio.sleep(0.05)
+        if mode == "starting":
+            # A start that retries for as long as no node answers, wrapped as services do.
+            async def forever():
+                while True:
+                    await asyncio.sleep(0.05)
+            try:
+                await unless_stopped(stop, forever())
+            finally:
+                print("start abandoned", file=sys.stderr, flush=True)
+        if mode == "started":
+            async def quick():
+                return "ready"
+            print(await unless_stopped(stop, quick()), flush=True)
+            await stop.wait()
+            print("drained", file=sys.stderr, flush=True)
         if mode == "fails":
             raise UnibusError("the store is unreachable: start the cluster first")
         if mode == "fails-naming-a-subject":
@@ -88,6 +103,24 @@ def test_a_service_stuck_before_serving_is_cancelled_after_the_grace_and_exits_0
     assert code == 0
     assert seconds >= SHUTDOWN_GRACE - 0.5
     assert "still not stopped; cancelling" in err
+
+
+def test_a_stop_during_a_guarded_start_exits_0_without_waiting_out_the_grace() -> None:
+    code, _, err = _stop(_start("starting"), within=SHUTDOWN_GRACE + 10)
+    assert code == 0
+    assert "start abandoned" in err
+    assert "still not stopped; cancelling" not in err
+    assert "Traceback" not in err
+
+
+def test_a_guarded_start_that_finishes_hands_back_its_result_and_serves_until_the_stop() -> None:
+    process = _start("started")
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    code, _, err = _stop(process, within=SHUTDOWN_GRACE + 10)
+    assert code == 0
+    assert "drained" in err
+    assert "still not stopped; cancelling" not in err
 
 
 def test_a_runtime_error_exits_1_with_one_line_and_no_traceback() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
@@ -43,6 +44,7 @@ from unibus.authcallout.view import Change, DirectoryView
 from unibus.core import naming
 from unibus.core.connect import NatsTarget, connect
 from unibus.core.log import get_logger
+from unibus.core.process import unless_stopped
 
 _SWEEP_WAIT = 10.0
 _HOME_CHECK = 2.0
@@ -75,9 +77,13 @@ class CalloutService:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        view_nc = await self._connect("internal")
-        sys_nc = await self._connect("system")
-        callout_nc = await self._connect("callout")
+        opened: list[NATS] = []
+        try:
+            await unless_stopped(stop, self._connect_all(opened))
+        except BaseException:
+            await _close_all(opened)
+            raise
+        view_nc, sys_nc, callout_nc = opened
         self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
         self._view = DirectoryView(
             view_nc,
@@ -105,9 +111,13 @@ class CalloutService:
             for task in list(self._tasks):
                 task.cancel()
             request_nc = self._requests[0] if self._requests else callout_nc
-            for nc in {request_nc, callout_nc, sys_nc, view_nc}:
-                with contextlib.suppress(Exception):
-                    await nc.close()
+            await _close_all({request_nc, *opened})
+
+    async def _connect_all(self, opened: list[NATS]) -> None:
+        """The view's, the kicks' and the requests' connections, in ``opened`` as each
+        opens (retried for as long as no node answers)."""
+        for identity in ("internal", "system", "callout"):
+            opened.append(await self._connect(identity))
 
     async def _subscribe(self, nc: NATS) -> Subscription:
         return await nc.subscribe(
@@ -304,3 +314,9 @@ class CalloutService:
             if change.committed_at is not None:
                 self._metrics.revoke_latency.observe(max(0.0, time.time() - change.committed_at))
         _log.info("authorization changed", users=len(change.users), kicked=kicked)
+
+
+async def _close_all(connections: Iterable[NATS]) -> None:
+    for nc in connections:
+        with contextlib.suppress(Exception):
+            await nc.close()

@@ -9,6 +9,7 @@ import sys
 
 from hypercorn.asyncio import serve as serve_asgi
 from hypercorn.config import Config
+from nats.aio.client import Client as NATS
 
 from unibus.controlplane.app import Context, build_app
 from unibus.controlplane.metrics import ApiMetrics
@@ -18,7 +19,7 @@ from unibus.core.connect import NatsTarget, connect
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
 from unibus.core.metricsserver import serve_metrics
-from unibus.core.process import run_service
+from unibus.core.process import run_service, unless_stopped
 from unibus.core.retry import retry_until
 
 __all__ = ["main", "serve"]
@@ -52,33 +53,43 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         tls=settings.metrics_tls is not None,
     )
 
-    def target(seed: os.PathLike[str]) -> NatsTarget:
-        return NatsTarget(urls=settings.nats_urls, ca_file=settings.ca_file, identity_file=seed)  # type: ignore[arg-type]
-
-    nc = await connect(target(settings.internal_seed), name="unibus-controlplane", randomize=False)
-    sys_nc = await connect(
-        target(settings.system_seed), name="unibus-controlplane-sys", randomize=False
-    )
+    connections: list[NATS] = []
     try:
-        store = await retry_until(
-            "open the store",
-            lambda: JetStreamStore.open(
-                nc, op_timeout=settings.op_timeout, quorum_max_age=settings.quorum_max_age
-            ),
-        )
-        if settings.bootstrap_admin is not None:
-            admin = settings.bootstrap_admin
-            wrote = await retry_until("first admin", lambda: ensure_first_admin(store, admin))
-            _log.info("first admin", written=wrote)
-        context = Context(settings=settings, store=store, nc=nc, sys_nc=sys_nc, metrics=metrics)
+        context = await unless_stopped(stop, _start(settings, metrics, connections))
         _log.info("serving", port=settings.port, tls=settings.tls, metrics_port=metrics_port)
         await serve_asgi(
             build_app(context), _hypercorn_config(settings), shutdown_trigger=stop.wait
         )
     finally:
-        for conn in (nc, sys_nc):
+        for conn in connections:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+async def _start(settings: Settings, metrics: ApiMetrics, connections: list[NATS]) -> Context:
+    """Connect, open the store and write the first admin; retried for as long as no node
+    answers. Each connection lands in ``connections`` as it opens, for the caller to close."""
+
+    def target(seed: os.PathLike[str]) -> NatsTarget:
+        return NatsTarget(urls=settings.nats_urls, ca_file=settings.ca_file, identity_file=seed)  # type: ignore[arg-type]
+
+    nc = await connect(target(settings.internal_seed), name="unibus-controlplane", randomize=False)
+    connections.append(nc)
+    sys_nc = await connect(
+        target(settings.system_seed), name="unibus-controlplane-sys", randomize=False
+    )
+    connections.append(sys_nc)
+    store = await retry_until(
+        "open the store",
+        lambda: JetStreamStore.open(
+            nc, op_timeout=settings.op_timeout, quorum_max_age=settings.quorum_max_age
+        ),
+    )
+    if settings.bootstrap_admin is not None:
+        admin = settings.bootstrap_admin
+        wrote = await retry_until("first admin", lambda: ensure_first_admin(store, admin))
+        _log.info("first admin", written=wrote)
+    return Context(settings=settings, store=store, nc=nc, sys_nc=sys_nc, metrics=metrics)
 
 
 def main() -> int:

@@ -5,7 +5,9 @@ exits 2 with one line naming the setting, and a runtime error exits 1, never a t
 (a bug's traceback is logged, redacted, as one log line).
 A stop signal always ends the process: a service still trying to reach the cluster (one
 started while every node is down keeps retrying its first connect) is given
-``SHUTDOWN_GRACE`` to finish, then cancelled.
+``SHUTDOWN_GRACE`` to finish, then cancelled. A service wraps its start (the first
+connects, opening the store) in ``unless_stopped``: a stop that arrives there has nothing
+to drain, and ends the process at once instead of after the grace.
 """
 
 from __future__ import annotations
@@ -28,12 +30,44 @@ requests within 3 s, then waits for each idle TLS client to answer its close_not
 which an idle client never does: the cancel ends that wait."""
 
 
+_CANCEL_SETTLE: Final = 1.0
+
+
 class ServiceSettings(Protocol):
     @property
     def log_json(self) -> bool: ...
 
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
+
+
+class StopRequested(Exception):
+    """A stop arrived while the service was still starting; ``run_service`` ends it as a
+    clean stop (status 0)."""
+
+
+async def unless_stopped(stop: asyncio.Event, starting: Coroutine[Any, Any, T]) -> T:
+    """What ``starting`` returns, unless ``stop`` is set first: then ``starting`` is
+    cancelled and ``StopRequested`` raised.
+
+    For a service's start, which retries for as long as no node answers; whatever it
+    opened before the cancel is the caller's to close.
+    """
+    work = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
+        return work.result()
+    # A moment for the cancel to land, so what the start opened is in the caller's hands
+    # to close; not more: a start that swallows its cancel must not hold the stop.
+    await asyncio.wait({work}, timeout=_CANCEL_SETTLE)
+    raise StopRequested
 
 
 def _quiet_after_forced_stop(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -78,7 +112,8 @@ def run_service(
                 return
         finally:
             stopping.cancel()
-        serving.result()  # its error, if it failed
+        with contextlib.suppress(StopRequested):
+            serving.result()  # its error, if it failed
 
     try:
         asyncio.run(main())
