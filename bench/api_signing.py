@@ -53,11 +53,16 @@ import msgspec
 from unibus.core.nkeys import KeyPair, Prefix, read_seed_file
 from unibus.core.signing import body_digest, sign_request
 
+# common.py sits beside this script; under ``python -m bench.api_signing`` its directory is
+# not on the path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_THROUGHPUT = 0.5  # signed >= 0.5x unsigned req/s
 GOAL_P99 = 2.0  # signed p99 <= 2x unsigned p99
 CONCURRENCY = (1, 32)
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server child ---------------------------------------------------------------------------
@@ -175,20 +180,6 @@ def _presign(route: Route, who: KeyPair, count: int) -> list[Prepared]:
     return prepared
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLK_TCK
-
-
 async def _run(
     base_url: str,
     ca: ssl.SSLContext,
@@ -231,24 +222,23 @@ async def _run(
                     if errors <= 3:
                         print(f"    unexpected {response.status_code}: {response.text[:200]}")
 
-        server_before = _cpu_seconds([server_pid])
-        nats_before = _cpu_seconds(nats_pids)
+        server_before = common.cpu_seconds([server_pid])
+        nats_before = common.cpu_seconds(nats_pids)
         client_before = time.process_time()
         started = time.perf_counter()
         deadline = started + duration if duration is not None else float("inf")
         await asyncio.gather(*(worker(client) for client in connections))
         seconds = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
-        server_cpu = _cpu_seconds([server_pid]) - server_before
-        nats_cpu = _cpu_seconds(nats_pids) - nats_before
-    latencies.sort()
+        server_cpu = common.cpu_seconds([server_pid]) - server_before
+        nats_cpu = common.cpu_seconds(nats_pids) - nats_before
     count = len(latencies)
     return Run(
         requests=count,
         seconds=seconds,
         rps=count / seconds,
-        p50_ms=_percentile(latencies, 0.50) * 1e3,
-        p99_ms=_percentile(latencies, 0.99) * 1e3,
+        p50_ms=common.percentile(latencies, 0.50) * 1e3,
+        p99_ms=common.percentile(latencies, 0.99) * 1e3,
         errors=errors,
         server_cpu_us=server_cpu / count * 1e6,
         nats_cpu_us=nats_cpu / count * 1e6,
@@ -263,10 +253,9 @@ async def _timed(what: Callable[[int], Awaitable[object]], count: int) -> dict[s
         started = time.perf_counter()
         await what(i)
         samples.append(time.perf_counter() - started)
-    samples.sort()
     return {
-        "p50_us": _percentile(samples, 0.5) * 1e6,
-        "p99_us": _percentile(samples, 0.99) * 1e6,
+        "p50_us": common.percentile(samples, 0.5) * 1e6,
+        "p99_us": common.percentile(samples, 0.99) * 1e6,
     }
 
 
@@ -416,15 +405,12 @@ async def _make_rooms(url: str, ca_file: Path, admin: KeyPair, count: int) -> No
 
 
 async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from unibus.stack.launcher import LocalStack
-    from unibus.stack.layout import StackLayout, StackSpec, free_ports
+    from unibus.stack.layout import free_ports
 
-    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(args.nodes))
+    stack = common.new_stack(root, args.nodes)
     servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        stack.start()
-        await stack.wait_ready(budget=60.0)
-        await stack.provision()
+        await common.start_stack(stack, services=False)
         certs = stack.layout.certs
         admin = read_seed_file(stack.layout.identity("admin"))
         ca = ssl.create_default_context(cafile=str(certs.client_ca_cert))
@@ -686,13 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
     }
     result["analysis"] = _analysis(result)
-    markdown = _markdown(result)
     out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "api_signing.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "api_signing.md").write_text(markdown)
-    print(markdown)
+    common.write_report(out, "api_signing", result, _markdown(result))
     return 0
 
 

@@ -48,18 +48,25 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+# common.py sits beside this script; under ``python -m bench.authpath`` its directory is
+# not on the path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from unibus.core.nkeys import KeyPair
 
 SCRIPT: Final = Path(__file__).resolve()
 RESULTS: Final = SCRIPT.parent / "results"
@@ -73,8 +80,6 @@ GOAL_RATE: Final = 0.8
 """Through the callout ≥ 0.8x static connects/s at 16 concurrent."""
 GOAL_P99: Final = 1.5
 """Callout p99 ≤ 1.5x static p99 at 16 concurrent."""
-FIRM: Final = 0.1
-"""A median ratio closer than this to its goal is no firm verdict on this shared machine."""
 CONNECT_TIMEOUT: Final = 2.0
 """What the project's connect helper uses: a connect slower than this is a failure."""
 SDK_CONNECT_TIMEOUT: Final = 5.0
@@ -83,7 +88,6 @@ STORM_PROCESSES: Final = 4
 STORM_BUDGET: Final = 60.0
 """Seconds after the signal a storm client may take to be re-admitted."""
 IDLE_WINDOW: Final = 2.0
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
 # -- child processes -------------------------------------------------------------------------------
@@ -101,11 +105,6 @@ class Child:
     """Index of this process's first client (alternates nodes and reconnect orders)."""
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _is_refusal(exc: BaseException) -> bool:
     import nats.errors
 
@@ -114,30 +113,54 @@ def _is_refusal(exc: BaseException) -> bool:
     )
 
 
-async def _child_connect(spec: Child) -> dict[str, Any]:
-    """``count`` connect + flush + close cycles, ``concurrency`` in flight, node by node."""
-    import nats
-
+def _credentials(spec: Child) -> tuple[KeyPair, dict[str, object]]:
+    """The identity and the TLS options, loaded once per process: one TLS context for every
+    connection, since loading the CA is not what is measured."""
     from unibus.core.connect import tls_options
     from unibus.core.nkeys import read_seed_file
 
-    seed = read_seed_file(Path(spec.identity_file)).seed
-    tls = tls_options(Path(spec.ca_file))  # one context: loading the CA is not the subject
+    return read_seed_file(Path(spec.identity_file)), tls_options(Path(spec.ca_file))
 
-    async def quiet(_: Exception) -> None:
-        return None
+
+async def _no_error_log(_: Exception) -> None:
+    # nats-py logs every connection error by default; the children count them instead.
+    return None
+
+
+async def _connect_once(
+    spec: Child,
+    index: int,
+    seed: str,
+    tls: dict[str, object],
+    *,
+    name: str,
+    timeout: float,
+    **callbacks: Any,
+) -> NATS:
+    """A connection that does not reconnect, to node ``index`` of ``urls`` in turn."""
+    import nats
+
+    return await nats.connect(
+        servers=[spec.urls[index % len(spec.urls)]],
+        name=name,
+        nkeys_seed_str=seed,
+        allow_reconnect=False,
+        connect_timeout=timeout,
+        error_cb=_no_error_log,
+        **callbacks,
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+async def _child_connect(spec: Child) -> dict[str, Any]:
+    """``count`` connect + flush + close cycles, ``concurrency`` in flight, node by node."""
+    pair, tls = _credentials(spec)
 
     async def cycle(index: int) -> tuple[float | None, str]:
         began = time.monotonic()
         try:
-            nc = await nats.connect(
-                servers=[spec.urls[index % len(spec.urls)]],
-                name="bench-authpath",
-                nkeys_seed_str=seed,
-                allow_reconnect=False,
-                connect_timeout=CONNECT_TIMEOUT,
-                error_cb=quiet,
-                **tls,  # type: ignore[arg-type]
+            nc = await _connect_once(
+                spec, index, pair.seed, tls, name="bench-authpath", timeout=CONNECT_TIMEOUT
             )
         except Exception as exc:  # noqa: BLE001 - every failure is counted
             return None, "refused" if _is_refusal(exc) else type(exc).__name__
@@ -171,13 +194,13 @@ async def _child_connect(spec: Child) -> dict[str, Any]:
             else:
                 latencies.append(admitted)
 
-    cpu = _cpu()
+    cpu = common.own_cpu()
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
     seconds = time.monotonic() - start
     return {
         "seconds": seconds,
-        "cpu": _cpu() - cpu,
+        "cpu": common.own_cpu() - cpu,
         "latencies": latencies,
         "failures": failures,
     }
@@ -186,14 +209,10 @@ async def _child_connect(spec: Child) -> dict[str, Any]:
 async def _child_storm(spec: Child) -> dict[str, Any]:
     """``count`` clients on ``urls[0]``; after it goes, when each is admitted again."""
     import nats
-    from nats.aio.client import Client as NATS
 
     from unibus.core import naming
-    from unibus.core.connect import tls_options
-    from unibus.core.nkeys import read_seed_file
 
-    pair = read_seed_file(Path(spec.identity_file))
-    tls = tls_options(Path(spec.ca_file))
+    pair, tls = _credentials(spec)
     target, others = spec.urls[0], spec.urls[1:]
     lost: dict[int, float] = {}
     back: dict[int, float] = {}
@@ -259,7 +278,7 @@ async def _child_storm(spec: Child) -> dict[str, Any]:
     errors.clear()
     timeline.clear()
     print(json.dumps({"ready": on_target}), flush=True)
-    cpu = _cpu()
+    cpu = common.own_cpu()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout=STORM_BUDGET)
     # The clients that never came back, and what happened to them (seconds from the loss).
@@ -283,7 +302,7 @@ async def _child_storm(spec: Child) -> dict[str, Any]:
         "readmitted": sum(1 for nc in clients.values() if nc.is_connected),
         "refusals": refusals,
         "errors": errors,
-        "cpu": _cpu() - cpu,
+        "cpu": common.own_cpu() - cpu,
         "on_target": on_target,
     }
     for nc in clients.values():
@@ -294,34 +313,24 @@ async def _child_storm(spec: Child) -> dict[str, Any]:
 
 async def _child_sessions(spec: Child) -> dict[str, Any]:
     """``count`` sessions that do not reconnect; when the servers close each of them."""
-    import nats
-
-    from unibus.core.connect import tls_options
-    from unibus.core.nkeys import read_seed_file
-
-    seed = read_seed_file(Path(spec.identity_file)).seed
-    tls = tls_options(Path(spec.ca_file))
+    pair, tls = _credentials(spec)
     closed: list[float] = []
     everyone = asyncio.Event()
-
-    async def quiet(_: Exception) -> None:
-        return None
 
     async def closed_cb() -> None:
         closed.append(time.monotonic())
         if len(closed) == spec.count:
             everyone.set()
 
-    async def session(index: int) -> Any:
-        nc = await nats.connect(
-            servers=[spec.urls[index % len(spec.urls)]],
+    async def session(index: int) -> NATS:
+        nc = await _connect_once(
+            spec,
+            index,
+            pair.seed,
+            tls,
             name="bench-revoke",
-            nkeys_seed_str=seed,
-            allow_reconnect=False,
-            connect_timeout=SDK_CONNECT_TIMEOUT,
-            error_cb=quiet,
+            timeout=SDK_CONNECT_TIMEOUT,
             closed_cb=closed_cb,
-            **tls,  # type: ignore[arg-type]
         )
         await nc.flush(timeout=5.0)
         return nc
@@ -336,30 +345,16 @@ async def _child_sessions(spec: Child) -> dict[str, Any]:
     return {"closed": closed}
 
 
-def _quiet() -> None:
-    from unibus.core.log import configure_logging
-
-    configure_logging(json=False, level="warning")
-
-
 def _child_main(spec: Child) -> None:
-    _quiet()
+    common.quiet_logs()
     roles = {"connect": _child_connect, "storm": _child_storm, "sessions": _child_sessions}
     result = asyncio.run(roles[spec.role](spec))
     print(json.dumps(result), flush=True)
 
 
 async def _spawn(spec: Child, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as err:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            "--child",
-            json.dumps(asdict(spec)),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
+    # A pipe, not /dev/null: a connect child waits for its "go" line to start the window.
+    return await common.spawn_child(SCRIPT, spec, log, stdin=asyncio.subprocess.PIPE)
 
 
 async def _line(proc: asyncio.subprocess.Process, what: str, log: Path, timeout: float) -> str:
@@ -371,26 +366,7 @@ async def _line(proc: asyncio.subprocess.Process, what: str, log: Path, timeout:
     return line.decode().strip()
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 # -- the parent ------------------------------------------------------------------------------------
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLK_TCK
-
-
 def _scrape(port: int) -> dict[str, float]:
     """The callout's decision counters and decision-time sum, by reason."""
     url = f"http://127.0.0.1:{port}/metrics"
@@ -450,6 +426,27 @@ class Env:
         return total
 
 
+async def _spawn_clients(
+    env: Env, role: str, identity_file: str, urls: list[str], per: Sequence[int], log: Path
+) -> list[asyncio.subprocess.Process]:
+    """A child process of ``role`` per entry of ``per``, with that many clients each; the
+    clients are numbered across the children, so that they alternate nodes as one pool."""
+    procs = []
+    first = 0
+    for count in per:
+        spec = Child(
+            role=role,
+            identity_file=identity_file,
+            urls=urls,
+            ca_file=env.ca_file,
+            count=count,
+            first=first,
+        )
+        first += count
+        procs.append(await _spawn(spec, log))
+    return procs
+
+
 @dataclass
 class Sample:
     """CPU seconds of the servers and the callouts, and the callouts' counters, at a moment."""
@@ -463,8 +460,8 @@ class Sample:
     async def take(cls, env: Env, nodes: Sequence[str] = ()) -> Sample:
         """``nodes``: whose nats-servers count (default all; a stopped one cannot)."""
         metrics = await asyncio.to_thread(env.metrics)
-        nats = _cpu_seconds(env.nats_pids(nodes or env.names))
-        return cls(time.monotonic(), nats, _cpu_seconds(env.callout_pids()), metrics)
+        nats = common.cpu_seconds(env.nats_pids(nodes or env.names))
+        return cls(time.monotonic(), nats, common.cpu_seconds(env.callout_pids()), metrics)
 
     def since(self, before: Sample) -> dict[str, Any]:
         counts = {
@@ -517,13 +514,6 @@ class ConnectRun:
     loadavg: float
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def _idle(env: Env) -> Idle:
     before = await Sample.take(env)
     await asyncio.sleep(IDLE_WINDOW)
@@ -554,7 +544,7 @@ async def _connect_run(
         result = json.loads(await _line(proc, "connect client", log, 600))
         spent = (await Sample.take(env)).since(before)
     finally:
-        await _stop(proc)
+        await common.stop_child(proc)
     window = spent["seconds"]
     latencies = result["latencies"]
     return ConnectRun(
@@ -565,8 +555,8 @@ async def _connect_run(
         admitted=len(latencies),
         failures=result["failures"],
         per_s=len(latencies) / result["seconds"],
-        p50_ms=_percentile(latencies, 0.5) * 1e3,
-        p99_ms=_percentile(latencies, 0.99) * 1e3,
+        p50_ms=common.percentile(latencies, 0.5) * 1e3,
+        p99_ms=common.percentile(latencies, 0.99) * 1e3,
         client_cpu_us=result["cpu"] / count * 1e6,
         nats_cpu_us=max(0.0, spent["nats_cpu"] - idle.nats_per_s * window) / count * 1e6,
         callout_cpu_us=max(0.0, spent["callout_cpu"] - idle.callouts_per_s * window) / count * 1e6,
@@ -615,7 +605,8 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
     from unibus.core.provisioning import ASSETS
     from unibus.stack.leadership import move_leaders, move_meta_leader
 
-    await _wait_whole(env)
+    if not await common.wait_whole(env.internal):
+        raise SystemExit("the cluster did not become whole again within 120 s")
     followers = await _followers_by_node(env)
     callouts = await _callouts_by_node(env)
     for _ in range(30):  # each callout back on its own node after the last restart
@@ -632,19 +623,8 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
     per = [
         clients // STORM_PROCESSES + (i < clients % STORM_PROCESSES) for i in range(STORM_PROCESSES)
     ]
-    procs = []
-    first = 0
-    for count in per:
-        spec = Child(
-            role="storm",
-            identity_file=env.identity(mode),
-            urls=env.urls([node, *others]),
-            ca_file=env.ca_file,
-            count=count,
-            first=first,
-        )
-        first += count
-        procs.append(await _spawn(spec, log))
+    urls = env.urls([node, *others])
+    procs = await _spawn_clients(env, "storm", env.identity(mode), urls, per, log)
     try:
         ready = [json.loads(await _line(p, "storm client", log, 180)) for p in procs]
         await asyncio.sleep(1.0)  # the connects' own decisions settle
@@ -659,7 +639,7 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
         server_refusals = sum(_auth_errors_since(env, n, logged[n]) for n in others)
     finally:
         for proc in procs:
-            await _stop(proc)
+            await common.stop_child(proc)
     env.stack.start_node(node)
     await env.stack.wait_ready(budget=60.0)
     back = sorted(t - signalled for r in results for t in r["back"])
@@ -681,8 +661,8 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
             for k in {k for r in results for k in r["errors"]}
         },
         first_s=back[0] if back else 0.0,
-        p50_s=_percentile(back, 0.5),
-        p99_s=_percentile(back, 0.99),
+        p50_s=common.percentile(back, 0.5),
+        p99_s=common.percentile(back, 0.99),
         all_s=back[-1] if complete else None,
         nats_cpu_us=spent["nats_cpu"] / clients * 1e6,
         callout_cpu_us=spent["callout_cpu"]
@@ -751,21 +731,6 @@ async def _followers_by_node(env: Env) -> dict[str, int]:
     raise SystemExit("the consumers of the users and rooms streams could not be listed")
 
 
-async def _wait_whole(env: Env) -> None:
-    """Every asset led, at R3, with its followers current."""
-    from unibus.core.provisioning import ASSETS, asset_status
-
-    js = env.internal.jetstream(timeout=2.0)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):  # not yet
-            statuses = [await asset_status(js, a, cluster_size=3) for a in ASSETS]
-            if all(st.leader and not st.degraded for st in statuses):
-                return
-        await asyncio.sleep(0.5)
-    raise SystemExit("the cluster did not become whole again within 120 s")
-
-
 @dataclass
 class RevokeRun:
     run: int
@@ -796,19 +761,7 @@ async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
         min(SESSIONS_PER_PROCESS, sessions - first)
         for first in range(0, sessions, SESSIONS_PER_PROCESS)
     ]
-    procs = []
-    first = 0
-    for count in per:
-        spec = Child(
-            role="sessions",
-            identity_file=str(seed_file),
-            urls=env.urls(),
-            ca_file=env.ca_file,
-            count=count,
-            first=first,
-        )
-        first += count
-        procs.append(await _spawn(spec, log))
+    procs = await _spawn_clients(env, "sessions", str(seed_file), env.urls(), per, log)
     try:
         for proc in procs:
             if await _line(proc, "session client", log, 60) != "ready":
@@ -823,7 +776,7 @@ async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
         after = await asyncio.to_thread(env.metrics)
     finally:
         for proc in procs:
-            await _stop(proc)
+            await common.stop_child(proc)
     kicks = after.get("_revoke_count", 0.0) - before.get("_revoke_count", 0.0)
     kick_s = after.get("_revoke_seconds", 0.0) - before.get("_revoke_seconds", 0.0)
     waits = sorted((t - started) * 1e3 for r in results for t in r["closed"])
@@ -832,8 +785,8 @@ async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
         sessions=sessions,
         api_ms=api * 1e3,
         closed=len(waits),
-        p50_ms=_percentile(waits, 0.5),
-        p99_ms=_percentile(waits, 0.99),
+        p50_ms=common.percentile(waits, 0.5),
+        p99_ms=common.percentile(waits, 0.99),
         max_ms=waits[-1] if waits else 0.0,
         kick_ms=kick_s / kicks * 1e3 if kicks else 0.0,
         loadavg=os.getloadavg()[0],
@@ -841,16 +794,15 @@ async def _revoke(env: Env, run: int, sessions: int, serial: int) -> RevokeRun:
 
 
 async def _setup(stack: Any, root: Path) -> Env:
-    from unibus.client.api import ApiClient
     from unibus.client.sdk import Client
     from unibus.core.connect import connect
-    from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+    from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 
     names = stack.spec.node_names
     api_urls = [stack.api_url(n) for n in names]
     nats_urls = [stack.client_url(n) for n in names]
     ca_file = stack.layout.certs.client_ca_cert
-    admin = ApiClient(api_urls, read_seed_file(stack.layout.identity("admin")), ca_file=ca_file)
+    admin = common.admin_client(stack)
     owner = KeyPair.generate(Prefix.USER)
     members = {rooms: KeyPair.generate(Prefix.USER) for rooms in ROOMS}
     files = {}
@@ -924,16 +876,9 @@ def _jwt_sizes() -> dict[str, dict[str, int]]:
 
 
 async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from unibus.stack.launcher import LocalStack
-    from unibus.stack.layout import StackLayout, StackSpec
-
-    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+    stack = common.new_stack(root)
     try:
-        stack.start()
-        await stack.wait_ready(budget=60.0)
-        await stack.provision()
-        stack.start_services()
-        await stack.wait_services_ready()
+        await common.start_stack(stack)
         env = await _setup(stack, root)
         if args.profile:
             return await _profile(env, args)
@@ -945,8 +890,7 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for concurrency in CONCURRENCY if run % 2 == 0 else reversed(CONCURRENCY):
                 count = args.count if concurrency == 1 else args.count_concurrent
                 modes = [m for m in MODES if m in args.modes]
-                turn = run % len(modes)
-                for mode in modes[turn:] + modes[:turn]:
+                for mode in common.rotated(modes, run):
                     r = await _connect_run(env, run, mode, concurrency, count, idle)
                     connects.append(r)
                     print(
@@ -1061,10 +1005,6 @@ def _print_profile(mode: str, profile: dict[str, Any]) -> None:
 
 
 # -- summaries and report --------------------------------------------------------------------------
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
 def _summarize(result: dict[str, Any]) -> dict[str, Any]:
     connects = []
     runs = result["connect_runs"]
@@ -1083,7 +1023,7 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
                 "callout_cpu_us",
                 "decision_ms",
             ):
-                entry[key] = _median([r[key] for r in of_mode])
+                entry[key] = common.median([r[key] for r in of_mode])
             entry["failed"] = sum(sum(r["failures"].values()) for r in of_mode)
             entry["failures"] = {
                 k: sum(r["failures"].get(k, 0) for r in of_mode)
@@ -1091,8 +1031,8 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
             }
             entry["rate_ratios"] = [r["per_s"] / static[r["run"]]["per_s"] for r in of_mode]
             entry["p99_ratios"] = [r["p99_ms"] / static[r["run"]]["p99_ms"] for r in of_mode]
-            entry["rate_ratio"] = _median(entry["rate_ratios"])
-            entry["p99_ratio"] = _median(entry["p99_ratios"])
+            entry["rate_ratio"] = common.median(entry["rate_ratios"])
+            entry["p99_ratio"] = common.median(entry["p99_ratios"])
             if mode != "static" and concurrency == 16:
                 entry["goal_rate"] = entry["rate_ratio"] >= GOAL_RATE and not entry["failed"]
                 entry["goal_p99"] = entry["p99_ratio"] <= GOAL_P99
@@ -1104,14 +1044,14 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
             {
                 "sessions": sessions,
                 "trials": len(mine),
-                "p50_ms": _median([r["p50_ms"] for r in mine]),
-                "p99_ms": _median([r["p99_ms"] for r in mine]),
+                "p50_ms": common.median([r["p50_ms"] for r in mine]),
+                "p99_ms": common.median([r["p99_ms"] for r in mine]),
                 "max_ms": max((r["max_ms"] for r in mine), default=0.0),
-                "api_ms": _median([r["api_ms"] for r in mine]),
-                "kick_ms": _median([r.get("kick_ms", 0.0) for r in mine]),
+                "api_ms": common.median([r["api_ms"] for r in mine]),
+                "kick_ms": common.median([r.get("kick_ms", 0.0) for r in mine]),
                 "not_closed": sum(r["sessions"] - r["closed"] for r in mine),
                 # One session per trial: pooled across trials, not a median of one value each.
-                "pooled_p99_ms": _percentile([r["p99_ms"] for r in mine], 0.99),
+                "pooled_p99_ms": common.percentile([r["p99_ms"] for r in mine], 0.99),
             }
         )
     storms = []
@@ -1123,17 +1063,17 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
                 "mode": mode,
                 "runs": len(mine),
                 "clients": mine[0]["clients"] if mine else 0,
-                "all_s": _median(complete) if len(complete) == len(mine) else None,
+                "all_s": common.median(complete) if len(complete) == len(mine) else None,
                 "all_s_runs": [s["all_s"] for s in mine],
-                "p50_s": _median([s["p50_s"] for s in mine]),
-                "p99_s": _median([s["p99_s"] for s in mine]),
+                "p50_s": common.median([s["p50_s"] for s in mine]),
+                "p99_s": common.median([s["p99_s"] for s in mine]),
                 "refusals": sum(s["refusals"] for s in mine),
                 "refusals_runs": [s["refusals"] for s in mine],
                 "server_refusals_runs": [s.get("server_refusals", 0) for s in mine],
                 "stragglers": sum(len(s.get("stragglers", [])) for s in mine),
-                "nats_cpu_us": _median([s["nats_cpu_us"] for s in mine]),
-                "callout_cpu_us": _median([s["callout_cpu_us"] for s in mine]),
-                "decision_ms": _median([s["decision_ms"] for s in mine]),
+                "nats_cpu_us": common.median([s["nats_cpu_us"] for s in mine]),
+                "callout_cpu_us": common.median([s["callout_cpu_us"] for s in mine]),
+                "decision_ms": common.median([s["decision_ms"] for s in mine]),
                 "decisions": {
                     k: sum(s["decisions"].get(k, 0) for s in mine)
                     for k in {k for s in mine for k in s["decisions"]}
@@ -1152,27 +1092,17 @@ def _summarize(result: dict[str, Any]) -> dict[str, Any]:
     return {"connects": connects, "revokes": revokes, "storms": storms, "storm_goal": storm_goal}
 
 
-def _verdict(met: bool, ratio: float, goal: float) -> str:
-    text = "met" if met else "**missed**"
-    if abs(ratio - goal) < FIRM:
-        text += " (within the noise)"
-    return text
-
-
 def _runs(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _markdown(result: dict[str, Any]) -> str:
     meta, summary = result["meta"], result["summary"]
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines = [
         "# The auth path: connects through the callout vs a static nkey user",
         "",
         f"_{meta['runs']} runs, {meta['date']}; 3-node stack on loopback, R3, services on; "
-        f"{versions}; loadavg1 {meta['loadavg_before']:.1f} → {meta['loadavg_after']:.1f} "
-        f"(per run {meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f}) on {meta['cpus']} "
-        f"cores; total {meta['seconds']:.0f} s; `uv run python bench/authpath.py`"
+        f"{common.machine_text(meta)}; `uv run python bench/authpath.py`"
         + (f"; code at {meta['commit']}" if meta.get("commit") else "")
         + "_",
         "",
@@ -1205,8 +1135,8 @@ def _markdown(result: dict[str, Any]) -> str:
         goal = "—"
         if "goal_rate" in c:
             goal = (
-                f"rate {_verdict(c['goal_rate'], c['rate_ratio'], GOAL_RATE)}, "
-                f"p99 {_verdict(c['goal_p99'], c['p99_ratio'], GOAL_P99)}"
+                f"rate {common.verdict(c['goal_rate'], c['rate_ratio'], GOAL_RATE)}, "
+                f"p99 {common.verdict(c['goal_p99'], c['p99_ratio'], GOAL_P99)}"
             )
         failed = f"{c['failed']}" + (f" ({c['failures']})" if c["failed"] else "")
         lines.append(
@@ -1217,8 +1147,8 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         "CPU per connect (medians, µs), less what the same processes spend idle over as long "
         "(idle: the three servers "
-        f"{_median([i['nats_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s, the three "
-        f"callouts {_median([i['callouts_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s): "
+        f"{common.median([i['nats_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s, the three "
+        f"callouts {common.median([i['callouts_per_s'] for i in result['idle']]) * 1e3:.0f} ms/s): "
         "the client process, the three nats-servers together, the three callouts together; "
         "and the mean time a decision takes inside the callout (request in → answer sent).",
         "",
@@ -1415,7 +1345,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         "per decision in the callouts and 2.0-2.5 ms in the servers, against 1.1-1.5 and "
         "2.3-3.0 ms with it: the read is ~15% of the CPU of a connect.",
         f"- Goal rate ≥ {GOAL_RATE}x at 16 in flight: "
-        f"{_verdict(bool(member16.get('goal_rate')), rate, GOAL_RATE)} ({rate:.2f}; per run "
+        f"{common.verdict(bool(member16.get('goal_rate')), rate, GOAL_RATE)} ({rate:.2f}; per run "
         f"{_runs(member16['rate_ratios'])}). Cause: on {cpus} shared cores the client, the "
         "three servers and the three callouts compete for the same CPU, and a callout "
         "connect needs about twice the CPU of a static one. The ceiling on this machine kind "
@@ -1425,7 +1355,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         "would no longer be taken from the servers'), or a faster event loop and TLS in the "
         "callout (uvloop; a dependency and __main__ change outside this work).",
         f"- Goal p99 ≤ {GOAL_P99}x at 16 in flight: "
-        f"{_verdict(bool(member16.get('goal_p99')), p99, GOAL_P99)} ({p99:.2f}; per run "
+        f"{common.verdict(bool(member16.get('goal_p99')), p99, GOAL_P99)} ({p99:.2f}; per run "
         f"{_runs(member16['p99_ratios'])}). With 16 always in flight, latency is about "
         "16 / rate, so the p99 ratio follows the rate ratio; the catch-up read adds its "
         "round trip on top.",
@@ -1534,25 +1464,10 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         notes.append(
             f"- Noise: the machine was shared (loadavg1 up to {meta['loadavg_max']:.1f} on "
             f"{cpus} cores); absolute rates moved from run to run, so only same-run ratios "
-            f"are compared, and a median within {FIRM} of its goal is marked as within the "
+            f"are compared, and a median within {common.FIRM} of its goal is marked as within the "
             "noise."
         )
     return notes
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    from unibus.stack.launcher import nats_server_binary
-
-    found = subprocess.run(
-        [str(nats_server_binary()), "--version"], capture_output=True, text=True, check=False
-    )
-    return {
-        "nats-server": found.stdout.strip().rpartition(" ")[2],
-        "nats-py": version("nats-py"),
-        "pynacl": version("pynacl"),
-    }
 
 
 def _commit() -> str:
@@ -1576,18 +1491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storm", type=int, default=500, help="clients in the storm")
     parser.add_argument("--storm-runs", type=int, default=3)
     parser.add_argument("--revoke-trials", type=int, default=5, help="per run, 1 session")
-    parser.add_argument(
-        "--parts",
-        type=lambda text: tuple(text.split(",")),
-        default=PARTS,
-        help=f"comma-separated, from {', '.join(PARTS)} (a partial run writes no results)",
+    common.add_list_option(
+        parser, "--parts", PARTS, "comma-separated, from {} (a partial run writes no results)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory")
-    parser.add_argument(
-        "--modes",
-        type=lambda text: tuple(text.split(",")),
-        default=MODES,
-        help=f"connect modes, comma-separated, from {', '.join(MODES)} (static always)",
+    common.add_list_option(
+        parser, "--modes", MODES, "connect modes, comma-separated, from {} (static always)"
     )
     parser.add_argument("--quick", action="store_true", help="1 run, small counts (smoke test)")
     parser.add_argument(
@@ -1620,19 +1529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.runs, args.count, args.count_concurrent = 1, 30, 64
         args.storm, args.storm_runs, args.revoke_trials = 60, 1, 2
-    _quiet()
+    common.quiet_logs()
     started = time.monotonic()
     loadavg_before = os.getloadavg()[0]
-    root = Path(tempfile.mkdtemp(prefix="unibus-bench-authpath-"))
-    try:
-        result = asyncio.run(_bench(args, root))
-    except BaseException:
-        print(f"kept {root} for its logs", file=sys.stderr)
-        raise
-    if args.keep:
-        print(f"kept {root}", file=sys.stderr)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    result = common.run_in_scratch("authpath", lambda root: _bench(args, root), keep=args.keep)
     if args.profile:
         return 0
     if set(args.parts) != set(PARTS) or set(args.modes) != set(MODES):
@@ -1649,14 +1549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "storm_runs": args.storm_runs,
         "storm_processes": STORM_PROCESSES,
         "revoke_trials": args.revoke_trials,
-        "loadavg_before": loadavg_before,
-        "loadavg_after": os.getloadavg()[0],
-        "loadavg_min": min(loads),
-        "loadavg_max": max(loads),
-        "seconds": time.monotonic() - started,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "versions": _versions(),
+        **common.machine_meta(started, loadavg_before, loads),
     }
     out = args.out or (None if args.quick else RESULTS)
     if args.baseline is not None:
@@ -1673,12 +1566,7 @@ def _report(result: dict[str, Any], out: Path | None) -> None:
     """Summaries, analysis and markdown from the runs; written to ``out`` unless None."""
     result["summary"] = _summarize(result)
     result["analysis"] = _analysis(result)
-    markdown = _markdown(result)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "authpath.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "authpath.md").write_text(markdown)
-    print(markdown)
+    common.write_report(out, "authpath", result, _markdown(result))
 
 
 if __name__ == "__main__":

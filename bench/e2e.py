@@ -46,17 +46,19 @@ import dataclasses
 import itertools
 import json
 import os
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+# common.py sits beside this script; under ``python -m bench.e2e`` its directory is not on
+# the path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
 
 if TYPE_CHECKING:
     from unibus.client.sdk import Client
@@ -77,15 +79,12 @@ received by the other member on a core subscription: the E2E path without the SD
 GOAL_LIVE: Final = 0.8
 GOAL_REPLAY: Final = 0.5
 NAIVE_REPLAY: Final = 0.1
-FIRM: Final = 0.1
-"""A median ratio closer than this to its goal is no firm verdict on this shared machine."""
 SIZES: Final = (128, 1024, 16384)
 BASELINE: Final = RESULTS / "e2e-v1.json"
 """The last run with envelope v1 (2026-11-23), for the before/after table."""
 REPLAY_SIZE: Final = 1024
 WARM: Final = b"W"
 TIMED: Final = b"T"
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
 # -- child processes -------------------------------------------------------------------------------
@@ -108,11 +107,6 @@ class Child:
     warm: bool = True
     fetch: int = 256
     profile: str = ""  # a directory: run under cProfile and leave the stats there
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _payloads(size: int, marker: bytes, count: int) -> list[bytes]:
@@ -208,11 +202,11 @@ async def _child_pub(spec: Child) -> dict[str, Any]:
                 position += 1
                 await send(batch)
 
-        cpu = _cpu()
+        cpu = common.own_cpu()
         first = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(max(1, spec.window // spec.batch))))
         acked = time.monotonic()
-        return {"first": first, "acked": acked, "cpu": _cpu() - cpu, "sent": spec.count}
+        return {"first": first, "acked": acked, "cpu": common.own_cpu() - cpu, "sent": spec.count}
     finally:
         if nc is not None:
             await nc.close()
@@ -237,11 +231,11 @@ async def _child_sub(spec: Child) -> dict[str, Any]:
         if data[:1] != TIMED:
             return
         if got == 0:
-            cpu = _cpu()
+            cpu = common.own_cpu()
         got += 1
         if got == spec.count:
             last = time.monotonic()
-            cpu = _cpu() - cpu
+            cpu = common.own_cpu() - cpu
             done.set()
 
     undeliverable = 0
@@ -319,7 +313,7 @@ async def _child_replay(spec: Child) -> dict[str, Any]:
         js = nc.jetstream(timeout=10.0)
         name = f"bench-replay-{os.getpid()}"
         try:
-            cpu = _cpu()
+            cpu = common.own_cpu()
             start = time.monotonic()
             await js.add_consumer(
                 RAW_STREAM,
@@ -341,7 +335,7 @@ async def _child_replay(spec: Child) -> dict[str, Any]:
                     if msg.data:
                         got += 1
             end = time.monotonic()
-            cpu = _cpu() - cpu
+            cpu = common.own_cpu() - cpu
             await pull.unsubscribe()
             await js.delete_consumer(RAW_STREAM, name)
         finally:
@@ -350,27 +344,21 @@ async def _child_replay(spec: Child) -> dict[str, Any]:
         client = await _sdk_client(spec, "bench-replay-e2e")
         try:
             room = await client.room(spec.room_id)
-            cpu = _cpu()
+            cpu = common.own_cpu()
             start = time.monotonic()
             async for message in room.history():
                 if message.data:
                     got += 1
             end = time.monotonic()
-            cpu = _cpu() - cpu
+            cpu = common.own_cpu() - cpu
             undeliverable = room.undeliverable.total
         finally:
             await client.close()
     return {"seconds": end - start, "received": got, "cpu": cpu, "undeliverable": undeliverable}
 
 
-def _quiet() -> None:
-    from unibus.core.log import configure_logging
-
-    configure_logging(json=False, level="warning")
-
-
 def _child_main(spec: Child) -> None:
-    _quiet()
+    common.quiet_logs()
     roles = {"pub": _child_pub, "sub": _child_sub, "replay": _child_replay}
     if spec.profile:
         import cProfile
@@ -454,26 +442,8 @@ class Env:
         )
 
 
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLK_TCK
-
-
 async def _spawn(spec: Child, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as err:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            "--child",
-            json.dumps(asdict(spec)),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
+    return await common.spawn_child(SCRIPT, spec, log, stdin=asyncio.subprocess.DEVNULL)
 
 
 async def _result(proc: asyncio.subprocess.Process, what: str, log: Path) -> dict[str, Any]:
@@ -487,16 +457,6 @@ async def _result(proc: asyncio.subprocess.Process, what: str, log: Path) -> dic
     return result
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def _live(
     env: Env, mode: str, size: int, count: int, envelope: int, args: argparse.Namespace
 ) -> Live:
@@ -507,25 +467,25 @@ async def _live(
     if mode in RAW_MODES:
         target = {"subject": f"bench.raw.{mode.replace('-', '')}{size}"}
     sent = envelope if mode in ("raw-env", ROOM_ENV) else size
-    common = {"size": sent, "count": count, "batch": args.batch, "window": args.window}
-    sub = await _spawn(env.child("sub", mode, **target, **common), log)
+    shared = {"size": sent, "count": count, "batch": args.batch, "window": args.window}
+    sub = await _spawn(env.child("sub", mode, **target, **shared), log)
     pub: asyncio.subprocess.Process | None = None
     try:
         assert sub.stdout is not None
         line = await asyncio.wait_for(sub.stdout.readline(), timeout=60)
         if line.strip() != b"ready":
             raise SystemExit(f"subscriber not ready ({line!r}); see {log}")
-        nats_cpu = _cpu_seconds(env.nats_pids)
-        services_cpu = _cpu_seconds(env.service_pids)
-        pub = await _spawn(env.child("pub", mode, **target, **common), log)
+        nats_cpu = common.cpu_seconds(env.nats_pids)
+        services_cpu = common.cpu_seconds(env.service_pids)
+        pub = await _spawn(env.child("pub", mode, **target, **shared), log)
         published = await _result(pub, "publisher", log)
         received = await asyncio.wait_for(_result(sub, "subscriber", log), timeout=120)
-        nats_cpu = _cpu_seconds(env.nats_pids) - nats_cpu
-        services_cpu = _cpu_seconds(env.service_pids) - services_cpu
+        nats_cpu = common.cpu_seconds(env.nats_pids) - nats_cpu
+        services_cpu = common.cpu_seconds(env.service_pids) - services_cpu
     finally:
         for proc in (pub, sub):
             if proc is not None:
-                await _stop(proc)
+                await common.stop_child(proc)
     seconds = received["last"] - published["first"] if received["last"] else float("inf")
     return Live(
         mode=mode,
@@ -565,10 +525,10 @@ async def _fill(env: Env, mode: str, count: int, args: argparse.Namespace) -> Fi
 async def _replay(env: Env, mode: str, count: int, args: argparse.Namespace) -> Replay:
     log = env.root / f"replay-{mode}.log"
     target = {"subject": RAW_REPLAY_SUBJECT} if mode == "raw" else {"room_id": env.replay_room}
-    nats_cpu = _cpu_seconds(env.nats_pids)
+    nats_cpu = common.cpu_seconds(env.nats_pids)
     spec = env.child("replay", mode, **target, count=count, fetch=args.fetch)
     result = await _result(await _spawn(spec, log), f"replay {mode}", log)
-    nats_cpu = _cpu_seconds(env.nats_pids) - nats_cpu
+    nats_cpu = common.cpu_seconds(env.nats_pids) - nats_cpu
     return Replay(
         mode=mode,
         count=count,
@@ -585,17 +545,16 @@ async def _replay(env: Env, mode: str, count: int, args: argparse.Namespace) -> 
 async def _setup(stack: Any, root: Path) -> Env:
     from nats.js import api
 
-    from unibus.client.api import ApiClient
     from unibus.client.sdk import Client
     from unibus.core import naming
     from unibus.core.connect import connect
-    from unibus.core.nkeys import KeyPair, Prefix, read_seed_file, write_seed_file
+    from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 
     names = stack.spec.node_names
     nats_urls = [stack.client_url(n) for n in names]
     api_urls = [stack.api_url(n) for n in names]
     ca_file = stack.layout.certs.client_ca_cert
-    admin = ApiClient(api_urls, read_seed_file(stack.layout.identity("admin")), ca_file=ca_file)
+    admin = common.admin_client(stack)
     alice, bob = KeyPair.generate(Prefix.USER), KeyPair.generate(Prefix.USER)
     files = {}
     async with admin:
@@ -698,16 +657,9 @@ def _components(size: int, batch: int) -> dict[str, float]:
 
 
 async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from unibus.stack.launcher import LocalStack
-    from unibus.stack.layout import StackLayout, StackSpec
-
-    stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+    stack = common.new_stack(root)
     try:
-        stack.start()
-        await stack.wait_ready(budget=60.0)
-        await stack.provision()
-        stack.start_services()
-        await stack.wait_services_ready()
+        await common.start_stack(stack)
         env = await _setup(stack, root)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -719,8 +671,7 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             count = args.count if size <= 1024 else args.count_large
             envelope = round(components[size]["envelope_bytes"])
             for index in range(args.runs):
-                turn = index % len(LIVE_MODES)
-                for mode in LIVE_MODES[turn:] + LIVE_MODES[:turn]:
+                for mode in common.rotated(LIVE_MODES, index):
                     run = await _live(env, mode, size, count, envelope, args)
                     live.append(run)
                     print(
@@ -760,10 +711,6 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 # -- summaries and report --------------------------------------------------------------------------
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
 def _ratios(runs: list[dict[str, Any]], top: str, bottom: str) -> list[float]:
     """Per run (the modes' runs are listed in run order): ``top`` msgs/s / ``bottom`` msgs/s."""
     tops = [r["msgs_per_s"] for r in runs if r["mode"] == top]
@@ -780,18 +727,18 @@ def _summarize(result: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
         sdk = _ratios(runs, "e2e", "raw-env")
         entry: dict[str, Any] = {
             "size": size,
-            "ratio": _median(ratios),
+            "ratio": common.median(ratios),
             "ratios": ratios,
-            "envelope_ratio": _median(envelope),
-            "sdk_ratio": _median(sdk),
+            "envelope_ratio": common.median(envelope),
+            "sdk_ratio": common.median(sdk),
         }
         if any(r["mode"] == ROOM_ENV for r in runs):
-            entry["room_ratio"] = _median(_ratios(runs, ROOM_ENV, "raw"))
-            entry["room_sdk_ratio"] = _median(_ratios(runs, "e2e", ROOM_ENV))
+            entry["room_ratio"] = common.median(_ratios(runs, ROOM_ENV, "raw"))
+            entry["room_sdk_ratio"] = common.median(_ratios(runs, "e2e", ROOM_ENV))
         for mode in sorted({r["mode"] for r in runs}, key=LIVE_MODES.index):
             mine = [r for r in runs if r["mode"] == mode]
             entry[mode] = {
-                k: _median([r[k] for r in mine])
+                k: common.median([r[k] for r in mine])
                 for k in (
                     "msgs_per_s",
                     "ack_msgs_per_s",
@@ -806,11 +753,11 @@ def _summarize(result: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
         entry["goal_met"] = entry["ratio"] >= GOAL_LIVE and entry["e2e"]["lost"] == 0
         live.append(entry)
     ratios = _ratios(result["replay_runs"], "e2e", "raw")
-    replay: dict[str, Any] = {"ratio": _median(ratios), "ratios": ratios}
+    replay: dict[str, Any] = {"ratio": common.median(ratios), "ratios": ratios}
     for mode in ("raw", "e2e"):
         mine = [r for r in result["replay_runs"] if r["mode"] == mode]
         replay[mode] = {
-            k: _median([r[k] for r in mine])
+            k: common.median([r[k] for r in mine])
             for k in ("msgs_per_s", "seconds", "reader_cpu_us", "nats_cpu_us")
         }
         replay[mode]["incomplete"] = sum(r["received"] != r["count"] for r in mine)
@@ -818,24 +765,14 @@ def _summarize(result: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
     return {"live": live, "replay": replay}
 
 
-def _verdict(met: bool, ratio: float, goal: float) -> str:
-    text = "met" if met else "**missed**"
-    if abs(ratio - goal) < FIRM:
-        text += " (within the noise)"
-    return text
-
-
 def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     meta, summary = result["meta"], result["summary"]
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines = [
         "# E2E messages vs raw nats-py: live publish → delivery and history replay",
         "",
         f"_{meta['runs']} runs, {meta['date']}; 3-node stack on loopback, R3, "
-        f"`sync_interval: always`, services on; {versions}; loadavg1 "
-        f"{meta['loadavg_before']:.1f} → {meta['loadavg_after']:.1f} (per run "
-        f"{meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f}) on {meta['cpus']} cores; "
-        f"total {meta['seconds']:.0f} s; envelope v{meta.get('envelope_version', 1)}; "
+        f"`sync_interval: always`, services on; {common.machine_text(meta)}; "
+        f"envelope v{meta.get('envelope_version', 1)}; "
         "`uv run python bench/e2e.py`_",
         "",
         "Raw: nats-py acknowledged `js.publish` into `BENCH_raw`, a stream created with the "
@@ -870,7 +807,7 @@ def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> s
         r, v, e = s["raw"], s["raw-env"], s["e2e"]
         m = s.get(ROOM_ENV, {"msgs_per_s": 0.0, "lost": "-"})
         runs = ", ".join(f"{x:.2f}" for x in s["ratios"])
-        verdict = _verdict(s["goal_met"], s["ratio"], GOAL_LIVE)
+        verdict = common.verdict(s["goal_met"], s["ratio"], GOAL_LIVE)
         lines.append(
             f"| {_size(s['size'])} | {counts[s['size']]:,} | {r['msgs_per_s']:,.0f} "
             f"| {v['msgs_per_s']:,.0f} | {m['msgs_per_s']:,.0f} | {e['msgs_per_s']:,.0f} "
@@ -937,7 +874,7 @@ def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> s
         f"| {e['reader_cpu_us']:.0f} | {e['nats_cpu_us']:.0f} |",
         "",
         f"E2E/raw **{rp['ratio']:.2f}** (per run {runs}): goal "
-        f"{_verdict(rp['goal_met'], rp['ratio'], GOAL_REPLAY)}. "
+        f"{common.verdict(rp['goal_met'], rp['ratio'], GOAL_REPLAY)}. "
         f"Filling the two histories ran at {fills['raw']['msgs_per_s']:,.0f} msgs/s raw and "
         f"{fills['e2e']['msgs_per_s']:,.0f} msgs/s E2E (acknowledged, same window).",
         "",
@@ -1022,21 +959,6 @@ def _total(figures: dict[str, float]) -> float:
     )
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    from unibus.stack.launcher import nats_server_binary
-
-    found = subprocess.run(
-        [str(nats_server_binary()), "--version"], capture_output=True, text=True, check=False
-    )
-    return {
-        "nats-server": found.stdout.strip().rpartition(" ")[2],
-        "nats-py": version("nats-py"),
-        "pynacl": version("pynacl"),
-    }
-
-
 def _overhead(meta: dict[str, Any]) -> str:
     """What the envelope adds to a message, in the wire version the run used."""
     if meta.get("envelope_version", 1) >= 2:
@@ -1114,7 +1036,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         c = result["components"][str(s["size"])]
         runs = s["ratios"]
         met_runs = sum(x >= GOAL_LIVE for x in runs)
-        verdict = _verdict(s["goal_met"], s["ratio"], GOAL_LIVE)
+        verdict = common.verdict(s["goal_met"], s["ratio"], GOAL_LIVE)
 
         def delta(key: str, a: dict[str, float], b: dict[str, float]) -> str:
             return f"{b[key] - a[key]:+.0f}"
@@ -1178,7 +1100,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
     cpu_ratio = r["reader_cpu_us"] / max(e["reader_cpu_us"], 1e-9)
     notes.append(
         f"- Replay: E2E/raw {rp['ratio']:.2f}, goal "
-        f"{_verdict(rp['goal_met'], rp['ratio'], GOAL_REPLAY)}; "
+        f"{common.verdict(rp['goal_met'], rp['ratio'], GOAL_REPLAY)}; "
         f"{sum(x >= GOAL_REPLAY for x in runs)} of {len(runs)} runs ≥ {GOAL_REPLAY}, per "
         f"run {min(runs):.2f}-{max(runs):.2f}. Each reader is bound by its own process's "
         f"CPU. Raw: {r['reader_cpu_us']:.0f} µs per message, all of it nats-py's `fetch` "
@@ -1212,7 +1134,7 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         notes.append(
             f"- Noise: the machine was shared (loadavg1 up to {busiest:.1f} on {cpus} "
             "cores). Absolute rates moved a lot from run to run, so only same-run paired "
-            f"ratios are compared, and a median within {FIRM} of its goal is marked as "
+            f"ratios are compared, and a median within {common.FIRM} of its goal is marked as "
             "within the noise: no firm verdict either way."
         )
     return notes
@@ -1271,16 +1193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             5000,
         )
 
-    _quiet()
+    common.quiet_logs()
     started = time.monotonic()
     loadavg_before = os.getloadavg()[0]
-    root = Path(tempfile.mkdtemp(prefix="unibus-bench-e2e-"))
-    try:
-        result = asyncio.run(_bench(args, root))
-    except BaseException:
-        print(f"kept {root} for its logs", file=sys.stderr)
-        raise
-    shutil.rmtree(root, ignore_errors=True)
+    result = common.run_in_scratch("e2e", lambda root: _bench(args, root))
     loads = [r["loadavg"] for r in result["live_runs"] + result["replay_runs"]]
     result["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -1290,14 +1206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "window": args.window,
         "fetch": args.fetch,
         "replay": args.replay,
-        "loadavg_before": loadavg_before,
-        "loadavg_after": os.getloadavg()[0],
-        "loadavg_min": min(loads),
-        "loadavg_max": max(loads),
-        "seconds": time.monotonic() - started,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "versions": _versions(),
+        **common.machine_meta(started, loadavg_before, loads),
         "envelope_version": _envelope_version(),
     }
     _report(result, args.out or (None if args.quick else RESULTS), args.baseline, args.others)
@@ -1332,12 +1241,7 @@ def _report(
     if baseline is None and BASELINE.exists():
         baseline = BASELINE
     before = json.loads(baseline.read_text()) if baseline is not None else None
-    markdown = _markdown(result, before)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "e2e.md").write_text(markdown)
-    print(markdown)
+    common.write_report(out, "e2e", result, _markdown(result, before))
 
 
 if __name__ == "__main__":

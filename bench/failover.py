@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -48,6 +47,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+# common.py sits beside this script; under ``python -m bench.failover`` its directory is
+# not on the path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
 
 SCRIPT: Final = Path(__file__).resolve()
 RESULTS: Final = SCRIPT.parent / "results"
@@ -118,20 +123,12 @@ class LocalHandle:
     kind = "local"
 
     def __init__(self, root: Path) -> None:
-        from unibus.stack.launcher import LocalStack
-        from unibus.stack.layout import StackLayout, StackSpec
-
-        self.stack = LocalStack(StackLayout.at(root / "stack"), StackSpec.with_free_ports(3))
+        self.stack = common.new_stack(root)
         self.names: tuple[str, ...] = self.stack.spec.node_names
 
     async def start(self) -> Any:
-        stack = self.stack
-        stack.start()
-        await stack.wait_ready(budget=60.0)
-        await stack.provision()
-        stack.start_services()
-        await stack.wait_services_ready()
-        return stack.info()
+        await common.start_stack(self.stack)
+        return self.stack.info()
 
     def stop_node(self, node: str, how: str) -> None:
         self.stack.stop_node(node, kill=how == "kill", hand_over=how == "stop")
@@ -280,17 +277,8 @@ class Bench:
 
     async def wait_current(self) -> None:
         """Every asset led, at R3, with its followers current: the cluster is whole again."""
-        from unibus.core.provisioning import ASSETS, asset_status
-
-        js = self.internal.jetstream(timeout=2.0)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):  # not yet
-                statuses = [await asset_status(js, a, cluster_size=3) for a in ASSETS]
-                if all(st.leader and not st.degraded for st in statuses):
-                    return
-            await asyncio.sleep(0.5)
-        raise RuntimeError("the cluster did not become whole again within 120 s")
+        if not await common.wait_whole(self.internal):
+            raise RuntimeError("the cluster did not become whole again within 120 s")
 
     # -- probes -----------------------------------------------------------------------------------
     async def run_event(self, event: str) -> EventResult:
@@ -482,27 +470,20 @@ def _row(event: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--events",
-        type=lambda s: tuple(s.split(",")),
-        default=EVENTS,
-        help=f"comma-separated, from {', '.join(EVENTS)}",
-    )
-    parser.add_argument(
+    common.add_list_option(parser, "--events", EVENTS, "comma-separated, from {}")
+    common.add_list_option(
+        parser,
         "--stacks",
-        type=lambda s: tuple(s.split(",")),
-        default=STACKS,
-        help="comma-separated, from local, compose (compose needs ./scripts/containers first)",
+        STACKS,
+        "comma-separated, from {} (compose needs ./scripts/containers first)",
     )
     parser.add_argument("--render", action="store_true", help="rewrite the report from the JSON")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args()
-    for event in args.events:
-        if event not in EVENTS:
-            parser.error(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
-    for kind in args.stacks:
-        if kind not in STACKS:
-            parser.error(f"unknown stack {kind!r}; choose from {', '.join(STACKS)}")
+    for what, given, known in (("event", args.events, EVENTS), ("stack", args.stacks, STACKS)):
+        for name in given:
+            if name not in known:
+                parser.error(f"unknown {what} {name!r}; choose from {', '.join(known)}")
     json_path = args.out / "failover.json"
     if not args.render:
         with tempfile.TemporaryDirectory(prefix="unibus-failover-") as tmp:
