@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.containers.harness import UNIBUS_IMAGE, docker
+from tests.containers.harness import UNIBUS_IMAGE, docker, eventually
 from unibus.stack.certs import CertificateAuthority
 from unibus.stack.monitoring import (
     MonitoringSpec,
@@ -136,6 +136,25 @@ class PrometheusApi:
 
     def firing(self, alert: str) -> list[dict[str, Any]]:
         return self.query(f'ALERTS{{alertname="{alert}", alertstate="firing"}}')
+
+    def wait_firing(self, alert: str, *, timeout: float, why: str = "") -> list[dict[str, Any]]:
+        """The series of ``alert`` once it fires (polled every 5 s; fails at the deadline)."""
+        return eventually(
+            lambda: self.firing(alert),
+            until=bool,
+            timeout=timeout,
+            interval=5,
+            what=f"{alert} firing{why}",
+        )
+
+    def wait_resolved(self, alert: str, *, timeout: float, why: str = "") -> None:
+        eventually(
+            lambda: self.firing(alert),
+            until=lambda alerts: alerts == [],
+            timeout=timeout,
+            interval=5,
+            what=f"{alert} resolved{why}",
+        )
 
 
 @dataclass

@@ -91,13 +91,7 @@ def test_the_dashboards_links_lead_to_pages_this_prometheus_serves(cluster: Fake
 
 
 def test_a_degraded_asset_raises_its_alert(cluster: FakeCluster) -> None:
-    firing = eventually(
-        lambda: cluster.query("ALERTS{alertname='UnibusAssetDegraded',alertstate='firing'}"),
-        until=bool,
-        timeout=180,
-        interval=5,
-        what="UnibusAssetDegraded firing",
-    )
+    firing = cluster.api.wait_firing("UnibusAssetDegraded", timeout=180)
 
     assert [s["metric"]["stream"] for s in firing] == ["KV_UNIBUS_nonces"]
     _, page = cluster.get("/consoles/unibus.html")

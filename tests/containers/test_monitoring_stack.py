@@ -251,29 +251,11 @@ def test_a_stopped_node_fires_the_degraded_asset_alert_until_it_is_back(
         # the leader has not yet noticed the silence of an idle one.
         check = monitored.cli("clientcheck", "--dir", str(monitored.directory), timeout=180)
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
-        fired = eventually(
-            lambda: prometheus.firing("UnibusAssetDegraded"),
-            until=bool,
-            timeout=300,
-            interval=5,
-            what="UnibusAssetDegraded firing with n3 stopped",
-        )
+        fired = prometheus.wait_firing("UnibusAssetDegraded", timeout=300, why=" with n3 stopped")
         assert {alert["metric"]["stream"] for alert in fired}
-        down = eventually(
-            lambda: prometheus.firing("UnibusNodeDown"),
-            until=bool,
-            timeout=180,
-            interval=5,
-            what="UnibusNodeDown firing with n3 stopped",
-        )
+        down = prometheus.wait_firing("UnibusNodeDown", timeout=180, why=" with n3 stopped")
         assert [alert["metric"]["instance"] for alert in down] == ["n3"]
     finally:
         monitored.start("n3")
-    eventually(
-        lambda: prometheus.firing("UnibusAssetDegraded"),
-        until=lambda alerts: alerts == [],
-        timeout=300,
-        interval=5,
-        what="UnibusAssetDegraded resolved with n3 back",
-    )
+    prometheus.wait_resolved("UnibusAssetDegraded", timeout=300, why=" with n3 back")
     monitored.wait_healthy(timeout=180)
