@@ -61,6 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
     from unibus.client.sdk import Client
 
 SCRIPT: Final = Path(__file__).resolve()
@@ -77,6 +79,7 @@ ROOM_ENV: Final = "room-env"
 nats-py on its SDK connection into a room's subject (stored by ``UNIBUS_messages``) and
 received by the other member on a core subscription: the E2E path without the SDK's work."""
 GOAL_LIVE: Final = 0.8
+_LEADER_MOVES: Final = 40
 GOAL_REPLAY: Final = 0.5
 NAIVE_REPLAY: Final = 0.1
 SIZES: Final = (128, 1024, 16384)
@@ -129,7 +132,6 @@ async def _sdk_client(spec: Child, name: str) -> Client:
 
 
 async def _child_pub(spec: Child) -> dict[str, Any]:
-    from nats.aio.client import Client as NATS
 
     from unibus.core.connect import NatsTarget, connect
 
@@ -388,6 +390,7 @@ class Live:
     nats_cpu_us: float  # the three nats-servers together
     services_cpu_us: float
     loadavg: float
+    node: str = ""  # where publisher and subscriber connected (older results: anywhere)
 
 
 @dataclass
@@ -423,17 +426,22 @@ class Env:
     live_room: str
     replay_room: str
     env_room: str
+    node_names: list[str]
     nats_pids: list[int]
     service_pids: list[int] = field(default_factory=list)
     profile: str = ""
+    placements: list[str] = field(default_factory=list)
+    """Where the live runs connect, run after run: the history's leader node first (it
+    also leads BENCH_raw), then its followers."""
 
-    def child(self, role: str, mode: str, **kwargs: Any) -> Child:
+    def child(self, role: str, mode: str, *, node: str = "", **kwargs: Any) -> Child:
         raw = mode in RAW_MODES
         who = self.internal if raw else (self.alice if role == "pub" else self.bob)
+        urls = [self.nats_urls[self.node_names.index(node)]] if node else self.nats_urls
         return Child(
             role=role,
             mode=mode,
-            nats_urls=self.nats_urls,
+            nats_urls=urls,
             api_urls=self.api_urls,
             ca_file=self.ca_file,
             identity_file=who,
@@ -458,7 +466,13 @@ async def _result(proc: asyncio.subprocess.Process, what: str, log: Path) -> dic
 
 
 async def _live(
-    env: Env, mode: str, size: int, count: int, envelope: int, args: argparse.Namespace
+    env: Env,
+    mode: str,
+    size: int,
+    count: int,
+    envelope: int,
+    args: argparse.Namespace,
+    node: str,
 ) -> Live:
     log = env.root / f"live-{mode}.log"
     target: dict[str, str] = {"room_id": env.live_room}
@@ -468,7 +482,7 @@ async def _live(
         target = {"subject": f"bench.raw.{mode.replace('-', '')}{size}"}
     sent = envelope if mode in ("raw-env", ROOM_ENV) else size
     shared = {"size": sent, "count": count, "batch": args.batch, "window": args.window}
-    sub = await _spawn(env.child("sub", mode, **target, **shared), log)
+    sub = await _spawn(env.child("sub", mode, node=node, **target, **shared), log)
     pub: asyncio.subprocess.Process | None = None
     try:
         assert sub.stdout is not None
@@ -477,7 +491,7 @@ async def _live(
             raise SystemExit(f"subscriber not ready ({line!r}); see {log}")
         nats_cpu = common.cpu_seconds(env.nats_pids)
         services_cpu = common.cpu_seconds(env.service_pids)
-        pub = await _spawn(env.child("pub", mode, **target, **shared), log)
+        pub = await _spawn(env.child("pub", mode, node=node, **target, **shared), log)
         published = await _result(pub, "publisher", log)
         received = await asyncio.wait_for(_result(sub, "subscriber", log), timeout=120)
         nats_cpu = common.cpu_seconds(env.nats_pids) - nats_cpu
@@ -501,6 +515,7 @@ async def _live(
         nats_cpu_us=nats_cpu / count * 1e6,
         services_cpu_us=services_cpu / count * 1e6,
         loadavg=os.getloadavg()[0],
+        node=node,
     )
 
 
@@ -542,6 +557,24 @@ async def _replay(env: Env, mode: str, count: int, args: argparse.Namespace) -> 
     )
 
 
+async def _lead_together(nc: NATS, stream: str, other: str) -> str:
+    """Move ``other``'s leader to ``stream``'s leader's node and return that node: a run
+    whose two streams are led from different nodes would compare placements, not paths."""
+    js = nc.jetstream(timeout=10.0)
+    for _ in range(_LEADER_MOVES):
+        leader = (await js.stream_info(stream)).cluster.leader  # type: ignore[union-attr]
+        if (await js.stream_info(other)).cluster.leader == leader:  # type: ignore[union-attr]
+            return str(leader)
+        with contextlib.suppress(Exception):  # a move in progress refuses another
+            await nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{other}",
+                json.dumps({"placement": {"preferred": leader}}).encode(),
+                timeout=5.0,
+            )
+        await asyncio.sleep(0.5)
+    raise SystemExit(f"{other}'s leader did not move to {stream}'s leader's node")
+
+
 async def _setup(stack: Any, root: Path) -> Env:
     from nats.js import api
 
@@ -581,6 +614,7 @@ async def _setup(stack: Any, root: Path) -> Env:
         )
         await js.add_stream(raw)
         created = (await js.stream_info(RAW_STREAM)).config
+        leader = await _lead_together(nc, naming.MESSAGES_STREAM, RAW_STREAM)
     finally:
         await nc.close()
     for name in ("storage", "num_replicas", "retention", "discard", "max_age", "duplicate_window"):
@@ -606,6 +640,8 @@ async def _setup(stack: Any, root: Path) -> Env:
         live_room=live_room.room_id,
         replay_room=replay_room.room_id,
         env_room=env_room.room_id,
+        node_names=list(names),
+        placements=[leader, *(n for n in names if n != leader)],
         nats_pids=[pid for n in names if (pid := stack.pid(n)) is not None],
         service_pids=services,
     )
@@ -671,11 +707,12 @@ async def _bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             count = args.count if size <= 1024 else args.count_large
             envelope = round(components[size]["envelope_bytes"])
             for index in range(args.runs):
+                node = env.placements[index % len(env.placements)]
                 for mode in common.rotated(LIVE_MODES, index):
-                    run = await _live(env, mode, size, count, envelope, args)
+                    run = await _live(env, mode, size, count, envelope, args, node)
                     live.append(run)
                     print(
-                        f"live run {index + 1}/{args.runs} {size:>6} B {mode:7} "
+                        f"live run {index + 1}/{args.runs} {size:>6} B {mode:7} on {node} "
                         f"{run.msgs_per_s:8,.0f} msgs/s (acks {run.ack_msgs_per_s:8,.0f}/s) "
                         f"received {run.received}/{count} pub {run.pub_cpu_us:5.0f} µs "
                         f"sub {run.sub_cpu_us:5.0f} µs nats {run.nats_cpu_us:5.0f} µs/msg "
@@ -791,7 +828,15 @@ def _markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> s
         f"({meta['window'] // meta['batch']} concurrent batches of {meta['batch']}, each "
         "waiting for all its acks). msgs/s from the first publish to the last delivery "
         "(one monotonic clock); figures are medians of the runs, ratios medians of the "
-        "per-run ratios (mode order rotating from run to run).",
+        "per-run ratios (mode order rotating from run to run)."
+        + (
+            " In each run, every mode's publisher and subscriber connect to one node: the "
+            "history's leader node in the first run, then a follower's, in turn; `BENCH_raw` "
+            "is led from the same node as `UNIBUS_messages` (moved there before the runs)."
+            if meta.get("pinned")
+            else " Each client connected to a node of its own random choice, and the two "
+            "streams were led from wherever their elections put them."
+        ),
         "",
         "## Live: acknowledged publish → delivery",
         "",
@@ -1208,6 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": args.replay,
         **common.machine_meta(started, loadavg_before, loads),
         "envelope_version": _envelope_version(),
+        "pinned": True,
     }
     _report(result, args.out or (None if args.quick else RESULTS), args.baseline, args.others)
     return 0
