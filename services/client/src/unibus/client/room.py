@@ -99,6 +99,29 @@ _RETRIABLE: Final = (
     nats.js.errors.ServiceUnavailableError,
 )
 """Publish failures after which the message may or may not be stored: send it again."""
+_ATOMIC_MAX: Final = 1000
+_COMMIT_TIMEOUT: Final = 5.0
+"""Messages in one JetStream atomic batch: the servers' default ceiling (``max_msgs``)."""
+_ATOMIC_DISABLED: Final = 10174
+"""JetStream's ``JSAtomicPublishDisabled``: the history stream was provisioned without
+``allow_atomic`` (an earlier release); its room publishes message by message."""
+
+
+class _ApiFault(msgspec.Struct):
+    err_code: int = 0
+    description: str = ""
+
+
+class _CommitAck(msgspec.Struct):
+    """The answer to an atomic batch's commit: the last message's sequence and the count
+    stored, or why nothing was."""
+
+    seq: int = 0
+    count: int = 0
+    error: _ApiFault | None = None
+
+
+_COMMIT_ACK: Final = msgspec.json.Decoder(_CommitAck)
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -148,6 +171,8 @@ class Room:
         self._identity = identity
         self._api = api
         self._bus = bus
+        self._atomic_batches = True
+        """Until the history stream says it takes no atomic batch (an earlier release's)."""
         self._states: list[RoomState] = []
         self._head: SignedState | None = None
         """The latest signed state verified: what the next change follows."""
@@ -542,10 +567,13 @@ class Room:
         return (await self.publish_many([data]))[0]
 
     async def publish_many(self, messages: Sequence[bytes]) -> list[int]:
-        """One signature for the whole batch; each message acknowledged by the stream.
+        """One signature for the whole batch, stored as one JetStream atomic batch.
 
-        A message whose acknowledgement does not come (a kick, a lost node, a leader
-        election) is sent again with the same message id, which the stream stores once.
+        The stream answers the batch once and stores it whole or not at all. Whatever
+        keeps it from storing the batch (a kick, a lost node, a leader election, a stream
+        provisioned without atomic batches) sends each message on its own instead, with
+        its message id: the stream stores each id once, so a batch stored after all is not
+        stored twice, and a message whose acknowledgement does not come is sent again.
 
         Raises:
             RoomError: no key for the current epoch, or the bus refuses the room.
@@ -560,8 +588,54 @@ class Room:
             sealed = self._sealer.seal_batch_with_ids(
                 list(messages), epoch=state.epoch, key_id=state.key_id, room_key=key
             )
-        js = self._bus.jetstream()
         subject = naming.room_subject(self.room_id)
+        seqs: list[int] = []
+        for start in range(0, len(sealed), _ATOMIC_MAX):
+            group = sealed[start : start + _ATOMIC_MAX]
+            stored = None
+            if self._atomic_batches and len(group) > 1:
+                stored = await self._publish_atomic(subject, group)
+            seqs.extend(stored if stored is not None else await self._publish_each(subject, group))
+        return seqs
+
+    async def _publish_atomic(
+        self, subject: str, sealed: Sequence[tuple[str, bytes]]
+    ) -> list[int] | None:
+        """The sequences ``sealed`` was stored at, as one atomic batch; None when the stream
+        did not say it stored it (then it stored none of it, or stored it under the same
+        message ids, which the caller's sending again finds).
+
+        All but the last message go without a reply: one acknowledgement instead of one
+        per message (and one reply route through the member account's import instead of
+        one per message) is what makes the batch cheaper for the servers.
+        """
+        batch_id = secrets.token_hex(16)
+        try:
+            nc = self._bus.nc
+            for index, (message_id, envelope) in enumerate(sealed[:-1], 1):
+                await nc.publish(
+                    subject, envelope, headers=_batch_headers(batch_id, index, message_id)
+                )
+            message_id, envelope = sealed[-1]
+            headers = _batch_headers(batch_id, len(sealed), message_id)
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await nc.request(subject, envelope, timeout=_COMMIT_TIMEOUT, headers=headers)
+            ack = _COMMIT_ACK.decode(reply.data)
+        except (UnibusError, nats.errors.Error, msgspec.DecodeError):
+            return None
+        if ack.error is not None:
+            if ack.error.err_code == _ATOMIC_DISABLED:
+                self._atomic_batches = False
+            else:
+                _log.debug("atomic batch refused", code=ack.error.err_code)
+            return None
+        if ack.count != len(sealed) or ack.seq < len(sealed):
+            return None
+        # The batch is stored as one run of sequences, the commit's the last.
+        return list(range(ack.seq - len(sealed) + 1, ack.seq + 1))
+
+    async def _publish_each(self, subject: str, sealed: Sequence[tuple[str, bytes]]) -> list[int]:
+        js = self._bus.jetstream()
         first = await asyncio.gather(
             *(
                 js.publish(
@@ -971,3 +1045,12 @@ async def create_room(
     room = Room(room_id, identity, api, bus, heads=heads)
     await room.refresh()
     return room
+
+
+def _batch_headers(batch_id: str, index: int, message_id: str) -> dict[str, str]:
+    return {
+        "Nats-Batch-Id": batch_id,
+        "Nats-Batch-Sequence": str(index),
+        "Nats-Msg-Id": message_id,
+        "Nats-Expected-Stream": naming.MESSAGES_STREAM,
+    }

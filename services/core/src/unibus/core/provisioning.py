@@ -119,6 +119,20 @@ async def _apply_limits(js: JetStreamContext, asset: Asset, plan: Provisioning) 
     return True
 
 
+async def _allow_atomic_batches(js: JetStreamContext, asset: Asset) -> bool:
+    """Let the history stream of an earlier release take atomic batches, as it is created
+    now: the SDK stores a signed batch with one acknowledgement, whole or not at all.
+    Nothing stored changes. Returns whether it changed."""
+    if asset.kind is not AssetKind.STREAM:
+        return False
+    config = (await js.stream_info(asset.stream)).config
+    if config.allow_atomic:
+        return False
+    await js.update_stream(dataclasses.replace(config, allow_atomic=True))
+    _log.info("atomic batches allowed", asset=asset.name)
+    return True
+
+
 @dataclass(frozen=True)
 class ProvisionReport:
     created: tuple[str, ...] = ()
@@ -164,6 +178,7 @@ async def _create(js: JetStreamContext, asset: Asset, plan: Provisioning) -> Non
                 max_bytes=plan.bytes_for(asset),
                 max_msg_size=_MAX_STORED_MESSAGE,
                 max_msgs_per_subject=limits.HISTORY_MAX_PER_ROOM,
+                allow_atomic=True,
             )
         )
     else:
@@ -195,6 +210,7 @@ async def provision(
         async def ensure(asset: Asset = asset) -> bool:
             if await _stream_exists(js, asset.stream):
                 await _apply_limits(js, asset, plan)
+                await _allow_atomic_batches(js, asset)
                 return False
             await _create(js, asset, plan)
             return True
