@@ -68,6 +68,10 @@ _STABLE_ATTEMPTS: Final = 5
 """Snapshots of one asset taken again while writes keep changing what it held."""
 _UNHASHED: Final = frozenset({naming.NONCES_BUCKET})
 _DIGEST_BATCH: Final = 512
+_DIGEST_WAIT: Final = 60.0
+"""Seconds a read-back waits for its next messages. An empty fetch is not the end of the
+stream: a stream just restored, on a cluster that just started or is busy, may deliver its
+first messages after several fetches came back empty."""
 MANIFEST_FILE: Final = "manifest.json"
 BACKUP_ORDER: Final[tuple[str, ...]] = (
     naming.MESSAGES_STREAM,
@@ -172,12 +176,20 @@ async def content_digest(nc: NATS, stream: str, state: dict[str, int]) -> tuple[
         ),
     )
     pull = await js.pull_subscribe_bind(name, stream=stream)
+    waiting_since = time.monotonic()
     try:
         while True:
             try:
                 batch = await pull.fetch(_DIGEST_BATCH, timeout=5.0)
             except TimeoutError:
-                break
+                if time.monotonic() - waiting_since >= _DIGEST_WAIT:
+                    raise BackupError(
+                        f"{stream}: its messages stopped arriving while they were read back "
+                        f"to be checked (nothing for {_DIGEST_WAIT:g}s, {count} read); check "
+                        "that every node is up (`unibus status`), then run it again"
+                    ) from None
+                continue
+            waiting_since = time.monotonic()
             for msg in batch:
                 seq = msg.metadata.sequence.stream
                 if seq > state["last_seq"]:
