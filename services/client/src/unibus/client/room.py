@@ -100,8 +100,9 @@ _RETRIABLE: Final = (
 )
 """Publish failures after which the message may or may not be stored: send it again."""
 _ATOMIC_MAX: Final = 1000
-_COMMIT_TIMEOUT: Final = 5.0
 """Messages in one JetStream atomic batch: the servers' default ceiling (``max_msgs``)."""
+_COMMIT_TIMEOUT: Final = 5.0
+"""Seconds an atomic batch's commit waits for its acknowledgement, as a single publish."""
 _ATOMIC_DISABLED: Final = 10174
 """JetStream's ``JSAtomicPublishDisabled``: the history stream was provisioned without
 ``allow_atomic`` (an earlier release); its room publishes message by message."""
