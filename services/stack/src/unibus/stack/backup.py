@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
@@ -47,6 +48,7 @@ from unibus.core import naming
 from unibus.core.errors import StackError
 from unibus.core.files import write_private
 from unibus.core.provisioning import ASSETS, Asset
+from unibus.core.retry import retry_until
 
 __all__ = [
     "BACKUP_ORDER",
@@ -89,6 +91,8 @@ _CHUNK_TIMEOUT: Final = 30.0
 """Seconds between two chunks of a snapshot before it is given up as stalled."""
 _RESTORE_CHUNK: Final = 128 * 1024
 _RESERVATION_WAIT: Final = 60.0
+_READY_WAIT: Final = 120.0
+"""Seconds a restore waits for a cluster that just started to answer JetStream requests."""
 _RESTORE_START_TIMEOUT: Final = 60.0
 """Seconds for a restore's first answer: the server gives it only once the new stream's
 group has formed on its peers, which on a cluster just started, or busy, takes longer than
@@ -379,7 +383,17 @@ async def target_contents(nc: NATS) -> dict[str, int]:
     """The assets the cluster has, by name, with the messages each holds."""
     found: dict[str, int] = {}
     for asset in ASSETS:
-        reply = await nc.request(f"$JS.API.STREAM.INFO.{asset.stream}", b"", timeout=_API_TIMEOUT)
+        # A cluster whose nodes just started answers nothing until it has elected its
+        # JetStream meta leader: its silence is not an answer yet.
+        reply = await retry_until(
+            "the cluster's JetStream",
+            functools.partial(
+                nc.request, f"$JS.API.STREAM.INFO.{asset.stream}", b"", timeout=_API_TIMEOUT
+            ),
+            budget=_READY_WAIT,
+            attempt_timeout=_API_TIMEOUT,
+            pause=1.0,
+        )
         answer = json.loads(reply.data)
         if answer.get("error"):
             if answer["error"].get("code") == 404:
