@@ -35,6 +35,7 @@ refuses role changes with ``UnsupportedError``.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Iterable
@@ -60,6 +61,10 @@ __all__ = [
 
 CAS_ATTEMPTS: Final = 8
 """Fresh reads one change makes before giving up on a record that keeps changing."""
+CAS_PAUSE: Final = 0.01
+"""Seconds before the read after a conflict, doubling after each (1.27 s over all eight):
+the write that won may still be committing on the stream when the loser reads again, and
+the record it reads then is still the one it lost on."""
 
 
 class UserChange(enum.StrEnum):
@@ -150,6 +155,7 @@ async def change_user(store: Store, key: str, change: UserChange) -> ChangeResul
 
 
 async def _compare_and_set(store: UserUpdates, key: str, change: UserChange) -> ChangeResult:
+    pause = CAS_PAUSE
     for _ in range(CAS_ATTEMPTS):
         before = await store.get_user(key)
         after = changed_record(before.value, change, now=time.time())
@@ -162,7 +168,10 @@ async def _compare_and_set(store: UserUpdates, key: str, change: UserChange) -> 
         except LastAdminError:
             raise
         except ConflictError:
-            continue  # another writer came first: decide again on what it left
+            # Another writer came first: decide again on what it left, once it is there.
+            await asyncio.sleep(pause)
+            pause *= 2
+            continue
         return ChangeResult(before, written)
     raise ConflictError(f"user {key} kept changing; try again")
 
