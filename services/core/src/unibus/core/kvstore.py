@@ -51,8 +51,8 @@ from unibus.core.models import (
     encode,
 )
 from unibus.core.pipeline import pipelined
+from unibus.core.retry import pause_after_conflict
 from unibus.core.store import IndexRepair
-from unibus.core.userchanges import CAS_PAUSE
 
 DEFAULT_OP_TIMEOUT: Final = 2.0
 DEFAULT_SCAN_LIMIT: Final = 100_000
@@ -350,8 +350,7 @@ class JetStreamStore:
         return sorted((decode(UserRecord, data) for _, data, _ in rows), key=lambda u: u.handle)
 
     async def set_user_status(self, key: str, status: Status) -> Versioned[UserRecord]:
-        pause = CAS_PAUSE
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             current = await self.get_user(key)
             if current.value.status is status:
                 return current
@@ -359,8 +358,7 @@ class JetStreamStore:
             try:
                 revision = await self._users.update(key, encode(updated), last=current.revision)
             except ConflictError:
-                await asyncio.sleep(pause)  # the winner may still be committing
-                pause *= 2
+                await pause_after_conflict(attempt)
                 continue
             return Versioned(updated, revision)
         raise ConflictError(f"user {key} kept changing; try again")

@@ -19,6 +19,14 @@ T = TypeVar("T")
 DEFAULT_BUDGET = 120.0
 DEFAULT_ATTEMPT_TIMEOUT = 3.0
 _log = get_logger("unibus.retry")
+_CONFLICT_PAUSE = 0.01
+
+
+async def pause_after_conflict(attempt: int) -> None:
+    """Wait before trying a compare-and-set again after its ``attempt``-th conflict (from
+    0): 10 ms, doubling (1.27 s over seven). The write that won may still be committing
+    on the stream, and a read at once would find the record the loser lost on."""
+    await asyncio.sleep(_CONFLICT_PAUSE * 2**attempt)
 
 
 async def retry_until(

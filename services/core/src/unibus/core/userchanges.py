@@ -35,7 +35,6 @@ refuses role changes with ``UnsupportedError``.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import Iterable
@@ -46,6 +45,7 @@ import msgspec
 
 from unibus.core.errors import ConflictError, LastAdminError, NotFoundError, UnsupportedError
 from unibus.core.models import Role, Status, UserRecord, Versioned
+from unibus.core.retry import pause_after_conflict
 from unibus.core.store import Store, UserUpdates
 
 __all__ = [
@@ -61,10 +61,6 @@ __all__ = [
 
 CAS_ATTEMPTS: Final = 8
 """Fresh reads one change makes before giving up on a record that keeps changing."""
-CAS_PAUSE: Final = 0.01
-"""Seconds before the read after a conflict, doubling after each (1.27 s over all eight):
-the write that won may still be committing on the stream when the loser reads again, and
-the record it reads then is still the one it lost on."""
 
 
 class UserChange(enum.StrEnum):
@@ -155,8 +151,7 @@ async def change_user(store: Store, key: str, change: UserChange) -> ChangeResul
 
 
 async def _compare_and_set(store: UserUpdates, key: str, change: UserChange) -> ChangeResult:
-    pause = CAS_PAUSE
-    for _ in range(CAS_ATTEMPTS):
+    for attempt in range(CAS_ATTEMPTS):
         before = await store.get_user(key)
         after = changed_record(before.value, change, now=time.time())
         if after is None:
@@ -169,8 +164,7 @@ async def _compare_and_set(store: UserUpdates, key: str, change: UserChange) -> 
             raise
         except ConflictError:
             # Another writer came first: decide again on what it left, once it is there.
-            await asyncio.sleep(pause)
-            pause *= 2
+            await pause_after_conflict(attempt)
             continue
         return ChangeResult(before, written)
     raise ConflictError(f"user {key} kept changing; try again")
