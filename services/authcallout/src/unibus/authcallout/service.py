@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
@@ -42,7 +41,7 @@ from unibus.authcallout.reasons import Reason
 from unibus.authcallout.settings import Settings
 from unibus.authcallout.view import Change, DirectoryView
 from unibus.core import naming
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import NatsTarget, close_all, connect
 from unibus.core.log import get_logger
 from unibus.core.process import unless_stopped
 
@@ -81,7 +80,7 @@ class CalloutService:
         try:
             await unless_stopped(stop, self._connect_all(opened))
         except BaseException:
-            await _close_all(opened)
+            await close_all(opened)
             raise
         view_nc, sys_nc, callout_nc = opened
         self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
@@ -111,7 +110,7 @@ class CalloutService:
             for task in list(self._tasks):
                 task.cancel()
             request_nc = self._requests[0] if self._requests else callout_nc
-            await _close_all({request_nc, *opened})
+            await close_all({request_nc, *opened})
 
     async def _connect_all(self, opened: list[NATS]) -> None:
         """The view's, the kicks' and the requests' connections, in ``opened`` as each
@@ -314,9 +313,3 @@ class CalloutService:
             if change.committed_at is not None:
                 self._metrics.revoke_latency.observe(max(0.0, time.time() - change.committed_at))
         _log.info("authorization changed", users=len(change.users), kicked=kicked)
-
-
-async def _close_all(connections: Iterable[NATS]) -> None:
-    for nc in connections:
-        with contextlib.suppress(Exception):
-            await nc.close()

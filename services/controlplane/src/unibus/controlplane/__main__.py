@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 
@@ -15,7 +14,7 @@ from unibus.controlplane.app import Context, build_app
 from unibus.controlplane.metrics import ApiMetrics
 from unibus.controlplane.settings import Settings
 from unibus.core.bootstrap import ensure_first_admin
-from unibus.core.connect import NatsTarget, connect
+from unibus.core.connect import NatsTarget, close_all, connect
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.log import get_logger
 from unibus.core.metricsserver import serve_metrics
@@ -61,9 +60,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             build_app(context), _hypercorn_config(settings), shutdown_trigger=stop.wait
         )
     finally:
-        for conn in connections:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await close_all(connections)
 
 
 async def _start(settings: Settings, metrics: ApiMetrics, connections: list[NATS]) -> Context:

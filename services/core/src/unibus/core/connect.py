@@ -9,9 +9,10 @@ would receive the nkey signature in clear and log in with it elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -137,3 +138,11 @@ async def connect(
         if callback is not None:
             options[key] = callback
     return await nats.connect(**options)  # type: ignore[arg-type]
+
+
+async def close_all(connections: Iterable[NATS]) -> None:
+    """Close each connection, whatever the others do: a service on its way out (a stop
+    during its start included) leaves none open behind it."""
+    for nc in connections:
+        with contextlib.suppress(Exception):
+            await nc.close()
