@@ -574,7 +574,7 @@ class StormRun:
     followers_on_node: int
     """KV followers' consumers (of the callouts' views and the APIs) the node held."""
     callouts_by_node: dict[str, int]
-    """Where the callouts' request connections were (the queue group's members)."""
+    """How many callout request links each node held (its members of the queue group)."""
     clients: int
     on_target: int
     readmitted: int
@@ -609,8 +609,8 @@ async def _storm(env: Env, run: int, mode: str, clients: int) -> StormRun:
         raise SystemExit("the cluster did not become whole again within 120 s")
     followers = await _followers_by_node(env)
     callouts = await _callouts_by_node(env)
-    for _ in range(30):  # each callout back on its own node after the last restart
-        if all(callouts.get(n) == 1 for n in env.names):
+    for _ in range(30):  # every callout's link back on the node restarted last
+        if all(callouts.get(n) == len(env.names) for n in env.names):
             break
         await asyncio.sleep(0.5)
         callouts = await _callouts_by_node(env)
@@ -695,7 +695,7 @@ def _auth_errors_since(env: Env, node: str, offset: int) -> int:
 
 
 async def _callouts_by_node(env: Env) -> dict[str, int]:
-    """On which node each callout's request connection is (the queue group's members)."""
+    """How many callout request links each node holds (its members of the queue group)."""
     import msgspec
 
     from unibus.core import naming

@@ -383,6 +383,11 @@ def test_three_node_config_contains_every_required_setting(
         "advertise": "127.0.0.1:6222",
         "no_advertise": True,
         "pool_size": -1,
+        # auth requests are answered on the node that received them (authcallout.links)
+        "permissions": {
+            "import": {"deny": ["$SYS.REQ.USER.AUTH"]},
+            "export": {"deny": ["$SYS.REQ.USER.AUTH"]},
+        },
         "authorization": {"user": ROUTE_USER, "password": SECRET},
         "tls": {
             "cert_file": str(pki.route.cert_file),

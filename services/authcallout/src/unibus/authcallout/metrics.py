@@ -33,6 +33,11 @@ class Metrics:
             "1 while the view is fresh enough to admit anyone, else 0.",
             registry=self.registry,
         )
+        self.nodes_served = Gauge(
+            "unibus_authcallout_nodes_served",
+            "Nodes whose auth requests this instance receives (its link there is up).",
+            registry=self.registry,
+        )
         self.key_generations = Gauge(
             "unibus_authcallout_key_generations",
             "Issuer and xkey generations this callout answers with (2 during a rotation).",

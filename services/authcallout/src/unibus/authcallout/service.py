@@ -1,30 +1,23 @@
 """The callout service: answers ``$SYS.REQ.USER.AUTH`` and disconnects on changes.
 
-Three connections, each with the least identity it needs: the callout identity receives
-auth requests (queue group, so any number of instances share the load), the internal
-identity feeds the KV view, the system identity lists and kicks connections.
-
-Each instance receives requests on its own node whenever that node is up (the first URL):
-a server hands a request to a queue member on itself before one across a route, so with
-one instance at home on every node no request travels to another node, where the loss of
-that node would lose it (the server then times out and refuses the client). A node's stop
-sends its instance elsewhere; once the node is back, the instance subscribes there again
-and lets the other subscription drain (``_stay_home``).
+Connections with the least identity each needs: the callout identity receives auth requests,
+on one link per node (``links``: a request is answered on the node that received it, so the
+loss of another node loses none), the internal identity feeds the KV view, the system
+identity lists and kicks connections. Any number of instances share the requests of a node:
+their links there are members of one queue group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from unibus.authcallout.keys import KeyGeneration, Keys
 from unibus.authcallout.kicks import Kicker, connection_name
+from unibus.authcallout.links import RequestLinks
 from unibus.authcallout.metrics import Metrics
 from unibus.authcallout.permissions import permissions_for
 from unibus.authcallout.protocol import (
@@ -40,14 +33,14 @@ from unibus.authcallout.protocol import (
 from unibus.authcallout.reasons import Reason
 from unibus.authcallout.settings import Settings
 from unibus.authcallout.view import Change, DirectoryView
-from unibus.core import naming
 from unibus.core.connect import NatsTarget, close_all, connect
 from unibus.core.log import get_logger
 from unibus.core.process import unless_stopped
 
 _SWEEP_WAIT = 10.0
-_HOME_CHECK = 2.0
-"""Seconds between two checks that requests arrive on this instance's own node."""
+_LINK_RECONNECT_WAIT = 0.25
+"""Seconds between two attempts of a request link at its node: a node that comes back is
+served this soon (a refused TCP connect costs nothing)."""
 _log = get_logger("unibus.authcallout")
 
 
@@ -60,17 +53,16 @@ class CalloutService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._view: DirectoryView | None = None
         self._kicker: Kicker | None = None
-        self._requests: tuple[NATS, Subscription] | None = None
-        """The connection and subscription requests arrive on."""
+        self._links = RequestLinks(self._settings.nats_urls, self._connect_link)
 
-    def _target(self, identity: str) -> NatsTarget:
+    def _target(self, identity: str, urls: tuple[str, ...] | None = None) -> NatsTarget:
         files = {
             "callout": self._settings.callout_seed,
             "internal": self._settings.internal_seed,
             "system": self._settings.system_seed,
         }
         return NatsTarget(
-            urls=self._settings.nats_urls,
+            urls=urls or self._settings.nats_urls,
             ca_file=self._settings.ca_file,
             identity_file=files[identity],
         )
@@ -82,7 +74,7 @@ class CalloutService:
         except BaseException:
             await close_all(opened)
             raise
-        view_nc, sys_nc, callout_nc = opened
+        view_nc, sys_nc = opened
         self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
         self._view = DirectoryView(
             view_nc,
@@ -94,76 +86,31 @@ class CalloutService:
         await self._view.start()
         gauges = asyncio.create_task(self._update_gauges())
         sweep = asyncio.create_task(self._sweep_on_start())
-        homing: asyncio.Task[None] | None = None
         try:
-            self._requests = (callout_nc, await self._subscribe(callout_nc))
-            _log.info("serving auth requests", instances_share=naming.CALLOUT_QUEUE)
-            homing = asyncio.create_task(self._stay_home())
+            self._links.start(self._on_request)
             await stop.wait()
-            await self._requests[1].unsubscribe()
+            await self._links.unsubscribe()
         finally:
             gauges.cancel()
             sweep.cancel()
-            if homing is not None:
-                homing.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
-            request_nc = self._requests[0] if self._requests else callout_nc
-            await close_all({request_nc, *opened})
+            await self._links.close()
+            await close_all(opened)
 
     async def _connect_all(self, opened: list[NATS]) -> None:
-        """The view's, the kicks' and the requests' connections, in ``opened`` as each
-        opens (retried for as long as no node answers)."""
-        for identity in ("internal", "system", "callout"):
+        """The view's and the kicks' connections, in ``opened`` as each opens (retried for
+        as long as no node answers)."""
+        for identity in ("internal", "system"):
             opened.append(await self._connect(identity))
 
-    async def _subscribe(self, nc: NATS) -> Subscription:
-        return await nc.subscribe(
-            naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
+    async def _connect_link(self, url: str) -> NATS:
+        return await connect(
+            self._target("callout", (url,)),
+            name="unibus-authcallout-callout",
+            reconnect_time_wait=_LINK_RECONNECT_WAIT,
         )
-
-    def _at_home(self, nc: NATS) -> bool:
-        url, home = nc.connected_url, urlsplit(self._settings.nats_urls[0])
-        return url is not None and (url.hostname, url.port) == (home.hostname, home.port)
-
-    async def _stay_home(self) -> None:
-        """Move the request subscription back to this instance's own node once it is up."""
-        while True:
-            await asyncio.sleep(_HOME_CHECK)
-            if self._requests is None or self._at_home(self._requests[0]):
-                continue
-            try:
-                await self._move_home()
-            except Exception as exc:  # noqa: BLE001 - tried again at the next check
-                _log.info("could not move requests home", error=type(exc).__name__)
-
-    async def _move_home(self) -> None:
-        if self._requests is None:
-            return
-        nc = await self._connect("callout")  # tries the own node first
-        if not self._at_home(nc):
-            await nc.close()
-            return
-        try:
-            sub = await self._subscribe(nc)
-            await nc.flush()
-        except BaseException:
-            await nc.close()
-            raise
-        old_nc, old_sub = self._requests
-        self._requests = (nc, sub)
-        _log.info("serving auth requests on this node again")
-        # Requests already on their way to the old subscription are still answered: drain
-        # delivers them before it unsubscribes, and their tasks answer on the old connection.
-        with contextlib.suppress(Exception):
-            await old_sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            budget = self._settings.stale_grace + self._settings.catch_up + 1.0
-            await asyncio.wait(pending, timeout=budget)
-        with contextlib.suppress(Exception):
-            await old_nc.close()
 
     async def _connect(self, identity: str) -> NATS:
         async def disconnected() -> None:
@@ -188,6 +135,7 @@ class CalloutService:
                 lag = self._view.staleness
                 self._metrics.watch_lag.set(lag if lag != float("inf") else -1)
                 self._metrics.view_fresh.set(1 if self._view.is_fresh else 0)
+            self._metrics.nodes_served.set(self._links.nodes_served)
             await asyncio.sleep(0.25)
 
     # -- requests ---------------------------------------------------------------------------------

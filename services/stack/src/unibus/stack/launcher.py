@@ -100,13 +100,19 @@ def _end(proc: subprocess.Popen[bytes], *, kill: bool, timeout: float) -> None:
         proc.wait(timeout=timeout)
 
 
-def _metric_is_one(port: int, metric: str) -> bool:
+def _metric_values(port: int, *metrics: str) -> dict[str, float]:
+    """The named unlabelled metrics of a local service (those it does not report: absent)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
             text = response.read().decode()
     except OSError:
-        return False
-    return any(line.split() == [metric, "1.0"] for line in text.splitlines())
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in metrics:
+            found[name] = float(value)
+    return found
 
 
 def _https_ok(url: str, ca_file: Path) -> bool:
@@ -360,10 +366,14 @@ class LocalStack:
             self.stop_service(service, node)
 
     def service_ready(self, service: str, node: str) -> bool:
-        """The callout has a fresh view; the API answers /healthz over TLS."""
+        """The callout has a fresh view and serves every running node; the API answers
+        /healthz over TLS."""
         ports = self.spec.ports[self.spec.node_names.index(node)]
         if service == "authcallout":
-            return _metric_is_one(ports.callout_metrics, "unibus_authcallout_view_fresh")
+            fresh, served = "unibus_authcallout_view_fresh", "unibus_authcallout_nodes_served"
+            values = _metric_values(ports.callout_metrics, fresh, served)
+            running = sum(1 for name in self.spec.node_names if self.pid(name) is not None)
+            return values.get(fresh) == 1 and values.get(served, 0) >= running
         return _https_ok(f"{self.api_url(node)}/healthz", self.layout.certs.client_ca_cert)
 
     async def wait_services_ready(self, *, budget: float = 60.0) -> None:

@@ -43,6 +43,7 @@ from unibus.core.files import PrivateFileError, read_private, write_private
 from unibus.core.naming import (
     BUS_ACCOUNT,
     CALLOUT_ACCOUNT,
+    CALLOUT_SUBJECT,
     MEMBER_ACCOUNT,
     MEMBER_SERVICES,
     SYSTEM_ACCOUNT,
@@ -407,6 +408,14 @@ def _cluster_block(cluster: ClusterConfig | None) -> str:
         "  no_advertise: true",
         "  # one route per peer: the default pool churned and broke RAFT on small clusters",
         "  pool_size: -1",
+        "  # Auth requests never cross a route: a server picks a member behind a route as",
+        "  # readily as a local one, and a request sent to a node that just died or hangs is",
+        "  # lost until the callout timeout refuses the client. Every callout instance is a",
+        "  # member on every node instead (unibus.authcallout.links).",
+        "  permissions {",
+        f"    import: {{ deny: [{_quote(CALLOUT_SUBJECT, 'callout subject')}] }}",
+        f"    export: {{ deny: [{_quote(CALLOUT_SUBJECT, 'callout subject')}] }}",
+        "  }",
     ]
     if secret is not None:
         lines += [

@@ -1,0 +1,102 @@
+"""Where auth requests are answered: on the node that received them, by any instance.
+
+A request a server sends across a route to a node that has died or hangs is lost, and the
+client is refused once the server's callout timeout runs out. These tests stand in for such
+a node with members of the callout's queue group that never answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.msg import Msg
+
+from tests.integration.harness import StackFactory, eventually, user_record
+from unibus.core import naming
+from unibus.core.connect import NatsTarget, connect
+from unibus.core.kvstore import JetStreamStore
+from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
+from unibus.stack.launcher import LocalStack
+
+
+async def _member(stacks: StackFactory, stack: LocalStack, handle: str) -> KeyPair:
+    store = await JetStreamStore.open(await stacks.connect(stack))
+    member = KeyPair.generate(Prefix.USER)
+    await store.add_user(user_record(member.public_key, handle))
+    return member
+
+
+def _target(stack: LocalStack, who: KeyPair, node: str) -> NatsTarget:
+    path = stack.layout.root / f"{who.public_key[:12]}.seed"
+    if not path.exists():
+        write_seed_file(path, who.seed)
+    return NatsTarget(
+        urls=(stack.client_url(node),),
+        ca_file=stack.layout.certs.client_ca_cert,
+        identity_file=path,
+    )
+
+
+async def _connect_once(target: NatsTarget) -> None:
+    """One attempt, as a plain client makes it: a refusal is not hidden by a retry, and the
+    client waits longer than the server's callout timeout."""
+    nc = await connect(target, name="unibus-test-probe", connect_timeout=5.0, allow_reconnect=False)
+    try:
+        await nc.flush(timeout=2.0)
+    finally:
+        await nc.close()
+
+
+async def _admitted(target: NatsTarget) -> bool:
+    try:
+        await _connect_once(target)
+    except Exception:  # noqa: BLE001 - refused, or the view does not know the user yet
+        return False
+    return True
+
+
+async def test_members_behind_a_route_never_receive_a_nodes_auth_requests(
+    stacks: StackFactory,
+) -> None:
+    stack = await stacks.start(nodes=3, services=True)
+    member = await _member(stacks, stack, "local")
+    at_n1 = _target(stack, member, "n1")
+    await eventually(lambda: _admitted(at_n1), until=bool, what="the member admitted")
+
+    async def never_answer(msg: Msg) -> None:
+        del msg  # what a dead or hung node does with the request
+
+    for node in ("n2", "n3"):
+        black_hole = await stacks.connect(stack, "callout", nodes=(node,))
+        await black_hole.subscribe(
+            naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=never_answer
+        )
+        await black_hole.flush()
+
+    # A server picking among every member of the cluster would send about two in five of
+    # these to a member that never answers.
+    outcomes = await asyncio.gather(
+        *(_connect_once(at_n1) for _ in range(12)), return_exceptions=True
+    )
+
+    refused = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert refused == []
+
+
+async def test_one_instance_serves_every_node_and_a_node_that_returns(
+    stacks: StackFactory,
+) -> None:
+    stack = await stacks.start(nodes=3, services=True)
+    member = await _member(stacks, stack, "served")
+    for node in ("n2", "n3"):
+        stack.stop_service("authcallout", node)
+
+    for node in stack.spec.node_names:
+        target = _target(stack, member, node)
+        await eventually(lambda t=target: _admitted(t), until=bool, what=f"admitted on {node}")
+
+    stack.stop_node("n2", kill=True)
+    stack.start_node("n2")
+    await stack.wait_ready(nodes=("n2",))
+    at_n2 = _target(stack, member, "n2")
+    await eventually(lambda: _admitted(at_n2), until=bool, what="admitted on the returned node")
