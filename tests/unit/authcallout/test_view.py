@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import nats.errors
 
@@ -259,25 +259,45 @@ async def test_until_fresh_gives_up_after_its_grace_so_the_request_is_denied() -
     assert view.lookup(ALICE).reason is Reason.STORE_UNAVAILABLE
 
 
+def _reply(body: dict[str, Any]) -> Any:
+    return type("Reply", (), {"data": json.dumps(body).encode()})()
+
+
+_NOTHING_AFTER: Final = {
+    "error": {"code": 404, "err_code": 10037, "description": "no message found"}
+}
+
+
 class _Tails:
-    """Stands in for JetStream: the streams' last sequence numbers, and who asked when."""
+    """Stands in for the stream leaders: each stream's last message (a barrier), and who
+    asked what when."""
 
     def __init__(self, users: int, rooms: int, *, fail: bool = False) -> None:
         self.last = {f"KV_{naming.USERS_BUCKET}": users, f"KV_{naming.ROOMS_BUCKET}": rooms}
         self.fail = fail
         self.reads: list[float] = []
+        self.infos = 0
         self.release = asyncio.Event()
         self.release.set()
 
     async def request(self, subject: str, body: bytes, timeout: float) -> Any:
-        """``$JS.API.STREAM.INFO.<stream>``, answered with the stream's state."""
-        del body, timeout
+        """``$JS.API.STREAM.INFO.<stream>``, answered with the stream's state, or
+        ``$JS.API.STREAM.MSG.GET.<stream>``, answered with the last message if asked from
+        at or before it."""
+        del timeout
         self.reads.append(time.monotonic())
         await self.release.wait()
         if self.fail:
             raise nats.errors.TimeoutError
-        info = {"state": {"last_seq": self.last[subject.rsplit(".", 1)[1]]}}
-        return type("Reply", (), {"data": json.dumps(info).encode()})()
+        stream = subject.rsplit(".", 1)[1]
+        last = self.last[stream]
+        if ".STREAM.INFO." in subject:
+            self.infos += 1
+            return _reply({"state": {"last_seq": last}})
+        if json.loads(body)["seq"] > last:
+            return _reply(_NOTHING_AFTER)
+        bucket = stream.removeprefix("KV_")
+        return _reply({"message": {"subject": f"$KV.{bucket}.{BARRIER_KEY}", "seq": last}})
 
 
 def _view_on(tails: _Tails) -> DirectoryView:
@@ -300,6 +320,17 @@ async def test_a_decision_waits_until_the_view_applied_what_the_streams_held_on_
 
     assert await asyncio.wait_for(waiting, 1.0)
     assert view.lookup(ALICE).rooms == ()
+
+
+async def test_a_view_holding_the_last_revisions_is_shown_current_without_a_stream_info() -> None:
+    tails = _Tails(users=5, rooms=9)
+    view = _view_on(tails)
+    view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))
+    view.apply(naming.ROOMS_BUCKET, _entry(naming.ROOMS_BUCKET, ROOM, _room(ALICE, BOB), 9))
+
+    assert await view.until_current(time.monotonic(), 1.0)
+    # One "nothing after" per stream: the leader is not asked to build a stream info.
+    assert (len(tails.reads), tails.infos) == (2, 0)
 
 
 async def test_a_view_that_does_not_catch_up_in_time_or_cannot_read_the_tails_denies() -> None:
@@ -331,9 +362,12 @@ async def test_requests_share_a_tail_read_only_if_it_started_after_they_arrived(
 class _Stream:
     """Stands in for the connection: the tails, and the messages the stream leader returns."""
 
-    def __init__(self, tails: _Tails, messages: dict[int, tuple[str, bytes]]) -> None:
+    def __init__(
+        self, tails: _Tails, messages: dict[int, tuple[str, bytes]], *, unreadable: bool = False
+    ) -> None:
         self.tails = tails
         self.messages = messages
+        self.unreadable = unreadable
         self.gets: list[int] = []
 
     def jetstream(self, **_: object) -> object:
@@ -344,11 +378,13 @@ class _Stream:
             return await self.tails.request(subject, body, timeout)
         asked = json.loads(body)
         self.gets.append(asked["seq"])
+        if self.unreadable:
+            return _reply({"error": {"code": 503, "err_code": 10008, "description": "busy"}})
         stream = subject.rsplit(".", 1)[1]
         bucket = stream.removeprefix("KV_")
         later = sorted(seq for seq in self.messages if seq >= asked["seq"])
         if not later:
-            reply = {"error": {"code": 404, "description": "no message found"}}
+            reply = _NOTHING_AFTER
         else:
             key, value = self.messages[later[0]]
             reply = {
@@ -378,13 +414,13 @@ async def test_what_the_watch_does_not_deliver_is_read_from_the_stream_and_annou
 
     assert await view.until_current(time.monotonic(), 2.0)
     assert view.lookup(ALICE).rooms == ()
-    assert stream.gets == [8, 9]
+    assert stream.gets[-2:] == [8, 9], "not read in order"
     assert [(c.revision, c.users, c.revoked) for c in changes] == [(9, {ALICE}, True)]
     await view.stop()
 
 
 async def test_a_stream_that_cannot_be_read_leaves_the_decision_denied() -> None:
-    stream = _Stream(_Tails(users=5, rooms=9), {})
+    stream = _Stream(_Tails(users=5, rooms=9), {}, unreadable=True)
     view = DirectoryView(cast(Any, stream), max_staleness=2.0)
     view._confirmed = dict.fromkeys(view._confirmed, time.monotonic())
     view.apply(naming.USERS_BUCKET, _entry(naming.USERS_BUCKET, ALICE, _user(ALICE), 5))

@@ -78,6 +78,10 @@ class _ReadError(Exception):
     """A message could not be read from the stream leader."""
 
 
+class _NothingAfter(_ReadError):
+    """The stream leader holds no message after the revision asked about."""
+
+
 class _StoredMessage(msgspec.Struct):
     subject: str
     seq: int
@@ -88,7 +92,12 @@ class _StoredMessage(msgspec.Struct):
 
 class _ApiError(msgspec.Struct):
     code: int = 0
+    err_code: int = 0
     description: str = ""
+
+
+_NO_MESSAGE_FOUND: Final = 10037
+"""JetStream's error code when the stream holds no message from the sequence asked on."""
 
 
 class _MessageReply(msgspec.Struct):
@@ -316,10 +325,10 @@ class DirectoryView:
     async def until_current(self, arrived: float, timeout: float) -> bool:
         """Wait until the view holds everything the streams held at ``arrived`` (monotonic).
 
-        Reads each stream's last sequence number with a read that started at or after
-        ``arrived`` (shared by every request waiting for one), then waits for the watches to
-        apply up to it. False when that cannot be shown within ``timeout``: the caller
-        denies (fail closed).
+        Reads, for each stream, a revision holding everything its leader holds (:meth:`_tail`)
+        with a read that started at or after ``arrived`` (shared by every request waiting for
+        one), then waits for the watches to apply up to it. False when that cannot be shown
+        within ``timeout``: the caller denies (fail closed).
         """
         try:
             async with asyncio.timeout(timeout):
@@ -359,6 +368,21 @@ class DirectoryView:
         return dict(zip(_BUCKETS, tails, strict=True))
 
     async def _tail(self, bucket: str) -> int:
+        """A revision holding everything the stream's leader holds now.
+
+        Usually the view holds it already, and the leader's "no message after the revision
+        the view applied" proves it: a reply far cheaper for the server than a stream info,
+        which builds the stream's whole state, config and cluster report. Only when the
+        leader has more does a stream info give its last sequence number.
+        """
+        applied = self._state.applied[bucket]
+        try:
+            await self._read_after(bucket, applied, timeout=_TAIL_ATTEMPT_TIMEOUT)
+        except _NothingAfter:
+            return applied
+        return await self._last_seq(bucket)
+
+    async def _last_seq(self, bucket: str) -> int:
         """The stream's last sequence number, from its leader (a stream info)."""
         stream = naming.kv_stream(bucket)
         reply = await self._nc.request(
@@ -415,14 +439,20 @@ class DirectoryView:
             failing_since = None
             await self._take(bucket, entry)
 
-    async def _read_after(self, bucket: str, revision: int) -> KvEntry:
-        """The first message of ``bucket`` after ``revision``, as the stream leader has it."""
+    async def _read_after(
+        self, bucket: str, revision: int, *, timeout: float = _READ_TIMEOUT
+    ) -> KvEntry:
+        """The first message of ``bucket`` after ``revision``, as the stream leader has it
+        (only the leader answers this request)."""
         prefix = f"$KV.{bucket}."
         body = msgspec.json.encode({"seq": revision + 1, "next_by_subj": f"{prefix}>"})
         reply = await self._nc.request(
-            f"$JS.API.STREAM.MSG.GET.{naming.kv_stream(bucket)}", body, timeout=_READ_TIMEOUT
+            f"$JS.API.STREAM.MSG.GET.{naming.kv_stream(bucket)}", body, timeout=timeout
         )
-        found = _MESSAGE_REPLY.decode(reply.data).message
+        decoded = _MESSAGE_REPLY.decode(reply.data)
+        found = decoded.message
+        if decoded.error is not None and decoded.error.err_code == _NO_MESSAGE_FOUND:
+            raise _NothingAfter(f"no message of {bucket} after revision {revision}")
         if found is None or found.seq <= revision or not found.subject.startswith(prefix):
             raise _ReadError(f"no message of {bucket} after revision {revision}")
         headers = _stored_headers(found.hdrs)
