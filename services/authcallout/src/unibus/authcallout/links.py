@@ -13,6 +13,10 @@ Each link is pinned to its node: its only URL is that node's, and the servers ad
 others (``no_advertise``), so nats-py learns none. It reconnects to that node forever and
 re-subscribes on its own; a node that comes back is served once the first instance's link
 reaches it (``reconnect_time_wait`` apart).
+
+An instance that cannot decide leaves the queue group on every node (:meth:`RequestLinks.pause`)
+while the others answer: the service pauses its links while its view's own connection is
+down, and resumes them once the view is fresh again.
 """
 
 from __future__ import annotations
@@ -33,56 +37,80 @@ _log = get_logger("unibus.authcallout.links")
 _RETRY_PAUSE = 1.0
 """Seconds before a link whose connect failed outright (not a node that is down: nats-py
 retries that itself) is tried again."""
+_FLUSH_TIMEOUT = 2
 
 Connector = Callable[[str], Awaitable[NATS]]
 """Opens the callout identity's connection to the one node at this URL (retrying forever)."""
+Handler = Callable[[Msg], Awaitable[None]]
 
 
 class RequestLinks:
     """The request subscriptions of one instance, one per node URL."""
 
-    def __init__(self, urls: Sequence[str], connector: Connector) -> None:
+    def __init__(self, urls: Sequence[str], connector: Connector, on_request: Handler) -> None:
         self._urls = tuple(urls)
         self._connector = connector
-        self._links: dict[str, tuple[NATS, Subscription]] = {}
+        self._on_request = on_request
+        self._connections: dict[str, NATS] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self._paused = False
         self._opening: set[asyncio.Task[None]] = set()
 
-    def start(self, on_request: Callable[[Msg], Awaitable[None]]) -> None:
+    def start(self) -> None:
         """Open every link in the background: a node that is down is joined once it is up."""
         for url in self._urls:
-            task = asyncio.create_task(self._open(url, on_request))
+            task = asyncio.create_task(self._open(url))
             self._opening.add(task)
             task.add_done_callback(self._opening.discard)
 
     @property
     def nodes_served(self) -> int:
-        """Links whose connection is up, each with its subscription."""
-        return sum(1 for nc, _ in self._links.values() if nc.is_connected)
+        """Links whose connection is up and subscribed."""
+        return sum(1 for url in self._subscriptions if self._connections[url].is_connected)
 
-    async def _open(self, url: str, on_request: Callable[[Msg], Awaitable[None]]) -> None:
+    async def pause(self) -> None:
+        """Leave the queue group on every node: requests go to the other instances."""
+        self._paused = True
+        subscriptions, self._subscriptions = self._subscriptions, {}
+        for sub in subscriptions.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def resume(self) -> None:
+        """Join the queue group again on every node this instance is connected to."""
+        self._paused = False
+        # A link whose node is down subscribes now all the same: nats-py sends the SUB once
+        # the link is back.
+        await asyncio.gather(
+            *(self._subscribe(url) for url in list(self._connections)), return_exceptions=True
+        )
+
+    async def _open(self, url: str) -> None:
         while True:
             try:
-                self._links[url] = await self._subscribed(url, on_request)
+                nc = await self._connector(url)
             except Exception as exc:  # noqa: BLE001 - a node is never given up on
                 _log.warning("cannot serve a node's requests yet", node=url, error=repr(exc))
                 await asyncio.sleep(_RETRY_PAUSE)
                 continue
-            _log.info("serving auth requests", node=url, queue=naming.CALLOUT_QUEUE)
+            self._connections[url] = nc
+            try:
+                await self._subscribe(url)
+            except Exception as exc:  # noqa: BLE001 - resubscribed at the next resume
+                _log.warning("cannot subscribe for a node's requests", node=url, error=repr(exc))
             return
 
-    async def _subscribed(
-        self, url: str, on_request: Callable[[Msg], Awaitable[None]]
-    ) -> tuple[NATS, Subscription]:
-        nc = await self._connector(url)
-        try:
-            sub = await nc.subscribe(
-                naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=on_request
-            )
-            await nc.flush()
-        except BaseException:
-            await close_all([nc])
-            raise
-        return nc, sub
+    async def _subscribe(self, url: str) -> None:
+        if self._paused or url in self._subscriptions:
+            return
+        nc = self._connections[url]
+        sub = await nc.subscribe(
+            naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
+        )
+        self._subscriptions[url] = sub
+        if nc.is_connected:
+            await nc.flush(timeout=_FLUSH_TIMEOUT)
+        _log.info("serving auth requests", node=url, queue=naming.CALLOUT_QUEUE)
 
     async def unsubscribe(self) -> None:
         """Receive no more requests; those already received are still answered (the
@@ -90,11 +118,9 @@ class RequestLinks:
         for task in list(self._opening):
             task.cancel()
         await asyncio.gather(*self._opening, return_exceptions=True)
-        for _, sub in self._links.values():
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await self.pause()
 
     async def close(self) -> None:
         await self.unsubscribe()
-        await close_all(nc for nc, _ in self._links.values())
-        self._links.clear()
+        connections, self._connections = self._connections, {}
+        await close_all(connections.values())

@@ -38,6 +38,8 @@ from unibus.core.log import get_logger
 from unibus.core.process import unless_stopped
 
 _SWEEP_WAIT = 10.0
+_REJOIN_CHECK = 5.0
+"""Seconds between two looks at a view that is not fresh yet after its reconnect."""
 _LINK_RECONNECT_WAIT = 0.25
 """Seconds between two attempts of a request link at its node: a node that comes back is
 served this soon (a refused TCP connect costs nothing)."""
@@ -53,7 +55,8 @@ class CalloutService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._view: DirectoryView | None = None
         self._kicker: Kicker | None = None
-        self._links = RequestLinks(self._settings.nats_urls, self._connect_link)
+        self._links = RequestLinks(self._settings.nats_urls, self._connect_link, self._on_request)
+        self._rejoin: asyncio.Task[None] | None = None
 
     def _target(self, identity: str, urls: tuple[str, ...] | None = None) -> NatsTarget:
         files = {
@@ -87,12 +90,14 @@ class CalloutService:
         gauges = asyncio.create_task(self._update_gauges())
         sweep = asyncio.create_task(self._sweep_on_start())
         try:
-            self._links.start(self._on_request)
+            self._links.start()
             await stop.wait()
             await self._links.unsubscribe()
         finally:
             gauges.cancel()
             sweep.cancel()
+            if self._rejoin is not None:
+                self._rejoin.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
@@ -116,10 +121,12 @@ class CalloutService:
         async def disconnected() -> None:
             if identity == "internal" and self._view is not None:
                 self._view.mark_disconnected()
+                await self._step_aside()
 
         async def reconnected() -> None:
             if identity == "internal" and self._view is not None:
                 self._view.confirm_now()
+                self._rejoin_once_fresh()
 
         return await connect(
             self._target(identity),
@@ -128,6 +135,27 @@ class CalloutService:
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )
+
+    async def _step_aside(self) -> None:
+        """The view's own connection is down (its node was lost): until it is back, this
+        instance could only deny, while the instances whose views are connected can decide.
+        So it leaves them the requests. (A view that is stale while connected, without
+        quorum, stays in the group: its denials are the honest answer.)"""
+        if self._rejoin is not None:
+            self._rejoin.cancel()
+        await self._links.pause()
+        _log.warning("the view's connection is down; requests are left to the other instances")
+
+    def _rejoin_once_fresh(self) -> None:
+        if self._rejoin is not None:
+            self._rejoin.cancel()
+        self._rejoin = asyncio.create_task(self._rejoin_when_fresh())
+
+    async def _rejoin_when_fresh(self) -> None:
+        while self._view is not None and not await self._view.until_fresh(_REJOIN_CHECK):
+            pass
+        await self._links.resume()
+        _log.info("the view is fresh again: serving auth requests", nodes=self._links.nodes_served)
 
     async def _update_gauges(self) -> None:
         while True:
