@@ -8,6 +8,8 @@ a node with members of the callout's queue group that never answer.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 from nats.aio.msg import Msg
 
@@ -17,6 +19,9 @@ from unibus.core.connect import NatsTarget, connect
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
 from unibus.stack.launcher import LocalStack
+from unibus.stack.leadership import move_leaders
+
+DECIDING_STREAMS = (naming.kv_stream(naming.USERS_BUCKET), naming.kv_stream(naming.ROOMS_BUCKET))
 
 
 async def _member(stacks: StackFactory, stack: LocalStack, handle: str) -> KeyPair:
@@ -100,3 +105,34 @@ async def test_one_instance_serves_every_node_and_a_node_that_returns(
     await stack.wait_ready(nodes=("n2",))
     at_n2 = _target(stack, member, "n2")
     await eventually(lambda: _admitted(at_n2), until=bool, what="admitted on the returned node")
+
+
+async def test_with_a_node_hung_the_others_admit_everyone_again_within_seconds(
+    stacks: StackFactory,
+) -> None:
+    """A hung node (SIGSTOP: its connections stay open, nothing answers) holds the view of
+    one callout instance and, on the old layout, that instance's request subscription."""
+    stack = await stacks.start(nodes=3, services=True)
+    member = await _member(stacks, stack, "steady")
+    await move_leaders(await stacks.connect(stack), DECIDING_STREAMS, to="n1")
+    targets = [_target(stack, member, node) for node in ("n1", "n2")]
+    for target in targets:
+        await eventually(lambda t=target: _admitted(t), until=bool, what="admitted")
+    hung = stack.pid("n3")
+    assert hung is not None
+
+    async def all_admitted() -> bool:
+        attempts = [_connect_once(t) for t in targets for _ in range(6)]
+        outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+        return not any(isinstance(outcome, BaseException) for outcome in outcomes)
+
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        await eventually(
+            all_admitted, until=bool, timeout=45, interval=0.5, what="every connect admitted"
+        )
+        # Not a lucky round: the next ones are admitted too.
+        for _ in range(3):
+            assert await all_admitted()
+    finally:
+        os.kill(hung, signal.SIGCONT)

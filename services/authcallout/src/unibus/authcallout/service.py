@@ -38,6 +38,10 @@ from unibus.core.log import get_logger
 from unibus.core.process import unless_stopped
 
 _SWEEP_WAIT = 10.0
+_STORE_PING_INTERVAL = 2
+"""Seconds between the view's and the kicks' pings: a node that hangs with their connections
+open is left for another within about six seconds (nats-py's default is two minutes, while
+the view would deny every request it is asked)."""
 _REJOIN_CHECK = 5.0
 """Seconds between two looks at a view that is not fresh yet after its reconnect."""
 _LINK_RECONNECT_WAIT = 0.25
@@ -132,6 +136,7 @@ class CalloutService:
             self._target(identity),
             name=f"unibus-authcallout-{identity}",
             randomize=False,
+            ping_interval=_STORE_PING_INTERVAL,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )

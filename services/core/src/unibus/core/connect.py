@@ -107,11 +107,16 @@ async def connect(
     reconnect_time_wait: float = 0.5,
     inbox_prefix: str | None = None,
     randomize: bool = True,
+    ping_interval: int | None = None,
     disconnected_cb: Callable[[], Awaitable[None]] | None = None,
     reconnected_cb: Callable[[], Awaitable[None]] | None = None,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Open a connection to ``target``; every URL of a cluster is tried and reconnected to."""
+    """Open a connection to ``target``; every URL of a cluster is tried and reconnected to.
+
+    ``ping_interval`` (seconds) replaces nats-py's two minutes: a server that hangs with the
+    connection open is then left for another after three unanswered intervals.
+    """
     target.check_secure()
     options: dict[str, object] = {
         "servers": list(target.urls),
@@ -130,6 +135,9 @@ async def connect(
         options["nkeys_seed_str"] = read_seed_file(target.identity_file).seed
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
+    if ping_interval is not None:
+        options["ping_interval"] = ping_interval
+        options["max_outstanding_pings"] = 2
     for key, callback in (
         ("disconnected_cb", disconnected_cb),
         ("reconnected_cb", reconnected_cb),
