@@ -54,6 +54,7 @@ class RequestLinks:
         self._connections: dict[str, NATS] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._paused = False
+        self._membership = asyncio.Lock()
         self._opening: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -70,15 +71,17 @@ class RequestLinks:
 
     async def pause(self) -> None:
         """Leave the queue group on every node: requests go to the other instances."""
-        self._paused = True
-        subscriptions, self._subscriptions = self._subscriptions, {}
+        async with self._membership:
+            self._paused = True
+            subscriptions, self._subscriptions = self._subscriptions, {}
         for sub in subscriptions.values():
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def resume(self) -> None:
         """Join the queue group again on every node this instance is connected to."""
-        self._paused = False
+        async with self._membership:
+            self._paused = False
         # A link whose node is down subscribes now all the same: nats-py sends the SUB once
         # the link is back.
         await asyncio.gather(
@@ -101,13 +104,15 @@ class RequestLinks:
             return
 
     async def _subscribe(self, url: str) -> None:
-        if self._paused or url in self._subscriptions:
-            return
-        nc = self._connections[url]
-        sub = await nc.subscribe(
-            naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
-        )
-        self._subscriptions[url] = sub
+        # One change of membership at a time: an open and a resume, or a pause, racing on
+        # one link would otherwise leave a subscription no pause knows of.
+        async with self._membership:
+            if self._paused or url in self._subscriptions:
+                return
+            nc = self._connections[url]
+            self._subscriptions[url] = await nc.subscribe(
+                naming.CALLOUT_SUBJECT, queue=naming.CALLOUT_QUEUE, cb=self._on_request
+            )
         if nc.is_connected:
             await nc.flush(timeout=_FLUSH_TIMEOUT)
         _log.info("serving auth requests", node=url, queue=naming.CALLOUT_QUEUE)
