@@ -142,6 +142,7 @@ def authcallout(node: str, _degraded: str | None) -> bytes:
     )
     s.add("unibus_authcallout_watch_lag_seconds", 0.3 + 0.1 * NODES.index(node))
     s.add("unibus_authcallout_view_fresh", 1)
+    s.add("unibus_authcallout_nodes_served", len(NODES))
     s.add("unibus_authcallout_key_generations", 1, generation="current")
     s.counter("unibus_authcallout_kicks_total", 0.01)
     s.histogram(
