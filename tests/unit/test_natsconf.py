@@ -376,6 +376,8 @@ def test_three_node_config_contains_every_required_setting(
     assert conf["pid_file"] == str(tmp_path / "n2" / "nats.pid")
     assert conf["debug"] is False
     assert conf["trace"] is False
+    # a hung peer or client is dropped in ~30 s, not minutes (the callout's links)
+    assert (conf["ping_interval"], conf["ping_max"]) == ("10s", 3)
 
     assert conf["cluster"] == {
         "name": "unibus",
