@@ -1,14 +1,16 @@
-"""retry_until: short attempts until success or the bootstrap budget is spent (SPEC §4)."""
+"""retry_until: short attempts until success or the bootstrap budget is spent (SPEC §4);
+conflict_pause: how long a compare-and-set waits before it reads again."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
 
 from unibus.core.errors import ConfigError, ProvisioningError
-from unibus.core.retry import retry_until
+from unibus.core.retry import conflict_pause, retry_until
 
 BUDGET = 0.3
 PAUSE = 0.01
@@ -151,3 +153,23 @@ async def test_cancellation_is_not_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.parametrize("attempt", range(8))
+def test_a_conflict_pause_doubles_per_attempt_within_half_and_one_and_a_half_of_nominal(
+    attempt: int,
+) -> None:
+    nominal = 0.01 * 2**attempt
+    rng = random.Random(attempt)
+
+    pauses = [conflict_pause(attempt, rng=rng) for _ in range(200)]
+
+    assert all(nominal / 2 <= pause <= nominal * 1.5 for pause in pauses)
+
+
+def test_two_writers_that_conflicted_alike_do_not_wait_alike() -> None:
+    first, second = random.Random(1), random.Random(2)
+
+    waits = [(conflict_pause(n, rng=first), conflict_pause(n, rng=second)) for n in range(8)]
+
+    assert all(mine != theirs for mine, theirs in waits)

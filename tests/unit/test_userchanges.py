@@ -38,15 +38,21 @@ Hook = Callable[[str, str], Awaitable[None]]
 class MemoryUsers:
     """``UserUpdates`` in memory, with the KV's revisions and compare-and-set."""
 
-    def __init__(self, *users: UserRecord, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, *users: UserRecord, rng: random.Random | None = None, round_trip: float = 0.0
+    ) -> None:
         self._revisions = itertools.count(1)
         self.records = {user.key: Versioned(user, next(self._revisions)) for user in users}
         self.writes: list[tuple[str, str]] = []
         """(operation, key) of every write that landed, in order."""
         self.hook: Hook | None = None
         self._rng = rng
+        self._round_trip = round_trip
+        """Seconds every call takes, the same for all, as on a bus at rest."""
 
     async def _turn(self, operation: str, key: str) -> None:
+        if self._round_trip:
+            await asyncio.sleep(self._round_trip)
         if self._rng is not None:
             for _ in range(self._rng.randint(0, 3)):
                 await asyncio.sleep(0)  # lets another change run: an interleaving point
@@ -340,6 +346,42 @@ async def test_concurrent_promotion_and_revocation_of_one_user_both_land(seed: i
     assert all(result.changed for result in results)
     final = users.user(target.key)
     assert (final.role, final.status) == (Role.ADMIN, Status.REVOKED)
+
+
+async def test_two_admins_revoked_at_once_each_the_others_witness_both_land() -> None:
+    # Each revocation touches the other admin as its witness (the lowest key that is not
+    # its own), so each conflicts with the other. With retries that wait alike and calls
+    # that take alike, they met again on every attempt and both ran out of them.
+    first, second, third = sorted((_admin() for _ in range(3)), key=lambda user: user.key)
+    users = MemoryUsers(first, second, third, round_trip=0.002)
+
+    results = await asyncio.gather(
+        change_user(_store(users), first.key, UserChange.REVOKE),
+        change_user(_store(users), second.key, UserChange.REVOKE),
+    )
+
+    assert all(result.changed for result in results)
+    assert users.active_admins() == {third.key}
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_members_promoted_and_revoked_at_once_through_two_nodes_all_land(
+    seed: int,
+) -> None:
+    # What two control planes do when told at once: every revocation of a member
+    # promoted first takes an admin away and touches a witness, often one of the others.
+    members = [_user() for _ in range(4)]
+    users = MemoryUsers(_admin(), *members, rng=random.Random(seed), round_trip=0.002)
+
+    results = await asyncio.gather(
+        *(change_user(_store(users), m.key, UserChange.PROMOTE) for m in members),
+        *(change_user(_store(users), m.key, UserChange.REVOKE) for m in members),
+    )
+
+    assert all(result.changed for result in results)
+    for member in members:
+        final = users.user(member.key)
+        assert (final.role, final.status) == (Role.ADMIN, Status.REVOKED)
 
 
 @pytest.mark.parametrize("seed", range(300))

@@ -8,6 +8,7 @@ attempts land as soon as the meta layer settles (the seeds' third bootstrap defe
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -20,13 +21,26 @@ DEFAULT_BUDGET = 120.0
 DEFAULT_ATTEMPT_TIMEOUT = 3.0
 _log = get_logger("unibus.retry")
 _CONFLICT_PAUSE = 0.01
+_jitter = random.Random()  # noqa: S311 -- spreads retries; nothing secret is drawn
+
+
+def conflict_pause(attempt: int, *, rng: random.Random | None = None) -> float:
+    """Seconds to wait after a compare-and-set's ``attempt``-th conflict (from 0).
+
+    10 ms, doubling (1.27 s over seven on average), and drawn at random between half and
+    one and a half of that. Never zero: the write that won may still be committing on
+    the stream, and a read at once would find the record the loser lost on. Drawn, so two
+    writers do not wait alike: changes that conflict on each other (two revocations that
+    each touch the other as their witness) and wait alike retry in lockstep and conflict
+    again on every attempt until both give up, which CI saw as a 409.
+    """
+    nominal: float = _CONFLICT_PAUSE * 2.0**attempt
+    return nominal * (0.5 + (rng or _jitter).random())
 
 
 async def pause_after_conflict(attempt: int) -> None:
-    """Wait before trying a compare-and-set again after its ``attempt``-th conflict (from
-    0): 10 ms, doubling (1.27 s over seven). The write that won may still be committing
-    on the stream, and a read at once would find the record the loser lost on."""
-    await asyncio.sleep(_CONFLICT_PAUSE * 2**attempt)
+    """Wait ``conflict_pause(attempt)`` before trying a compare-and-set again."""
+    await asyncio.sleep(conflict_pause(attempt))
 
 
 async def retry_until(
