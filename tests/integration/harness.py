@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import socket
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -130,16 +132,50 @@ async def probing(
         await task
 
 
-async def connect_once(target: NatsTarget) -> None:
-    """One fresh connection to ``target``, as a plain client makes it: a bounded attempt,
-    flushed (admitted), closed. Raises whatever refused or failed it."""
-    nc = await connect(
-        target, name="unibus-test-probe", connect_timeout=1.0, max_reconnect_attempts=1
-    )
-    try:
-        await nc.flush(timeout=2.0)
-    finally:
+async def connect_once(
+    target: NatsTarget, *, connect_timeout: float = 5.0, refused_passes: bool = False
+) -> None:
+    """One fresh connection to ``target``, admitted and closed, with no retry of a node.
+
+    Admitted means the server answered the CONNECT's PING with a PONG, which it does
+    only once the callout allowed the client. nats-py's connect waits for that answer but
+    also returns, unconnected, when the server closed the socket instead (a refusal whose
+    -ERR was lost in the close), so the state right after it is what tells.
+
+    The nodes are tried in order, each once. One that cannot be reached (stopped, or hung
+    past ``connect_timeout``) passes to the next, as a client with a pool does. One that
+    refuses or drops the connection fails the attempt at once, unless ``refused_passes``:
+    then it passes to the next too, and only a pass in which no node admits fails. That
+    is what a pool client sees of a node being restarted, which may refuse for the
+    moment before the callout serves it again. nats-py's own pool would retry a refusing
+    node and hide the refusal either way. The default timeout outlasts the server's wait
+    for a callout answer, so a slow answer is not taken for a dead node.
+    """
+    failures: list[str] = []
+    for url in target.urls:
+        try:
+            nc = await connect(
+                dataclasses.replace(target, urls=(url,)),
+                name="unibus-test-probe",
+                connect_timeout=connect_timeout,
+                allow_reconnect=False,
+            )
+        except (ConnectionRefusedError, TimeoutError) as exc:
+            failures.append(f"{url} unreachable: {exc!r}")
+            continue
+        except nats.errors.Error as exc:
+            if not refused_passes:
+                raise
+            failures.append(f"{url} refused: {exc!r}")
+            continue
+        admitted = nc.is_connected  # before any await: the read loop has not run yet
         await nc.close()
+        if admitted:
+            return
+        if not refused_passes:
+            raise ConnectionError(f"{url} closed the connection instead of admitting it")
+        failures.append(f"{url} closed the connection instead of admitting it")
+    raise ConnectionError(f"no node admitted the client: {failures}")
 
 
 def admin_target(root: Path) -> NatsTarget:
@@ -179,7 +215,10 @@ async def rotate_with_rollouts(verb: str, root: Path) -> list[str]:
     on any refused connect; returns the phase each step reported."""
     phases = []
     target = admin_target(root)
-    async with bounded(1100), probing(lambda: connect_once(target), every=0.2) as outcomes:
+    async with (
+        bounded(1100),
+        probing(lambda: connect_once(target, refused_passes=True), every=0.2) as outcomes,
+    ):
         for step in ("stage", "switch", "retire"):
             code, out, err = await run_cli(verb, step, "--dir", str(root), "--json")
             assert code == 0, err

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio.constants
+import asyncio.sslproto
+import ssl
+
 import pytest
 
-from unibus.core.connect import NatsTarget, is_loopback_host
+from unibus.core.connect import NatsTarget, bound_tls_close_wait, is_loopback_host
 from unibus.core.errors import PostureError
 
 
@@ -27,3 +31,26 @@ def test_a_remote_target_without_a_pinned_ca_is_refused_before_connecting() -> N
     with pytest.raises(PostureError, match="pinned CA"):
         NatsTarget(("tls://nats.example:4222",)).check_secure()
     NatsTarget(("tls://[::1]:4222",)).check_secure()
+
+
+def test_tls_connections_wrapped_after_the_bound_give_up_on_a_silent_peer_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio.constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)  # restored after
+    loop = asyncio.new_event_loop()
+    try:
+        bound_tls_close_wait(1.5)
+        context = ssl.create_default_context()
+        wrapped = asyncio.sslproto.SSLProtocol(
+            loop, asyncio.Protocol(), context, None, server_hostname="n1"
+        )
+    finally:
+        loop.close()
+
+    assert wrapped._ssl_shutdown_timeout == 1.5  # asyncio's own field: what a close waits
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0])
+def test_a_tls_close_wait_that_is_not_positive_is_refused(seconds: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        bound_tls_close_wait(seconds)

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import nats.errors
 
+from unibus.core.connect import bound_tls_close_wait
 from unibus.core.errors import UnibusError
 from unibus.core.log import configure_logging
 
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Quiet by default: the CLI's own output is its result; warnings still reach stderr.
     configure_logging(json=False, level="warning")
+    bound_tls_close_wait()
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol, TypeVar
 
+from unibus.core.connect import bound_tls_close_wait
 from unibus.core.errors import UnibusError
 from unibus.core.log import configure_logging, get_logger, redact_text
 
@@ -86,6 +87,7 @@ def run_service(
         print(f"{name}: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     configure_logging(json=settings.log_json)
+    bound_tls_close_wait()
 
     async def main() -> None:
         stop = asyncio.Event()
