@@ -62,7 +62,10 @@ async def test_renewed_certificates_are_served_after_a_rollout_that_refuses_no_c
         renewed = json.loads(out)
         assert len(renewed["issued"]) == 2 * len(NODES)
         assert "unibus rollout" in renewed["next"]
-        async with bounded(600), probing(lambda: connect_once(target), every=0.2) as outcomes:
+        async with (
+            bounded(600),
+            probing(lambda: connect_once(target, refused_passes=True), every=0.2) as outcomes,
+        ):
             code, _, err = await run_cli("rollout", "--dir", str(root), timeout=600)
         assert code == 0, err
 

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.harness import (
     StackFactory,
     bounded,
+    connect_once,
     eventually,
     probing,
     user_record,
@@ -77,7 +78,7 @@ async def _arrange(stacks: StackFactory, handle: str) -> _Arranged:
 
 
 async def _connect_once(stack: LocalStack, who: KeyPair, nodes: tuple[str, ...]) -> None:
-    """One fresh connection of ``who``, as a plain client would make it, no retry."""
+    """One fresh connection of ``who`` to ``nodes``, no retry (``connect_once``)."""
     path = stack.layout.root / f"probe-{who.public_key[:8]}.nk"
     if not path.exists():
         write_seed_file(path, who.seed)
@@ -86,11 +87,7 @@ async def _connect_once(stack: LocalStack, who: KeyPair, nodes: tuple[str, ...])
         ca_file=stack.layout.certs.client_ca_cert,
         identity_file=path,
     )
-    nc = await connect(target, name="unibus-test-probe", allow_reconnect=False)
-    try:
-        await nc.flush(timeout=2.0)
-    finally:
-        await nc.close()
+    await connect_once(target)
 
 
 def _probing(

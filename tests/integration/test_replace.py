@@ -107,7 +107,10 @@ async def test_a_node_whose_store_is_wiped_is_rebuilt_by_its_peers_losing_nothin
 
     async with (
         bounded(600),
-        probing(lambda: connect_once(_target(stack, probe_seed)), every=PROBE_EVERY) as outcomes,
+        probing(
+            lambda: connect_once(_target(stack, probe_seed), refused_passes=True),
+            every=PROBE_EVERY,
+        ) as outcomes,
     ):
         done = asyncio.Event()
         publisher = asyncio.create_task(publish_meanwhile(done))

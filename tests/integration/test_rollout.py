@@ -50,7 +50,9 @@ def _probing(
 ) -> contextlib.AbstractAsyncContextManager[list[tuple[float, BaseException | None]]]:
     path = stack.layout.root / f"probe-{member.public_key[:8]}.nk"
     write_seed_file(path, member.seed)
-    return probing(lambda: connect_once(_target(stack, str(path))), every=PROBE_EVERY)
+    return probing(
+        lambda: connect_once(_target(stack, str(path)), refused_passes=True), every=PROBE_EVERY
+    )
 
 
 @contextlib.asynccontextmanager
@@ -152,7 +154,7 @@ async def test_unibus_rollout_rolls_the_stack_a_running_unibus_up_holds(tmp_path
         assert all(after[n] != before[n] for n in before), (before, after)
         assert up.returncode is None, "unibus up stopped during the rollout"
         code, out, err = await run_cli("status", "--dir", str(root), "--json")
-        assert code == 0, err
+        assert code == 0, out or err
         assert json.loads(out)["healthy"] is True
 
 

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.deployment import Deployment
-from tests.integration.harness import bounded, eventually, probing, run_cli, running_up
-from unibus.core.connect import connect
+from tests.integration.harness import (
+    bounded,
+    connect_once,
+    eventually,
+    probing,
+    run_cli,
+    running_up,
+)
 from unibus.core.files import write_private
 from unibus.core.sysreq import server_ping
 from unibus.stack.routesecret import new_route_secret
@@ -36,12 +42,8 @@ async def test_a_rotated_route_secret_keeps_routes_and_clients_and_refuses_the_o
     await room.wait_admitted()
     target = stack.target("internal")
 
-    async def connect_once() -> None:
-        nc = await connect(target, name="probe", connect_timeout=1.0, max_reconnect_attempts=1)
-        await nc.close()
-
     old = stack.layout.route_secret.read_bytes()
-    async with bounded(120), probing(connect_once, every=0.2) as outcomes:
+    async with bounded(120), probing(lambda: connect_once(target), every=0.2) as outcomes:
         new_route_secret(stack.layout)
         assert sorted(stack.reload_nodes()) == ["n1", "n2", "n3"]
         await eventually(routes, until=lambda r: r == {"n1": 2, "n2": 2, "n3": 2}, timeout=30)
