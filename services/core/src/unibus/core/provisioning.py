@@ -275,42 +275,12 @@ class AssetStatus:
         )
 
 
-FOLLOWER_LAG_TOLERANCE: Final = 16
-"""Entries a follower seen lately may be behind its leader and still count as current."""
-FOLLOWER_SEEN_WITHIN_NS: Final = 2_000_000_000
-"""How lately (ns; raft heartbeats are 1 s apart) such a follower must have been heard."""
-
-
-def follower_in_step(peer: api.PeerInfo) -> bool:
-    """Whether a follower keeps up with its leader.
-
-    The server's ``current`` says the follower had acknowledged every entry the leader had
-    applied at the instant of the report. Under a trickle of writes (each callout writes a
-    barrier to the users and rooms streams every heartbeat) the slower follower's ack of
-    the newest entry is often still in flight then, and ``unibus status`` called a healthy
-    cluster DEGRADED. A follower heard from within the last 2 s and at most 16 entries
-    behind is replicating; one that is down or cut off is offline, unheard of, or falls
-    further behind with every write.
-    """
-    if peer.offline:
-        return False
-    if peer.current:
-        return True
-    return (
-        peer.lag is not None
-        and peer.lag <= FOLLOWER_LAG_TOLERANCE
-        and peer.active is not None
-        and peer.active <= FOLLOWER_SEEN_WITHIN_NS
-    )
-
-
 async def asset_status(js: JetStreamContext, asset: Asset, *, cluster_size: int) -> AssetStatus:
-    """Replication of one asset; ``degraded`` below R3 in a cluster, or with a follower
-    that does not keep up (:func:`follower_in_step`)."""
+    """Replication of one asset; ``degraded`` below R3 in a cluster, or with a lagging peer."""
     info = await js.stream_info(asset.stream)
     replicas = info.config.num_replicas or 1
     followers = list(info.cluster.replicas or []) if info.cluster else []
-    current = sum(1 for peer in followers if follower_in_step(peer))
+    current = sum(1 for peer in followers if peer.current and not peer.offline)
     leader = info.cluster.leader if info.cluster else None
     degraded = (
         leader is None
