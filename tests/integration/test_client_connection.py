@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -278,6 +280,37 @@ async def test_a_client_keeps_working_when_its_node_stops(make_world: WorldFacto
     # JetStream answers into bob's own inbox prefix ("consumer not found": none was made).
     answer = await eventually(ask, until=bool, what="request answered")
     assert b"consumer not found" in answer
+
+
+async def test_a_client_whose_node_hangs_goes_on_receiving_on_another_node(
+    make_world: WorldFactory,
+) -> None:
+    """A frozen host (SIGSTOP: its sockets stay open, nothing answers) is noticed by the
+    client's own pings and left for another node within seconds, not nats-py's minutes."""
+    world = await make_world()
+    bob = await world.admitted(world.bob)
+    home = world.stack.node_of(bob.nc)
+    # Alice publishes from a node that stays up: what is measured is bob's way out.
+    alice = await eventually(
+        lambda: world.admitted(world.alice),
+        until=lambda c: world.stack.node_of(c.nc) != home,
+        what="alice on another node than bob",
+    )
+    subject = naming.room_subject(world.shared_room)
+    inbox = Inbox()
+    await bob.subscribe(subject, inbox)
+    await _delivered(alice, subject, inbox, b"before")
+
+    pid = world.stack.pid(home)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await _delivered(alice, subject, inbox, b"while bob's node hangs", timeout=40)
+        assert bob.nc.connected_url is not None
+        assert world.stack.node_of(bob.nc) != home
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert not bob.is_closed
 
 
 async def test_a_client_rides_out_refusals_while_the_cluster_has_no_quorum(

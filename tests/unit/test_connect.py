@@ -50,6 +50,12 @@ def test_tls_connections_wrapped_after_the_bound_give_up_on_a_silent_peer_after_
     assert wrapped._ssl_shutdown_timeout == 1.5  # asyncio's own field: what a close waits
 
 
+def test_a_shorter_tls_close_wait_already_set_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio.constants, "SSL_SHUTDOWN_TIMEOUT", 0.5)  # restored after
+    bound_tls_close_wait(2.0)
+    assert asyncio.constants.SSL_SHUTDOWN_TIMEOUT == 0.5
+
+
 @pytest.mark.parametrize("seconds", [0.0, -1.0])
 def test_a_tls_close_wait_that_is_not_positive_is_refused(seconds: float) -> None:
     with pytest.raises(ValueError, match="positive"):

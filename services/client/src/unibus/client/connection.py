@@ -19,6 +19,12 @@ raise it instead of hanging. A refusal does not say why: a callout that cannot r
 quorum of its store refuses too (it fails closed) while a node's election runs. So an
 identity the bus accepted before gives up only once refusals have also lasted
 ``reauth_denial_window`` seconds; a first connect gives up after ``max_denials`` alone.
+
+A node that hangs with its sockets open (a frozen host, a cut network) says nothing, so
+the client pings it every ``ping_interval`` seconds and leaves it after two unanswered
+pings (nats-py's own default is two minutes), and bounds what closing its TLS connection
+waits for the silent peer (``unibus.core.connect.bound_tls_close_wait``: nats-py moves
+on only once the old connection is closed, and asyncio would wait 30 s).
 Seeds and payloads are never logged.
 """
 
@@ -42,7 +48,7 @@ from nats.js.client import JetStreamContext
 
 from unibus.client.errors import AccessDeniedError, BusUnavailableError
 from unibus.core import naming
-from unibus.core.connect import NatsTarget, tls_options
+from unibus.core.connect import NatsTarget, bound_tls_close_wait, tls_options
 from unibus.core.errors import ConfigError, UnibusError
 from unibus.core.log import get_logger
 from unibus.core.nkeys import KeyPair, Prefix
@@ -50,6 +56,7 @@ from unibus.core.nkeys import KeyPair, Prefix
 __all__ = [
     "DEFAULT_CALLBACK_TIMEOUT",
     "DEFAULT_CONNECT_BUDGET",
+    "DEFAULT_PING_INTERVAL",
     "DEFAULT_REAUTH_BUDGET",
     "DEFAULT_REAUTH_DENIAL_WINDOW",
     "RECONNECT_TIME_WAIT",
@@ -72,6 +79,10 @@ DEFAULT_CONNECT_BUDGET: Final = 30.0
 """How long ``connect`` tries before giving up on an unreachable bus."""
 DEFAULT_REAUTH_BUDGET: Final = 300.0
 """How long a re-authorization tries before the connection gives up for good."""
+DEFAULT_PING_INTERVAL: Final = 5.0
+"""Seconds between the client's pings: a node that stops answering is left 10-15 s after
+it hung (two pings outstanding, a third due)."""
+_MAX_OUTSTANDING_PINGS: Final = 2
 DEFAULT_CALLBACK_TIMEOUT: Final = 30.0
 """Bound on each ``on_reauthorized`` callback."""
 DEFAULT_REAUTH_DENIAL_WINDOW: Final = 30.0
@@ -211,13 +222,14 @@ class BusConnection:
         reauth_budget: float,
         callback_timeout: float,
         reauth_denial_window: float = DEFAULT_REAUTH_DENIAL_WINDOW,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
     ) -> None:
         if identity.prefix is not Prefix.USER:
             raise ConfigError("a bus identity must be a user key pair (U…)")
         if max_denials < 1:
             raise ConfigError("max_denials must be at least 1")
-        if connect_timeout <= 0 or connect_budget <= 0 or reauth_budget <= 0:
-            raise ConfigError("connect_timeout and the budgets must be positive")
+        if min(connect_timeout, connect_budget, reauth_budget, ping_interval) <= 0:
+            raise ConfigError("connect_timeout, ping_interval and the budgets must be positive")
         target = NatsTarget(urls=tuple(urls), ca_file=ca_file)
         target.check_secure()
         self._urls = list(target.urls)
@@ -225,6 +237,7 @@ class BusConnection:
         self._tls = tls_options(ca_file) if ca_file is not None else {}
         self._name = name
         self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
         self._max_denials = max_denials
         self._reauth_denial_window = reauth_denial_window
         self._denied_since: float | None = None
@@ -260,6 +273,7 @@ class BusConnection:
         reauth_budget: float = DEFAULT_REAUTH_BUDGET,
         callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
         reauth_denial_window: float = DEFAULT_REAUTH_DENIAL_WINDOW,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
     ) -> BusConnection:
         """Connect as ``identity`` to any of ``urls``.
 
@@ -279,7 +293,9 @@ class BusConnection:
             reauth_budget=reauth_budget,
             callback_timeout=callback_timeout,
             reauth_denial_window=reauth_denial_window,
+            ping_interval=ping_interval,
         )
+        bound_tls_close_wait()
         session = await self._establish(self._connect_budget, pause_first=False)
         await self._install(session)
         self._supervisor = asyncio.create_task(self._supervise(), name="unibus-bus-supervisor")
@@ -532,6 +548,8 @@ class BusConnection:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=RECONNECT_TIME_WAIT,  # type: ignore[arg-type]  # a float works
+            ping_interval=self._ping_interval,  # type: ignore[arg-type]  # a float works
+            max_outstanding_pings=_MAX_OUTSTANDING_PINGS,
             error_cb=callbacks["error_cb"],
             disconnected_cb=callbacks["disconnected_cb"],
             reconnected_cb=callbacks["reconnected_cb"],

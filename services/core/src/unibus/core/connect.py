@@ -41,11 +41,13 @@ def bound_tls_close_wait(seconds: float = TLS_CLOSE_WAIT) -> None:
     pings had shown the node dead in 6. A live peer answers at once, and a close that
     gives up early only drops the TLS goodbye. asyncio reads this default each time it
     wraps a connection, so it is set once per process, before any connection opens.
+    A shorter bound already set (by the application embedding the SDK) is kept.
     """
     if seconds <= 0:
         raise ValueError("the TLS close wait must be positive")
-    # Through setattr: typeshed declares the module's constants final.
-    setattr(asyncio.constants, "SSL_SHUTDOWN_TIMEOUT", seconds)  # noqa: B010
+    if seconds < asyncio.constants.SSL_SHUTDOWN_TIMEOUT:
+        # Through setattr: typeshed declares the module's constants final.
+        setattr(asyncio.constants, "SSL_SHUTDOWN_TIMEOUT", seconds)  # noqa: B010
 
 
 def is_loopback_host(host: str) -> bool:
