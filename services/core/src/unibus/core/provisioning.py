@@ -9,6 +9,7 @@ instead of creating it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 from collections.abc import Callable, Mapping
@@ -275,19 +276,43 @@ class AssetStatus:
         )
 
 
+_CURRENCY_READS: Final = 5
+_CURRENCY_PAUSE: Final = 0.05
+
+
 async def asset_status(js: JetStreamContext, asset: Asset, *, cluster_size: int) -> AssetStatus:
-    """Replication of one asset; ``degraded`` below R3 in a cluster, or with a lagging peer."""
-    info = await js.stream_info(asset.stream)
+    """Replication of one asset; ``degraded`` below R3 in a cluster, or with a lagging peer.
+
+    A follower counts as current only when the server says so (its last acknowledged entry
+    at or past what the leader applied). Under steady writes (the callouts' barriers, every
+    heartbeat) the slower follower's ack of the newest entry is often in flight when a
+    stream info is taken: measured, 8 reads in 100 showed a healthy R3 stream one follower
+    short under a steady writer. So a shortfall of current followers with every peer online
+    is read again, up to ``_CURRENCY_READS`` times ``_CURRENCY_PAUSE`` apart, before it is
+    reported. Each read is judged exactly as strictly as one read alone: a follower still
+    rebuilding stays short in every read (a replacement gates on this count), while one
+    whose ack was in flight is current in the next.
+    """
+    status, lagging_only = _status_of(await js.stream_info(asset.stream), asset, cluster_size)
+    for _ in range(_CURRENCY_READS - 1):
+        if not lagging_only:
+            break
+        await asyncio.sleep(_CURRENCY_PAUSE)
+        status, lagging_only = _status_of(await js.stream_info(asset.stream), asset, cluster_size)
+    return status
+
+
+def _status_of(info: api.StreamInfo, asset: Asset, cluster_size: int) -> tuple[AssetStatus, bool]:
+    """The status one stream info shows, and whether it is degraded only for a follower
+    that is online but not current (an ack in flight, or one catching up): anything else
+    a moment will not change."""
     replicas = info.config.num_replicas or 1
     followers = list(info.cluster.replicas or []) if info.cluster else []
     current = sum(1 for peer in followers if peer.current and not peer.offline)
     leader = info.cluster.leader if info.cluster else None
-    degraded = (
-        leader is None
-        or current < replicas - 1
-        or (cluster_size > 1 and replicas < min(HA_REPLICAS, cluster_size))
-    )
-    return AssetStatus(
+    short_of_ha = cluster_size > 1 and replicas < min(HA_REPLICAS, cluster_size)
+    lagging = current < replicas - 1
+    status = AssetStatus(
         name=asset.name,
         kind=asset.kind,
         replicas=replicas,
@@ -295,9 +320,11 @@ async def asset_status(js: JetStreamContext, asset: Asset, *, cluster_size: int)
         followers_current=current,
         followers=replicas - 1,
         messages=info.state.messages,
-        degraded=degraded,
+        degraded=leader is None or lagging or short_of_ha,
         peers=tuple(peer.name or "?" for peer in followers),
     )
+    online = len(followers) == replicas - 1 and not any(peer.offline for peer in followers)
+    return status, lagging and online and leader is not None and not short_of_ha
 
 
 @dataclass(frozen=True)
