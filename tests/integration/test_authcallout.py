@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -349,6 +352,33 @@ async def test_revoking_a_connected_user_closes_its_connections_on_every_node(
     await eventually(all_closed, until=bool, timeout=15, what="every connection closed")
     message = await _denied(world, world.bob, node="n2")
     assert "authorization violation" in message.lower()
+
+
+async def test_revoking_a_user_closes_its_session_on_a_node_in_lame_duck_at_once(
+    world: World,
+) -> None:
+    """A node in lame duck answers no system request, CONNZ included, and closes its
+    clients only over its lame-duck duration (30 s in the compose files): the callout that
+    admitted the session kicks it by the server and client id it remembers."""
+    bob = await world.connect(world.bob, node="n2")
+    pid = world.stack.pid("n2")
+    assert pid is not None
+    assert bob.nc.is_connected
+    os.kill(pid, signal.SIGUSR2)
+    # The node starts closing its clients after about three seconds (it waits a second for
+    # its leaderships to move, then the two-second grace period): act well before.
+    await asyncio.sleep(0.3)
+    revoked_at = time.monotonic()
+    await world.store.set_user_status(world.bob.public_key, Status.REVOKED)
+
+    await eventually(
+        lambda: asyncio.sleep(0, bob.nc.is_closed),
+        until=bool,
+        timeout=5,
+        interval=0.02,
+        what="bob's session closed",
+    )
+    assert time.monotonic() - revoked_at < 2.0
 
 
 async def test_a_membership_added_while_connected_becomes_usable_after_the_reconnect(

@@ -5,14 +5,25 @@ and closed with ``$SYS.REQ.SERVER.<server_id>.KICK``. Each connection's name car
 the stamp it was authorized at (``<U key>@<users rev>.<rooms rev>``), so a change at
 revision r kicks exactly the connections stamped below r: a client that already
 reconnected with fresh permissions is left alone, whichever callout instance acts.
+
+A node in lame duck answers no system request (nats-server stops its internal send loop
+at lame-duck entry), so CONNZ cannot find its connections for the up to 30 s it takes to
+close them, yet it still carries out a KICK it receives. So each instance also remembers
+the connections it admitted (:class:`AdmittedConnections`: server, client id, stamp) and
+kicks the affected ones among them directly, at once, beside what CONNZ finds. Each
+server's CONNZ answer is acted on as it arrives: a node that cannot answer holds up only
+its own share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import nats.errors
@@ -21,11 +32,14 @@ from nats.aio.client import Client as NATS
 from unibus.authcallout.view import Change, Stamp
 from unibus.core import naming
 from unibus.core.log import get_logger
-from unibus.core.sysreq import server_ping
+from unibus.core.sysreq import server_ping, server_replies
 
 _log = get_logger("unibus.authcallout.kicks")
 _CONNZ_LIMIT = 10_000
 _KICKS_IN_FLIGHT = 32
+_REMEMBERED: Final = 100_000
+"""Connections an instance remembers at most (the oldest are forgotten first: CONNZ still
+finds them on any node that answers)."""
 
 
 def connection_name(user_key: str, stamp: Stamp) -> str:
@@ -56,35 +70,92 @@ class Connection:
     name: str
 
 
+class AdmittedConnections:
+    """The connections this instance admitted, for as long as their JWT can keep them.
+
+    A (server id, client id) pair names one connection for good: a server takes a fresh
+    id each time it starts, and never reuses a client id while it runs.
+    """
+
+    def __init__(self, lifetime: float, *, limit: int = _REMEMBERED) -> None:
+        self._lifetime = lifetime
+        self._limit = limit
+        self._admitted: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._admitted)
+
+    def add(self, server_id: str, cid: int, name: str, *, now: float | None = None) -> None:
+        at = time.monotonic() if now is None else now
+        self._admitted[(server_id, cid)] = (name, at)
+        self._admitted.move_to_end((server_id, cid))
+        self._forget_expired(at)
+
+    def affected_by(self, change: Change, *, now: float | None = None) -> list[Connection]:
+        self._forget_expired(time.monotonic() if now is None else now)
+        return [
+            Connection(server_id, cid, name)
+            for (server_id, cid), (name, _) in self._admitted.items()
+            if is_affected(name, change)
+        ]
+
+    def _forget_expired(self, now: float) -> None:
+        # Oldest first (insertion order is admission order): an expired JWT has already
+        # ended its connection, and the limit bounds what a flood of connects can hold.
+        while self._admitted:
+            _, at = next(iter(self._admitted.values()))
+            if now - at <= self._lifetime and len(self._admitted) <= self._limit:
+                return
+            self._admitted.popitem(last=False)
+
+
 class Kicker:
     """Finds and kicks affected connections through a system-account connection."""
 
-    def __init__(self, sys_nc: NATS, *, expected_servers: int, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        sys_nc: NATS,
+        *,
+        expected_servers: int,
+        timeout: float = 2.0,
+        admitted: AdmittedConnections | None = None,
+    ) -> None:
         self._nc = sys_nc
         self._expected = expected_servers
         self._timeout = timeout
+        self._admitted = admitted
 
     async def connections(self) -> list[Connection]:
-        body = msgspec.json.encode(
-            {"acc": naming.MEMBER_ACCOUNT, "auth": True, "limit": _CONNZ_LIMIT}
-        )
         replies = await server_ping(
-            self._nc, "CONNZ", expected=self._expected, timeout=self._timeout, body=body
+            self._nc, "CONNZ", expected=self._expected, timeout=self._timeout, body=_CONNZ_BODY
         )
-        found = []
-        for reply in replies:
-            server_id = str((reply.get("server") or {}).get("id", ""))
-            data: dict[str, Any] = reply.get("data") or {}
-            for conn in data.get("connections") or []:
-                name = conn.get("authorized_user") or ""
-                cid = conn.get("cid")
-                if server_id and isinstance(cid, int) and name:
-                    found.append(Connection(server_id, cid, str(name)))
-        return found
+        return [conn for reply in replies for conn in _listed(reply)]
 
     async def kick(self, change: Change) -> int:
         """Kick every connection authorized before ``change``; returns how many."""
-        return await self._kick_where(lambda conn: is_affected(conn.name, change))
+
+        def affected(conn: Connection) -> bool:
+            return is_affected(conn.name, change)
+
+        slots = asyncio.Semaphore(_KICKS_IN_FLIGHT)
+        kicks: list[asyncio.Task[bool]] = []
+        asked: set[tuple[str, int]] = set()
+
+        def kick_all(found: list[Connection]) -> None:
+            for conn in found:
+                if affected(conn) and (conn.server_id, conn.cid) not in asked:
+                    asked.add((conn.server_id, conn.cid))
+                    kicks.append(asyncio.create_task(self._kick_one(conn, slots)))
+
+        if self._admitted is not None:
+            kick_all(self._admitted.affected_by(change))
+        replies = server_replies(
+            self._nc, "CONNZ", expected=self._expected, timeout=self._timeout, body=_CONNZ_BODY
+        )
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                kick_all(_listed(reply))
+        return sum(await asyncio.gather(*kicks))
 
     async def sweep(self, still_grants: Callable[[str, Stamp], bool]) -> int:
         """Kick every connection the state no longer grants what it holds; returns how many.
@@ -99,24 +170,49 @@ class Kicker:
             parsed = parse_connection_name(conn.name)
             return parsed is None or not still_grants(*parsed)
 
-        return await self._kick_where(forbidden)
-
-    async def _kick_where(self, condition: Callable[[Connection], bool]) -> int:
         # In parallel (bounded): one after the other, the last of a user's 100 sessions
         # waited for 99 round trips to the servers before it was closed.
         slots = asyncio.Semaphore(_KICKS_IN_FLIGHT)
+        affected = [conn for conn in await self.connections() if forbidden(conn)]
+        return sum(await asyncio.gather(*(self._kick_one(conn, slots) for conn in affected)))
 
-        async def kick(conn: Connection) -> bool:
-            subject = f"$SYS.REQ.SERVER.{conn.server_id}.KICK"
-            async with slots:
-                try:
-                    await self._nc.request(
-                        subject, msgspec.json.encode({"cid": conn.cid}), timeout=self._timeout
-                    )
-                except nats.errors.Error as exc:
-                    _log.warning("kick failed", server=conn.server_id, error=type(exc).__name__)
-                    return False
-            return True
+    async def _kick_one(self, conn: Connection, slots: asyncio.Semaphore) -> bool:
+        """True when the server said it closed the connection. A server in lame duck
+        closes it without a word, and one that no longer has it says so."""
+        subject = f"$SYS.REQ.SERVER.{conn.server_id}.KICK"
+        async with slots:
+            try:
+                reply = await self._nc.request(
+                    subject, msgspec.json.encode({"cid": conn.cid}), timeout=self._timeout
+                )
+            except nats.errors.TimeoutError:
+                return False
+            except nats.errors.Error as exc:
+                _log.warning("kick failed", server=conn.server_id, error=type(exc).__name__)
+                return False
+        with contextlib.suppress(msgspec.DecodeError):
+            return _KICK_REPLY.decode(reply.data).error is None
+        return False
 
-        affected = [conn for conn in await self.connections() if condition(conn)]
-        return sum(await asyncio.gather(*(kick(conn) for conn in affected)))
+
+class _KickReply(msgspec.Struct):
+    error: dict[str, Any] | None = None
+
+
+_KICK_REPLY: Final = msgspec.json.Decoder(_KickReply)
+_CONNZ_BODY: Final = msgspec.json.encode(
+    {"acc": naming.MEMBER_ACCOUNT, "auth": True, "limit": _CONNZ_LIMIT}
+)
+
+
+def _listed(reply: dict[str, Any]) -> list[Connection]:
+    """The member connections one server's CONNZ answer lists."""
+    server_id = str((reply.get("server") or {}).get("id", ""))
+    data: dict[str, Any] = reply.get("data") or {}
+    found = []
+    for conn in data.get("connections") or []:
+        name = conn.get("authorized_user") or ""
+        cid = conn.get("cid")
+        if server_id and isinstance(cid, int) and name:
+            found.append(Connection(server_id, cid, str(name)))
+    return found

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from unibus.authcallout.keys import KeyGeneration, Keys
-from unibus.authcallout.kicks import Kicker, connection_name
+from unibus.authcallout.kicks import AdmittedConnections, Kicker, connection_name
 from unibus.authcallout.links import RequestLinks
 from unibus.authcallout.metrics import Metrics
 from unibus.authcallout.permissions import permissions_for
@@ -51,6 +51,8 @@ timeout) until the first link subscribes there, since the routes carry none: mea
 clients arriving in the first 25-240 ms after a start were refused with links 0.25 s
 apart, in the first ~25 ms with 0.02 s. A refused TCP connect costs next to nothing,
 and a node that hangs makes each attempt wait out the connect timeout instead."""
+_JWT_SLACK = 5.0
+"""Seconds an admitted connection is remembered past its JWT's lifetime (clock skew)."""
 _log = get_logger("unibus.authcallout")
 
 
@@ -63,6 +65,7 @@ class CalloutService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._view: DirectoryView | None = None
         self._kicker: Kicker | None = None
+        self._admitted = AdmittedConnections(lifetime=settings.jwt_ttl + _JWT_SLACK)
         self._links = RequestLinks(self._settings.nats_urls, self._connect_link, self._on_request)
         self._rejoin: asyncio.Task[None] | None = None
 
@@ -86,7 +89,9 @@ class CalloutService:
             await close_all(opened)
             raise
         view_nc, sys_nc = opened
-        self._kicker = Kicker(sys_nc, expected_servers=len(self._settings.nats_urls))
+        self._kicker = Kicker(
+            sys_nc, expected_servers=len(self._settings.nats_urls), admitted=self._admitted
+        )
         self._view = DirectoryView(
             view_nc,
             max_staleness=self._settings.max_staleness,
@@ -240,11 +245,13 @@ class CalloutService:
                 rooms=lookup.member_of,
                 cap=self._settings.max_rooms,
             )
+        name = connection_name(key, lookup.stamp)
+        self._admitted.add(request.server_id, request.client_id, name)
         token = user_jwt(
             keys.issuer,
             request,
             user_key=key,
-            connection_name=connection_name(key, lookup.stamp),
+            connection_name=name,
             permissions=permissions_for(key, lookup.rooms),
             ttl=self._settings.jwt_ttl,
             now=now,

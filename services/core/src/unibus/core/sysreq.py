@@ -8,7 +8,9 @@ Only a system-account connection (the system identity of SPEC §3) may ask.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -28,29 +30,40 @@ async def server_ping(
     Returns the replies that arrived before ``timeout`` (possibly fewer than ``expected``
     when nodes are down: the caller reports them as missing).
     """
+    replies = [
+        reply
+        async for reply in server_replies(nc, kind, expected=expected, timeout=timeout, body=body)
+    ]
+    if not replies and expected:
+        raise StoreUnavailableError(f"no server answered {kind} within {timeout:g}s")
+    return replies
+
+
+async def server_replies(
+    nc: NATS, kind: str, *, expected: int, timeout: float = 2.0, body: bytes = b""
+) -> AsyncGenerator[dict[str, Any]]:
+    """The replies to a server ping as each arrives, until ``expected`` came or ``timeout``.
+
+    For callers that act on each server's answer at once: a node that cannot answer (down,
+    or in lame duck, which sends nothing more) then holds up only its own share.
+    """
     inbox = nc.new_inbox()
-    replies: list[dict[str, Any]] = []
-    done = asyncio.Event()
+    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def collect(msg: Msg) -> None:
-        try:
-            replies.append(_decoder.decode(msg.data))
-        except msgspec.DecodeError:
-            return
-        if len(replies) >= expected:
-            done.set()
+        with contextlib.suppress(msgspec.DecodeError):
+            arrived.put_nowait(_decoder.decode(msg.data))
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
         await nc.publish(f"$SYS.REQ.SERVER.PING.{kind}", body, reply=inbox)
         deadline = time.monotonic() + timeout
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await done.wait()
-        except TimeoutError:
-            pass
+        for _ in range(expected):
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    reply = await arrived.get()
+            except TimeoutError:
+                return
+            yield reply
     finally:
         await sub.unsubscribe()
-    if not replies and expected:
-        raise StoreUnavailableError(f"no server answered {kind} within {timeout:g}s")
-    return replies
