@@ -26,6 +26,7 @@ from unibus.core.kvstore import JetStreamStore
 from unibus.core.models import Status
 from unibus.core.nkeys import KeyPair, Prefix
 from unibus.stack.launcher import LocalStack
+from unibus.stack.leadership import move_leaders
 
 PERMISSION_VIOLATION = "permissions violation"
 
@@ -379,6 +380,61 @@ async def test_revoking_a_user_closes_its_session_on_a_node_in_lame_duck_at_once
         what="bob's session closed",
     )
     assert time.monotonic() - revoked_at < 1.5
+
+
+def _revoke_latencies(stack: LocalStack) -> list[tuple[float, float]]:
+    """(sum, count) of each live callout's revoke → disconnect histogram."""
+    found = []
+    for node, ports in zip(stack.spec.node_names, stack.spec.ports, strict=True):
+        if stack.service_pid("authcallout", node) is None:
+            continue
+        url = f"http://127.0.0.1:{ports.callout_metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            lines = dict(
+                line.rsplit(" ", 1)
+                for line in response.read().decode().splitlines()
+                if line.startswith("unibus_authcallout_revoke_disconnect_seconds_")
+            )
+        found.append(
+            (
+                float(lines["unibus_authcallout_revoke_disconnect_seconds_sum"]),
+                float(lines["unibus_authcallout_revoke_disconnect_seconds_count"]),
+            )
+        )
+    return found
+
+
+async def test_with_a_node_down_a_revoked_session_elsewhere_closes_without_waiting_for_it(
+    world: World, stacks: StackFactory
+) -> None:
+    """The lost node cannot answer CONNZ: the kicks on the nodes that answer go out as
+    their answers arrive, and the revoke → disconnect metric counts to the kick, not to
+    the end of the lost node's two-second timeout."""
+    bob = await world.connect(world.bob, node="n1")
+    # No election in the way: the revocation's write needs the users stream's leader.
+    streams = tuple(naming.kv_stream(b) for b in (naming.USERS_BUCKET, naming.ROOMS_BUCKET))
+    at_n1 = await stacks.connect(world.stack, nodes=("n1",))
+    await move_leaders(at_n1, streams, to="n1")
+    store = await JetStreamStore.open(at_n1)
+    world.stack.stop_node("n3", kill=True)
+
+    await store.set_user_status(world.bob.public_key, Status.REVOKED)
+    revoked_at = time.monotonic()
+    await eventually(
+        lambda: asyncio.sleep(0, bob.nc.is_closed),
+        until=bool,
+        timeout=5,
+        interval=0.02,
+        what="bob's session closed",
+    )
+    assert time.monotonic() - revoked_at < 1.5
+
+    measured = await eventually(
+        lambda: asyncio.to_thread(_revoke_latencies, world.stack),
+        until=lambda found: any(count for _, count in found),
+        what="the kick measured",
+    )
+    assert all(total < 1.5 * count for total, count in measured if count)
 
 
 async def test_a_membership_added_while_connected_becomes_usable_after_the_reconnect(

@@ -64,6 +64,15 @@ def is_affected(name: str, change: Change) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Kicked:
+    """What one change's kicks did."""
+
+    count: int
+    last_at: float | None
+    """Wall-clock time the last of them was confirmed (None: no kick confirmed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     server_id: str
     cid: int
@@ -131,14 +140,14 @@ class Kicker:
         )
         return [conn for reply in replies for conn in _listed(reply)]
 
-    async def kick(self, change: Change) -> int:
-        """Kick every connection authorized before ``change``; returns how many."""
+    async def kick(self, change: Change) -> Kicked:
+        """Kick every connection authorized before ``change``."""
 
         def affected(conn: Connection) -> bool:
             return is_affected(conn.name, change)
 
         slots = asyncio.Semaphore(_KICKS_IN_FLIGHT)
-        kicks: list[asyncio.Task[bool]] = []
+        kicks: list[asyncio.Task[float | None]] = []
         asked: set[tuple[str, int]] = set()
 
         def kick_all(found: list[Connection]) -> None:
@@ -155,7 +164,8 @@ class Kicker:
         async with contextlib.aclosing(replies):
             async for reply in replies:
                 kick_all(_listed(reply))
-        return sum(await asyncio.gather(*kicks))
+        confirmed = [at for at in await asyncio.gather(*kicks) if at is not None]
+        return Kicked(len(confirmed), max(confirmed, default=None))
 
     async def sweep(self, still_grants: Callable[[str, Stamp], bool]) -> int:
         """Kick every connection the state no longer grants what it holds; returns how many.
@@ -174,11 +184,12 @@ class Kicker:
         # waited for 99 round trips to the servers before it was closed.
         slots = asyncio.Semaphore(_KICKS_IN_FLIGHT)
         affected = [conn for conn in await self.connections() if forbidden(conn)]
-        return sum(await asyncio.gather(*(self._kick_one(conn, slots) for conn in affected)))
+        kicked = await asyncio.gather(*(self._kick_one(conn, slots) for conn in affected))
+        return sum(1 for at in kicked if at is not None)
 
-    async def _kick_one(self, conn: Connection, slots: asyncio.Semaphore) -> bool:
-        """True when the server said it closed the connection. A server in lame duck
-        closes it without a word, and one that no longer has it says so."""
+    async def _kick_one(self, conn: Connection, slots: asyncio.Semaphore) -> float | None:
+        """When the server said it closed the connection (wall clock), or None: a server
+        in lame duck closes it without a word, and one that no longer has it says so."""
         subject = f"$SYS.REQ.SERVER.{conn.server_id}.KICK"
         async with slots:
             try:
@@ -186,13 +197,15 @@ class Kicker:
                     subject, msgspec.json.encode({"cid": conn.cid}), timeout=self._timeout
                 )
             except nats.errors.TimeoutError:
-                return False
+                return None
             except nats.errors.Error as exc:
                 _log.warning("kick failed", server=conn.server_id, error=type(exc).__name__)
-                return False
+                return None
+        answered_at = time.time()
         with contextlib.suppress(msgspec.DecodeError):
-            return _KICK_REPLY.decode(reply.data).error is None
-        return False
+            if _KICK_REPLY.decode(reply.data).error is None:
+                return answered_at
+        return None
 
 
 class _KickReply(msgspec.Struct):

@@ -300,8 +300,11 @@ class CalloutService:
         except Exception as exc:  # noqa: BLE001 - JWT expiry remains the backstop
             _log.warning("could not disconnect affected users", error=type(exc).__name__)
             return
-        if kicked:
-            self._metrics.kicks.inc(kicked)
-            if change.committed_at is not None:
-                self._metrics.revoke_latency.observe(max(0.0, time.time() - change.committed_at))
-        _log.info("authorization changed", users=len(change.users), kicked=kicked)
+        if kicked.count:
+            self._metrics.kicks.inc(kicked.count)
+        if kicked.last_at is not None and change.committed_at is not None:
+            # Measured to the last kick the servers confirmed, not to the end of the
+            # CONNZ round: a node that cannot answer holds that up for its whole timeout.
+            latency = max(0.0, kicked.last_at - change.committed_at)
+            self._metrics.revoke_latency.observe(latency)
+        _log.info("authorization changed", users=len(change.users), kicked=kicked.count)
