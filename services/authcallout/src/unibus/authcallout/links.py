@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,6 +39,8 @@ _RETRY_PAUSE = 1.0
 """Seconds before a link whose connect failed outright (not a node that is down: nats-py
 retries that itself) is tried again."""
 _FLUSH_TIMEOUT = 2
+_DRAIN_TIMEOUT = 1.0
+"""Seconds a paused link waits for its node to confirm the UNSUB (a round trip)."""
 
 Connector = Callable[[str], Awaitable[NATS]]
 """Opens the callout identity's connection to the one node at this URL (retrying forever)."""
@@ -70,13 +73,32 @@ class RequestLinks:
         return sum(1 for url in self._subscriptions if self._connections[url].is_connected)
 
     async def pause(self) -> None:
-        """Leave the queue group on every node: requests go to the other instances."""
+        """Leave the queue group on every node: requests go to the other instances.
+
+        Requests a node handed this instance before it saw the UNSUB are on their way
+        and are still answered (a drain: nats-py drops what arrives for a subscription
+        it has removed, and the server would refuse those clients after its timeout).
+        """
         async with self._membership:
             self._paused = True
             subscriptions, self._subscriptions = self._subscriptions, {}
-        for sub in subscriptions.values():
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await asyncio.gather(
+            *(self._leave(url, sub) for url, sub in subscriptions.items()),
+            return_exceptions=True,
+        )
+
+    async def _leave(self, url: str, sub: Subscription) -> None:
+        nc = self._connections.get(url)
+        if nc is not None and nc.is_connected:
+            try:
+                async with asyncio.timeout(_DRAIN_TIMEOUT):
+                    await sub.drain()  # type: ignore[no-untyped-call]  # nats-py: untyped
+            except (TimeoutError, nats.errors.Error) as exc:
+                _log.info("could not drain a link; leaving it", node=url, error=repr(exc))
+            else:
+                return
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
     async def resume(self) -> None:
         """Join the queue group again on every node this instance is connected to."""
