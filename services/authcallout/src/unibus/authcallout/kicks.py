@@ -83,28 +83,37 @@ class AdmittedConnections:
     """The connections this instance admitted, for as long as their JWT can keep them.
 
     A (server id, client id) pair names one connection for good: a server takes a fresh
-    id each time it starts, and never reuses a client id while it runs.
+    id each time it starts, and never reuses a client id while it runs. They are indexed
+    by user, so a change looks only at the connections of the users it names.
     """
 
     def __init__(self, lifetime: float, *, limit: int = _REMEMBERED) -> None:
         self._lifetime = lifetime
         self._limit = limit
+        # Admission order, for forgetting the oldest first: (server id, cid) -> (user, at).
         self._admitted: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+        self._by_user: dict[str, dict[tuple[str, int], str]] = {}
 
     def __len__(self) -> int:
         return len(self._admitted)
 
     def add(self, server_id: str, cid: int, name: str, *, now: float | None = None) -> None:
+        parsed = parse_connection_name(name)
+        if parsed is None:
+            return
         at = time.monotonic() if now is None else now
-        self._admitted[(server_id, cid)] = (name, at)
-        self._admitted.move_to_end((server_id, cid))
+        key = (server_id, cid)
+        self._admitted[key] = (parsed[0], at)
+        self._admitted.move_to_end(key)
+        self._by_user.setdefault(parsed[0], {})[key] = name
         self._forget_expired(at)
 
     def affected_by(self, change: Change, *, now: float | None = None) -> list[Connection]:
         self._forget_expired(time.monotonic() if now is None else now)
         return [
             Connection(server_id, cid, name)
-            for (server_id, cid), (name, _) in self._admitted.items()
+            for user in change.users
+            for (server_id, cid), name in self._by_user.get(user, {}).items()
             if is_affected(name, change)
         ]
 
@@ -112,10 +121,14 @@ class AdmittedConnections:
         # Oldest first (insertion order is admission order): an expired JWT has already
         # ended its connection, and the limit bounds what a flood of connects can hold.
         while self._admitted:
-            _, at = next(iter(self._admitted.values()))
+            key, (user, at) = next(iter(self._admitted.items()))
             if now - at <= self._lifetime and len(self._admitted) <= self._limit:
                 return
-            self._admitted.popitem(last=False)
+            del self._admitted[key]
+            connections = self._by_user[user]
+            del connections[key]
+            if not connections:
+                del self._by_user[user]
 
 
 class Kicker:
@@ -142,17 +155,13 @@ class Kicker:
 
     async def kick(self, change: Change) -> Kicked:
         """Kick every connection authorized before ``change``."""
-
-        def affected(conn: Connection) -> bool:
-            return is_affected(conn.name, change)
-
         slots = asyncio.Semaphore(_KICKS_IN_FLIGHT)
         kicks: list[asyncio.Task[float | None]] = []
         asked: set[tuple[str, int]] = set()
 
         def kick_all(found: list[Connection]) -> None:
             for conn in found:
-                if affected(conn) and (conn.server_id, conn.cid) not in asked:
+                if is_affected(conn.name, change) and (conn.server_id, conn.cid) not in asked:
                     asked.add((conn.server_id, conn.cid))
                     kicks.append(asyncio.create_task(self._kick_one(conn, slots)))
 
