@@ -12,17 +12,27 @@ import os
 import signal
 from typing import cast
 
+import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from tests.integration.harness import StackFactory, connect_once, eventually, user_record
+from tests.integration.harness import (
+    StackFactory,
+    connect_once,
+    eventually,
+    probing,
+    user_record,
+)
 from unibus.core import naming
 from unibus.core.connect import NatsTarget
 from unibus.core.kvstore import JetStreamStore
 from unibus.core.nkeys import KeyPair, Prefix, write_seed_file
+from unibus.core.sysreq import server_ping
 from unibus.stack.launcher import LocalStack
 from unibus.stack.leadership import move_leaders
 
+VIEW_CONNECTION = "unibus-authcallout-internal"
 DECIDING_STREAMS = (naming.kv_stream(naming.USERS_BUCKET), naming.kv_stream(naming.ROOMS_BUCKET))
 
 
@@ -50,6 +60,18 @@ async def _admitted(target: NatsTarget) -> bool:
     except Exception:  # noqa: BLE001 - refused, or the view does not know the user yet
         return False
     return True
+
+
+async def _views_per_node(system: NATS) -> dict[str, int]:
+    """How many callout views are connected to each node (by server name)."""
+    query = msgspec.json.encode({"acc": naming.BUS_ACCOUNT, "limit": 1000})
+    replies = await server_ping(system, "CONNZ", expected=3, body=query)
+    return {
+        reply["server"]["name"]: sum(
+            1 for conn in reply["data"]["connections"] if conn.get("name") == VIEW_CONNECTION
+        )
+        for reply in replies
+    }
 
 
 async def test_members_behind_a_route_never_receive_a_nodes_auth_requests(
@@ -148,3 +170,46 @@ async def test_with_a_host_hung_the_others_admit_everyone_again(
     finally:
         for pid in pids:
             os.kill(cast(int, pid), signal.SIGCONT)
+
+
+async def test_views_return_to_their_nodes_so_one_node_loss_never_stops_every_callout(
+    stacks: StackFactory,
+) -> None:
+    """A callout steps aside while its view's connection is down. A view that failed over
+    to another node used to stay there once its own node was back: the views came to share
+    a node, and its loss made every callout step aside at once, leaving the survivors'
+    auth requests to no one (measured: a reconnect storm of 500 clients, all refused)."""
+    stack = await stacks.start(nodes=3, services=True)
+    member = await _member(stacks, stack, "homed")
+    for node in stack.spec.node_names:
+        target = _target(stack, member, node)
+        await eventually(lambda t=target: _admitted(t), until=bool, what=f"admitted on {node}")
+    system = await stacks.connect(stack, "system")
+    one_each = dict.fromkeys(stack.spec.node_names, 1)
+    await eventually(
+        lambda: _views_per_node(system), until=lambda v: v == one_each, what="a view per node"
+    )
+
+    stack.stop_node("n1", kill=True)
+    stack.start_node("n1")
+    await stack.wait_ready(nodes=("n1",))
+    await eventually(
+        lambda: _views_per_node(system),
+        until=lambda v: v == one_each,
+        timeout=20.0,
+        what="every view back on its own node",
+    )
+
+    await move_leaders(await stacks.connect(stack), DECIDING_STREAMS, to="n1")
+    at_n1, at_n3 = (_target(stack, member, node) for node in ("n1", "n3"))
+    async with (
+        probing(lambda: connect_once(at_n1)) as on_n1,
+        probing(lambda: connect_once(at_n3)) as on_n3,
+    ):
+        stack.stop_node("n2", kill=True)
+
+        async def probes_so_far() -> int:
+            return min(len(on_n1), len(on_n3))
+
+        await eventually(probes_so_far, until=lambda n: n >= 15, what="3 s of probes on each")
+    assert [repr(e) for _, e in [*on_n1, *on_n3] if e is not None] == []

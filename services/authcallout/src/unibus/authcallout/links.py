@@ -72,6 +72,15 @@ class RequestLinks:
         """Links whose connection is up and subscribed."""
         return sum(1 for url in self._subscriptions if self._connections[url].is_connected)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def is_connected(self, url: str) -> bool:
+        """Whether the link to the node at ``url`` is up: that node takes clients now."""
+        nc = self._connections.get(url)
+        return nc is not None and nc.is_connected
+
     async def pause(self) -> None:
         """Leave the queue group on every node: requests go to the other instances.
 

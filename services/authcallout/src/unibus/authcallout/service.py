@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -51,6 +53,11 @@ timeout) until the first link subscribes there, since the routes carry none: mea
 clients arriving in the first 25-240 ms after a start were refused with links 0.25 s
 apart, in the first ~25 ms with 0.02 s. A refused TCP connect costs next to nothing,
 and a node that hangs makes each attempt wait out the connect timeout instead."""
+_HOME_CHECK = 1.0
+"""Seconds between two looks at whether the view's connection is on this instance's node."""
+_HOME_CHECK_MAX = 4.0
+"""The longest wait between two attempts to bring the view home that failed in a row."""
+_HOME_CONNECT_TIMEOUT = 3.0
 _JWT_SLACK = 5.0
 """Seconds an admitted connection is remembered past its JWT's lifetime (clock skew)."""
 _log = get_logger("unibus.authcallout")
@@ -68,6 +75,8 @@ class CalloutService:
         self._admitted = AdmittedConnections(lifetime=settings.jwt_ttl + _JWT_SLACK)
         self._links = RequestLinks(self._settings.nats_urls, self._connect_link, self._on_request)
         self._rejoin: asyncio.Task[None] | None = None
+        self._view_nc: NATS | None = None
+        """The view's connection: the only one whose loss makes this instance step aside."""
 
     def _target(self, identity: str, urls: tuple[str, ...] | None = None) -> NatsTarget:
         files = {
@@ -89,6 +98,7 @@ class CalloutService:
             await close_all(opened)
             raise
         view_nc, sys_nc = opened
+        self._view_nc = view_nc
         self._kicker = Kicker(
             sys_nc, expected_servers=len(self._settings.nats_urls), admitted=self._admitted
         )
@@ -102,6 +112,7 @@ class CalloutService:
         await self._view.start()
         gauges = asyncio.create_task(self._update_gauges())
         sweep = asyncio.create_task(self._sweep_on_start())
+        homing = asyncio.create_task(self._keep_view_home())
         try:
             self._links.start()
             await stop.wait()
@@ -109,19 +120,20 @@ class CalloutService:
         finally:
             gauges.cancel()
             sweep.cancel()
+            homing.cancel()
             if self._rejoin is not None:
                 self._rejoin.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
             await self._links.close()
-            await close_all(opened)
+            await close_all([*opened, self._view_nc])
 
     async def _connect_all(self, opened: list[NATS]) -> None:
         """The view's and the kicks' connections, in ``opened`` as each opens (retried for
         as long as no node answers)."""
-        for identity in ("internal", "system"):
-            opened.append(await self._connect(identity))
+        opened.append(await self._connect_view())
+        opened.append(await self._connect("system"))
 
     async def _connect_link(self, url: str) -> NATS:
         return await connect(
@@ -130,25 +142,80 @@ class CalloutService:
             reconnect_time_wait=_LINK_RECONNECT_WAIT,
         )
 
-    async def _connect(self, identity: str) -> NATS:
-        async def disconnected() -> None:
-            if identity == "internal" and self._view is not None:
-                self._view.mark_disconnected()
-                await self._step_aside()
-
-        async def reconnected() -> None:
-            if identity == "internal" and self._view is not None:
-                self._view.confirm_now()
-                self._rejoin_once_fresh()
-
+    async def _connect(
+        self,
+        identity: str,
+        disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+        reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    ) -> NATS:
         return await connect(
             self._target(identity),
             name=f"unibus-authcallout-{identity}",
             randomize=False,
             ping_interval=_STORE_PING_INTERVAL,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
         )
+
+    async def _connect_view(self) -> NATS:
+        """A connection for the view, this instance's own node first. Its callbacks act
+        only while it is the view's connection: one moved away from closes quietly."""
+        nc: NATS | None = None
+
+        async def disconnected() -> None:
+            if self._view is not None and nc is not None and nc is self._view_nc:
+                self._view.mark_disconnected()
+                await self._step_aside()
+
+        async def reconnected() -> None:
+            if self._view is not None and nc is not None and nc is self._view_nc:
+                self._view.confirm_now()
+                self._rejoin_once_fresh()
+
+        nc = await self._connect("internal", disconnected, reconnected)
+        return nc
+
+    async def _keep_view_home(self) -> None:
+        """Bring the view's connection back to this instance's own node when it is elsewhere.
+
+        A view whose node is lost fails over to another node, and nothing else brings it
+        back: after a few losses the instances' views share a node, and the loss of that
+        node makes every instance step aside at once, leaving every node's auth requests
+        to no one (the servers refuse those clients after their callout timeout; measured:
+        a reconnect storm of 500 clients, all refused). At home, one node's loss takes
+        one view. Tried while the view is fresh and this instance's request link shows
+        its node up (a node that is down costs no connect); failures back off.
+        """
+        home = self._settings.nats_urls[0]
+        pause = _HOME_CHECK
+        while True:
+            await asyncio.sleep(pause)
+            view, current = self._view, self._view_nc
+            if view is None or current is None or _connected_to(current, home):
+                pause = _HOME_CHECK
+                continue
+            if not (view.is_fresh and self._links.is_connected(home)):
+                continue
+            try:
+                moved = await self._move_view_home(view, home)
+            except Exception as exc:  # noqa: BLE001 - tried again later; the view stays put
+                _log.info("could not bring the view home", error=type(exc).__name__)
+                moved = False
+            pause = _HOME_CHECK if moved else min(pause * 2, _HOME_CHECK_MAX)
+
+    async def _move_view_home(self, view: DirectoryView, home: str) -> bool:
+        async with asyncio.timeout(_HOME_CONNECT_TIMEOUT):
+            nc = await self._connect_view()
+        if not _connected_to(nc, home) or not await view.move_to(nc):
+            await close_all([nc])
+            return False
+        # No await since the move: the old connection's callbacks already see it moved.
+        moved_from, self._view_nc = self._view_nc, nc
+        if self._links.paused:
+            self._rejoin_once_fresh()  # stepped aside meanwhile: the old link would not say
+        await close_all([moved_from] if moved_from is not None else [])
+        _log.info("the view is back on this instance's node", node=home)
+        return True
 
     async def _step_aside(self) -> None:
         """The view's own connection is down (its node was lost): until it is back, this
@@ -308,3 +375,12 @@ class CalloutService:
             latency = max(0.0, kicked.last_at - change.committed_at)
             self._metrics.revoke_latency.observe(latency)
         _log.info("authorization changed", users=len(change.users), kicked=kicked.count)
+
+
+def _connected_to(nc: NATS, url: str) -> bool:
+    """Whether ``nc`` is connected to the node at ``url`` (host and port compared)."""
+    connected = nc.connected_url
+    if connected is None or not nc.is_connected:
+        return False
+    wanted = urlsplit(url if "://" in url else f"nats://{url}")
+    return (connected.hostname, connected.port or 4222) == (wanted.hostname, wanted.port or 4222)

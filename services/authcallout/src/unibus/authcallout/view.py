@@ -69,6 +69,8 @@ _READ_THROUGH_AFTER: Final = 0.1
 _READ_TIMEOUT: Final = 0.5
 _READ_BUDGET: Final = 2.0
 _READ_PAUSE: Final = 0.05
+_MOVE_CHECK: Final = 1.0
+"""Seconds a stream may take to answer through a connection the view would move to."""
 _KV_OPERATION: Final = "KV-Operation"
 _MARKER_REASON: Final = "Nats-Marker-Reason"
 _MARKER_OPERATIONS: Final = {"MaxAge": "PURGE", "Purge": "PURGE", "Remove": "DEL"}
@@ -259,6 +261,8 @@ class DirectoryView:
         self._confirmed: dict[str, float] = dict.fromkeys(_BUCKETS, float("-inf"))
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._retired: list[asyncio.Task[None]] = []
+        """Tasks of the connection moved away from, ending (deleting their consumers)."""
         self._loaded: dict[str, asyncio.Event] = {b: asyncio.Event() for b in _BUCKETS}
         self._confirmation = asyncio.Event()
         self._wake = asyncio.Event()
@@ -269,19 +273,60 @@ class DirectoryView:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._begin()
+
+    def _begin(self) -> None:
         for bucket in _BUCKETS:
             self._tasks.append(asyncio.create_task(self._watch_forever(bucket)))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever()))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._reads.values()]
+        tasks = [*self._tasks, *self._retired, *self._reads.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._retired.clear()
         self._reads.clear()
+
+    @property
+    def connection(self) -> NATS:
+        """The connection the view watches and proves itself over."""
+        return self._nc
+
+    async def move_to(self, nc: NATS) -> bool:
+        """Carry on over ``nc`` (the service brings its view back to its own node).
+
+        False, and nothing changed, unless both streams answer through ``nc`` (a node
+        that has just started may not have its routes yet). The state and its last proof
+        carry over, so decisions go on meanwhile: the watches resume on ``nc`` from the
+        revision after the last one applied, so nothing committed meanwhile is missed or
+        announced twice by this view, and the next heartbeat proves the view through
+        ``nc``. Reads in flight on the old connection fail once it closes, and are
+        retried on ``nc``.
+        """
+        for bucket in _BUCKETS:
+            try:
+                reply = await nc.request(
+                    f"$JS.API.STREAM.INFO.{naming.kv_stream(bucket)}", b"", timeout=_MOVE_CHECK
+                )
+                answered = _INFO_REPLY.decode(reply.data).state is not None
+            except (TimeoutError, nats.errors.Error, msgspec.DecodeError):
+                answered = False
+            if not answered:
+                return False
+        # From here to the return nothing awaits: the caller learns of the move before
+        # any callback of the old connection can run.
+        self._nc, self._js = nc, nc.jetstream(timeout=self._max_staleness)
+        for task in self._tasks:
+            task.cancel()  # a watch's consumer is deleted as it ends; stop() waits for it
+        self._retired = [task for task in (*self._retired, *self._tasks) if not task.done()]
+        self._tasks = []
+        self._begin()
+        self._wake.set()
+        return True
 
     def mark_disconnected(self) -> None:
         """The connection dropped: nothing in memory can be trusted until re-confirmed."""
@@ -542,8 +587,16 @@ class DirectoryView:
             await asyncio.sleep(0.5)
 
     async def _watch(self, bucket: str) -> None:
+        # Once loaded, a new watch takes up after the last revision applied: every change
+        # since is seen in order (a scan of the last values would miss keys that expired
+        # meanwhile, and changes undone since).
+        resume_after = self._state.applied[bucket] if self._loaded[bucket].is_set() else 0
         async with KvFollower(
-            self._nc, bucket, heartbeat=_FOLLOW_HEARTBEAT, op_timeout=self._max_staleness
+            self._nc,
+            bucket,
+            heartbeat=_FOLLOW_HEARTBEAT,
+            op_timeout=self._max_staleness,
+            start_after=resume_after,
         ) as follower:
             self._followers[bucket] = follower
             try:
@@ -567,7 +620,9 @@ class DirectoryView:
                     if change is not None and not initial and self._on_change is not None:
                         await self._on_change(change)
             finally:
-                self._followers.pop(bucket, None)
+                # A watch replaced by a move ends after its successor has registered.
+                if self._followers.get(bucket) is follower:
+                    del self._followers[bucket]
 
     def apply(self, bucket: str, entry: KvEntry) -> Change | None:
         """Apply one KV entry of ``bucket``: what the watches do for every entry they get.

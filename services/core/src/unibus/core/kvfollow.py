@@ -70,8 +70,9 @@ class KvEntry:
 class KvFollower:
     """Every message of ``bucket`` under ``keys``, in stream order, without end.
 
-    Starts from the last message of each key (like a KV watch); use as an async context
-    manager, read with :meth:`next`. Not safe for two readers.
+    Starts from the last message of each key (like a KV watch), or with ``start_after`` a
+    revision, from the message after it (a view carried on over another connection); use
+    as an async context manager, read with :meth:`next`. Not safe for two readers.
     """
 
     def __init__(
@@ -83,7 +84,10 @@ class KvFollower:
         heartbeat: float = 0.5,
         op_timeout: float = 2.0,
         retry: float = 0.25,
+        start_after: int = 0,
     ) -> None:
+        if start_after < 0:
+            raise ValueError("start_after is a stream revision: 0 or more")
         self._nc = nc
         self._bucket = bucket
         self._stream = naming.kv_stream(bucket)
@@ -103,7 +107,7 @@ class KvFollower:
         self._generation = 0
         self._closed = False
         self._next_consumer_seq = 1
-        self._last_stream_seq = 0
+        self._last_stream_seq = start_after
         self._last_activity = time.monotonic()
 
     async def __aenter__(self) -> KvFollower:
