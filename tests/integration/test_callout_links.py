@@ -213,3 +213,29 @@ async def test_views_return_to_their_nodes_so_one_node_loss_never_stops_every_ca
 
         await eventually(probes_so_far, until=lambda n: n >= 15, what="3 s of probes on each")
     assert [repr(e) for _, e in [*on_n1, *on_n3] if e is not None] == []
+
+
+async def test_a_lone_callout_whose_view_node_dies_refuses_no_client_of_the_other_nodes(
+    stacks: StackFactory,
+) -> None:
+    """The view is on the next node within milliseconds of its node's death. A callout
+    that stepped aside at once left the requests of that moment to no one (no other
+    instance was there to take them), and the servers refused those clients after
+    their callout timeout."""
+    stack = await stacks.start(nodes=3, services=True)
+    member = await _member(stacks, stack, "alone")
+    for node in ("n2", "n3"):
+        stack.stop_service("authcallout", node)
+    survivors = [_target(stack, member, node) for node in ("n2", "n3")]
+    for target in survivors:
+        await eventually(lambda t=target: _admitted(t), until=bool, what="admitted")
+    # The streams are led elsewhere: this is about the view's node, not an election.
+    await move_leaders(await stacks.connect(stack, nodes=("n3",)), DECIDING_STREAMS, to="n3")
+
+    stack.stop_node("n1", kill=True)  # the lone callout's own node, where its view is
+    outcomes: list[BaseException | None] = []
+    for _ in range(3):  # clients arriving at the kill and just after, as a storm would
+        outcomes += await asyncio.gather(
+            *(connect_once(t) for t in survivors for _ in range(5)), return_exceptions=True
+        )
+    assert [repr(o) for o in outcomes if o is not None] == []

@@ -427,3 +427,48 @@ async def test_a_stream_that_cannot_be_read_leaves_the_decision_denied() -> None
 
     assert not await view.until_current(time.monotonic(), 0.5)
     await view.stop()
+
+
+class _BarriersAcrossAReconnect:
+    """The JetStream context of a connection lost and regained: the first barrier sent is
+    never acknowledged (it went out on the lost connection); later ones are committed, and
+    the watch delivers them at once."""
+
+    def __init__(self) -> None:
+        self.view: DirectoryView | None = None
+        self.sent = 0
+        self.first_sent = asyncio.Event()
+        self.revision = 100
+
+    async def publish(self, subject: str, payload: bytes, timeout: float) -> Any:
+        del payload, timeout
+        self.sent += 1
+        if self.sent == 1:
+            self.first_sent.set()
+            await asyncio.Event().wait()  # its answer was lost with the connection
+        self.revision += 1
+        bucket = subject.split(".")[1]
+        assert self.view is not None
+        self.view.apply(bucket, _entry(bucket, BARRIER_KEY, None, self.revision))
+        return type("Ack", (), {"seq": self.revision})()
+
+
+async def test_a_reconnected_view_is_proven_again_without_waiting_out_a_lost_barrier() -> None:
+    """A barrier in flight when the connection dropped is never answered: waiting out its
+    timeout left the view unproven, every decision waiting and then denied, for
+    ``max_staleness`` (clients refused after a node's death, even with the view on the
+    next node within milliseconds)."""
+    barriers = _BarriersAcrossAReconnect()
+    view = DirectoryView(cast(Any, _Connection(barriers)), max_staleness=2.0, heartbeat=0.5)
+    barriers.view = view
+    for loaded in view._loaded.values():
+        loaded.set()
+    heartbeat = asyncio.create_task(view._heartbeat_forever())
+    try:
+        await asyncio.wait_for(barriers.first_sent.wait(), 1.0)  # the first round, at once
+        view.mark_disconnected()
+        view.confirm_now()
+        assert await view.until_fresh(0.5)
+    finally:
+        heartbeat.cancel()
+        await asyncio.wait({heartbeat})

@@ -15,7 +15,7 @@ re-subscribes on its own; a node that comes back is served once the first instan
 reaches it (``reconnect_time_wait`` apart).
 
 An instance that cannot decide leaves the queue group on every node (:meth:`RequestLinks.pause`)
-while the others answer: the service pauses its links while its view's own connection is
+while the others answer: the service pauses its links while its view's own connection stays
 down, and resumes them once the view is fresh again.
 """
 

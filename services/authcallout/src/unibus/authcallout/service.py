@@ -53,6 +53,13 @@ timeout) until the first link subscribes there, since the routes carry none: mea
 clients arriving in the first 25-240 ms after a start were refused with links 0.25 s
 apart, in the first ~25 ms with 0.02 s. A refused TCP connect costs next to nothing,
 and a node that hangs makes each attempt wait out the connect timeout instead."""
+_STEP_ASIDE_AFTER = 0.5
+"""Seconds the view's connection may be down before this instance leaves the requests to
+the others. A node that dies or restarts closes the connection and nats-py is on the next
+node within milliseconds, so stepping aside at once only left the requests of that moment
+to no one where no other instance could take them (a lone instance; every instance, when
+their views shared the node): measured, clients connecting at the kill were refused after
+the servers' callout timeout. Requests taken meanwhile wait for the view (``stale_grace``)."""
 _HOME_CHECK = 1.0
 """Seconds between two looks at whether the view's connection is on this instance's node."""
 _HOME_CHECK_MAX = 4.0
@@ -75,6 +82,7 @@ class CalloutService:
         self._admitted = AdmittedConnections(lifetime=settings.jwt_ttl + _JWT_SLACK)
         self._links = RequestLinks(self._settings.nats_urls, self._connect_link, self._on_request)
         self._rejoin: asyncio.Task[None] | None = None
+        self._stepping_aside: asyncio.Task[None] | None = None
         self._view_nc: NATS | None = None
         """The view's connection: the only one whose loss makes this instance step aside."""
 
@@ -121,8 +129,9 @@ class CalloutService:
             gauges.cancel()
             sweep.cancel()
             homing.cancel()
-            if self._rejoin is not None:
-                self._rejoin.cancel()
+            for pending in (self._rejoin, self._stepping_aside):
+                if pending is not None:
+                    pending.cancel()
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
@@ -163,12 +172,15 @@ class CalloutService:
         nc: NATS | None = None
 
         async def disconnected() -> None:
+            # Returns at once: nats-py reconnects only once this callback is done.
             if self._view is not None and nc is not None and nc is self._view_nc:
                 self._view.mark_disconnected()
-                await self._step_aside()
+                self._step_aside_unless_back(nc)
 
         async def reconnected() -> None:
             if self._view is not None and nc is not None and nc is self._view_nc:
+                if self._stepping_aside is not None:
+                    self._stepping_aside.cancel()
                 self._view.confirm_now()
                 self._rejoin_once_fresh()
 
@@ -206,22 +218,39 @@ class CalloutService:
     async def _move_view_home(self, view: DirectoryView, home: str) -> bool:
         async with asyncio.timeout(_HOME_CONNECT_TIMEOUT):
             nc = await self._connect_view()
-        if not _connected_to(nc, home) or not await view.move_to(nc):
+        try:
+            moved = _connected_to(nc, home) and await view.move_to(nc)
+        except BaseException:  # a stop meanwhile included: the new connection is not left open
+            await close_all([nc])
+            raise
+        if not moved:
             await close_all([nc])
             return False
         # No await since the move: the old connection's callbacks already see it moved.
         moved_from, self._view_nc = self._view_nc, nc
         if self._links.paused:
-            self._rejoin_once_fresh()  # stepped aside meanwhile: the old link would not say
+            # Stepped aside meanwhile: the old connection, closed, never reports a reconnect.
+            self._rejoin_once_fresh()
         await close_all([moved_from] if moved_from is not None else [])
         _log.info("the view is back on this instance's node", node=home)
         return True
 
+    def _step_aside_unless_back(self, nc: NATS) -> None:
+        if self._stepping_aside is not None:
+            self._stepping_aside.cancel()
+        self._stepping_aside = asyncio.create_task(self._step_aside_if_still_down(nc))
+
+    async def _step_aside_if_still_down(self, nc: NATS) -> None:
+        await asyncio.sleep(_STEP_ASIDE_AFTER)
+        if nc is self._view_nc and not nc.is_connected:
+            # Shielded: a pause cut short would leave subscriptions no one answers on.
+            await asyncio.shield(self._step_aside())
+
     async def _step_aside(self) -> None:
-        """The view's own connection is down (its node was lost): until it is back, this
-        instance could only deny, while the instances whose views are connected can decide.
-        So it leaves them the requests. (A view that is stale while connected, without
-        quorum, stays in the group: its denials are the honest answer.)"""
+        """The view's own connection has stayed down: until it is back, this instance could
+        only deny, while the instances whose views are connected can decide. So it leaves
+        them the requests. (A view that is stale while connected, without quorum, stays in
+        the group: its denials are the honest answer.)"""
         if self._rejoin is not None:
             self._rejoin.cancel()
         await self._links.pause()

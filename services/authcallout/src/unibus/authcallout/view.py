@@ -748,14 +748,35 @@ class DirectoryView:
 
     async def _heartbeat_forever(self) -> None:
         while True:
-            for bucket in _BUCKETS:
-                if not self._loaded[bucket].is_set():
-                    continue
-                try:
-                    await self._confirm(bucket)
-                except (TimeoutError, nats.errors.Error) as exc:
-                    _log.info("view not confirmed", bucket=bucket, error=type(exc).__name__)
             self._wake.clear()
+            proving = asyncio.create_task(self._confirm_loaded())
+            woken = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({proving, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                if not proving.done():
+                    # Woken mid-round (a reconnect, a move): a barrier sent on the lost
+                    # connection is never answered, and waiting out its timeout would
+                    # leave the view unproven (every decision waiting, then denied) for
+                    # max_staleness. Start the round again at once.
+                    proving.cancel()
+            await asyncio.wait({proving})  # unlike an await, never takes this task's cancel
+            if not proving.cancelled():
+                proving.result()
+            if self._wake.is_set():
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat):
                     await self._wake.wait()
+
+    async def _confirm_loaded(self) -> None:
+        """Prove both buckets at once (the view is fresh only once both are)."""
+
+        async def confirm(bucket: str) -> None:
+            try:
+                await self._confirm(bucket)
+            except (TimeoutError, nats.errors.Error) as exc:
+                _log.info("view not confirmed", bucket=bucket, error=type(exc).__name__)
+
+        await asyncio.gather(*(confirm(b) for b in _BUCKETS if self._loaded[b].is_set()))
