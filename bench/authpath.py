@@ -1411,13 +1411,17 @@ def _analysis(result: dict[str, Any]) -> list[str]:
         lost = sum(storm["server_refusals_runs"])
         notes.append(
             f"- Reconnect storm: {storm['clients']} clients all re-admitted after {every} s "
-            f"(per run; 'not all': some were not within {STORM_BUDGET:g} s; static "
-            f"{static_every}, median); {storm['refusals']} refusals seen by clients and "
+            + (
+                f"(per run; 'not all': some were not within {STORM_BUDGET:g} s; static "
+                if None in storm["all_s_runs"]
+                else "(per run; static "
+            )
+            + f"{static_every}, median); {storm['refusals']} refusals seen by clients and "
             f"{lost} authentication errors logged by the servers in {storm['runs']} runs "
             f"(goal {'met' if summary['storm_goal'] else '**missed**'}). The time is bound by "
             f"CPU: {storm['clients']} TLS handshakes on two nodes and as many decisions "
             f"({storm['callout_cpu_us']:,.0f} µs each in the callouts, "
-            f"{storm['nats_cpu_us']:,.0f} µs of server CPU per client). Two causes of "
+            f"{storm['nats_cpu_us']:,.0f} µs of server CPU per client). Three causes of "
             "refusals were found and moved. (1) The killed node held KV followers (R1 "
             "consumers) of some callouts' views: those views could not be shown current "
             "until the consumers were re-created elsewhere, seconds later, and refused "
