@@ -126,17 +126,19 @@ class CalloutService:
             await stop.wait()
             await self._links.unsubscribe()
         finally:
-            gauges.cancel()
-            sweep.cancel()
-            homing.cancel()
-            for pending in (self._rejoin, self._stepping_aside):
-                if pending is not None:
-                    pending.cancel()
+            # The view's connection first stops counting as one: closing it must not
+            # start a step-aside (nats-py calls the disconnected callback on close).
+            view_nc, self._view_nc = self._view_nc, None
+            background = [gauges, sweep, homing, self._rejoin, self._stepping_aside]
+            pending = [task for task in background if task is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             await self._view.stop()
             for task in list(self._tasks):
                 task.cancel()
             await self._links.close()
-            await close_all([*opened, self._view_nc])
+            await close_all([*opened, *([view_nc] if view_nc is not None else [])])
 
     async def _connect_all(self, opened: list[NATS]) -> None:
         """The view's and the kicks' connections, in ``opened`` as each opens (retried for
@@ -206,7 +208,10 @@ class CalloutService:
             if view is None or current is None or _connected_to(current, home):
                 pause = _HOME_CHECK
                 continue
-            if not (view.is_fresh and self._links.is_connected(home)):
+            # A view that is reconnecting is left to nats-py (own node first). One that is
+            # connected elsewhere moves even when stale: a node without quorum holds it
+            # stale while its own node may serve (move_to checks that the streams answer).
+            if not (current.is_connected and self._links.is_connected(home)):
                 continue
             try:
                 moved = await self._move_view_home(view, home)
@@ -228,10 +233,16 @@ class CalloutService:
             return False
         # No await since the move: the old connection's callbacks already see it moved.
         moved_from, self._view_nc = self._view_nc, nc
-        if self._links.paused:
+        if not nc.is_connected:
+            # Lost during the move, when its callbacks did not count yet.
+            view.mark_disconnected()
+            self._step_aside_unless_back(nc)
+        elif self._links.paused:
             # Stepped aside meanwhile: the old connection, closed, never reports a reconnect.
             self._rejoin_once_fresh()
-        await close_all([moved_from] if moved_from is not None else [])
+        if moved_from is not None:
+            # Shielded: a stop meanwhile must not leave the socket open.
+            await asyncio.shield(close_all([moved_from]))
         _log.info("the view is back on this instance's node", node=home)
         return True
 
@@ -244,9 +255,9 @@ class CalloutService:
         await asyncio.sleep(_STEP_ASIDE_AFTER)
         if nc is self._view_nc and not nc.is_connected:
             # Shielded: a pause cut short would leave subscriptions no one answers on.
-            await asyncio.shield(self._step_aside())
+            await asyncio.shield(self._step_aside(nc))
 
-    async def _step_aside(self) -> None:
+    async def _step_aside(self, nc: NATS) -> None:
         """The view's own connection has stayed down: until it is back, this instance could
         only deny, while the instances whose views are connected can decide. So it leaves
         them the requests. (A view that is stale while connected, without quorum, stays in
@@ -255,6 +266,10 @@ class CalloutService:
             self._rejoin.cancel()
         await self._links.pause()
         _log.warning("the view's connection is down; requests are left to the other instances")
+        if self._view_nc is not None and (nc is not self._view_nc or nc.is_connected):
+            # Back, or moved, while the pause took effect: the rejoin that came with it may
+            # have run first, and nothing else would.
+            self._rejoin_once_fresh()
 
     def _rejoin_once_fresh(self) -> None:
         if self._rejoin is not None:

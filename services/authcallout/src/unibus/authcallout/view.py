@@ -147,6 +147,11 @@ def _stored_time(text: str) -> float | None:
     return whole.timestamp() + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
+def _retrieved(task: asyncio.Task[dict[str, int]]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def grant_digest(rooms: Iterable[str]) -> str:
     """A short digest of the rooms a decision granted: equal exactly when the set is."""
     return hashlib.sha256(",".join(sorted(rooms)).encode("ascii")).hexdigest()[:_GRANT_CHARS]
@@ -393,6 +398,9 @@ class DirectoryView:
             if task is None or task.done():
                 self._tail_read_started = time.monotonic()
                 self._tail_read = asyncio.create_task(self._read_tails())
+                # Every request waiting on it may have given up: its failure is theirs to
+                # report (they deny), not the event loop's.
+                self._tail_read.add_done_callback(_retrieved)
                 continue
             # A read started before this request arrived: it may miss what came since.
             with contextlib.suppress(Exception):
@@ -620,7 +628,7 @@ class DirectoryView:
                     if change is not None and not initial and self._on_change is not None:
                         await self._on_change(change)
             finally:
-                # A watch replaced by a move ends after its successor has registered.
+                # A watch replaced by a move may end after its successor registered.
                 if self._followers.get(bucket) is follower:
                     del self._followers[bucket]
 
@@ -759,9 +767,10 @@ class DirectoryView:
                     # Woken mid-round (a reconnect, a move): a barrier sent on the lost
                     # connection is never answered, and waiting out its timeout would
                     # leave the view unproven (every decision waiting, then denied) for
-                    # max_staleness. Start the round again at once.
+                    # max_staleness. Start the round again at once. (Or stopped.)
                     proving.cancel()
-            await asyncio.wait({proving})  # unlike an await, never takes this task's cancel
+                # Unlike an await, a wait never takes this task's own cancel for its own.
+                await asyncio.wait({proving, woken})
             if not proving.cancelled():
                 proving.result()
             if self._wake.is_set():

@@ -120,11 +120,13 @@ class KvFollower:
     async def close(self) -> None:
         self._closed = True
         self._restart.set()  # ends the supervisor's loop even where a library swallows the cancel
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
-            self._supervisor = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            # A wait, not an await: a cancel of the closing task itself is never swallowed.
+            await asyncio.wait({supervisor})
+            if not supervisor.cancelled():
+                supervisor.exception()  # retrieved: it ended on its own, and is replaced
         await self._drop_consumer()
 
     # -- reading ----------------------------------------------------------------------------------
