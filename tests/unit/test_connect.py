@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio.constants
 import asyncio.sslproto
 import ssl
+from typing import Any, cast
+from urllib.parse import urlparse
 
 import pytest
 
-from unibus.core.connect import NatsTarget, bound_tls_close_wait, is_loopback_host
+from unibus.core.connect import (
+    NatsTarget,
+    bound_tls_close_wait,
+    is_connected_to,
+    is_loopback_host,
+    url_address,
+)
 from unibus.core.errors import PostureError
 
 
@@ -60,3 +68,31 @@ def test_a_shorter_tls_close_wait_already_set_is_kept(monkeypatch: pytest.Monkey
 def test_a_tls_close_wait_that_is_not_positive_is_refused(seconds: float) -> None:
     with pytest.raises(ValueError, match="positive"):
         bound_tls_close_wait(seconds)
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("tls://n1:4222", ("n1", 4222)),
+        ("nats://n1", ("n1", 4222)),
+        ("127.0.0.1:7", ("127.0.0.1", 7)),
+    ],
+)
+def test_a_nats_url_names_its_host_and_port_with_the_default_port(
+    url: str, address: tuple[str, int]
+) -> None:
+    assert url_address(url) == address
+
+
+class _Connected:
+    def __init__(self, url: str | None, *, up: bool = True) -> None:
+        self.connected_url = urlparse(url) if url else None
+        self.is_connected = up
+
+
+def test_a_connection_is_on_a_node_only_while_connected_to_its_host_and_port() -> None:
+    assert is_connected_to(cast(Any, _Connected("tls://n1:4222")), "tls://n1")
+    assert not is_connected_to(cast(Any, _Connected("tls://n2:4222")), "tls://n1:4222")
+    assert not is_connected_to(cast(Any, _Connected("tls://n1:4223")), "tls://n1:4222")
+    assert not is_connected_to(cast(Any, _Connected("tls://n1:4222", up=False)), "tls://n1:4222")
+    assert not is_connected_to(cast(Any, _Connected(None)), "tls://n1:4222")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -35,7 +34,7 @@ from unibus.authcallout.protocol import (
 from unibus.authcallout.reasons import Reason
 from unibus.authcallout.settings import Settings
 from unibus.authcallout.view import Change, DirectoryView
-from unibus.core.connect import NatsTarget, close_all, connect
+from unibus.core.connect import NatsTarget, close_all, connect, is_connected_to
 from unibus.core.log import get_logger
 from unibus.core.process import unless_stopped
 
@@ -205,7 +204,7 @@ class CalloutService:
         while True:
             await asyncio.sleep(pause)
             view, current = self._view, self._view_nc
-            if view is None or current is None or _connected_to(current, home):
+            if view is None or current is None or is_connected_to(current, home):
                 pause = _HOME_CHECK
                 continue
             # A view that is reconnecting is left to nats-py (own node first). One that is
@@ -224,7 +223,7 @@ class CalloutService:
         async with asyncio.timeout(_HOME_CONNECT_TIMEOUT):
             nc = await self._connect_view()
         try:
-            moved = _connected_to(nc, home) and await view.move_to(nc)
+            moved = is_connected_to(nc, home) and await view.move_to(nc)
         except BaseException:  # a stop meanwhile included: the new connection is not left open
             await close_all([nc])
             raise
@@ -419,12 +418,3 @@ class CalloutService:
             latency = max(0.0, kicked.last_at - change.committed_at)
             self._metrics.revoke_latency.observe(latency)
         _log.info("authorization changed", users=len(change.users), kicked=kicked.count)
-
-
-def _connected_to(nc: NATS, url: str) -> bool:
-    """Whether ``nc`` is connected to the node at ``url`` (host and port compared)."""
-    connected = nc.connected_url
-    if connected is None or not nc.is_connected:
-        return False
-    wanted = urlsplit(url if "://" in url else f"nats://{url}")
-    return (connected.hostname, connected.port or 4222) == (wanted.hostname, wanted.port or 4222)

@@ -314,13 +314,8 @@ class DirectoryView:
         """
         for bucket in _BUCKETS:
             try:
-                reply = await nc.request(
-                    f"$JS.API.STREAM.INFO.{naming.kv_stream(bucket)}", b"", timeout=_MOVE_CHECK
-                )
-                answered = _INFO_REPLY.decode(reply.data).state is not None
-            except (TimeoutError, nats.errors.Error, msgspec.DecodeError):
-                answered = False
-            if not answered:
+                await self._last_seq(bucket, via=nc, timeout=_MOVE_CHECK)
+            except (TimeoutError, nats.errors.Error, msgspec.DecodeError, _ReadError):
                 return False
         # From here to the return nothing awaits: the caller learns of the move before
         # any callback of the old connection can run.
@@ -435,12 +430,14 @@ class DirectoryView:
             return applied
         return await self._last_seq(bucket)
 
-    async def _last_seq(self, bucket: str) -> int:
-        """The stream's last sequence number, from its leader (a stream info)."""
+    async def _last_seq(
+        self, bucket: str, *, via: NATS | None = None, timeout: float = _TAIL_ATTEMPT_TIMEOUT
+    ) -> int:
+        """The stream's last sequence number, from its leader (a stream info), asked over
+        the view's connection or ``via`` another."""
         stream = naming.kv_stream(bucket)
-        reply = await self._nc.request(
-            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=_TAIL_ATTEMPT_TIMEOUT
-        )
+        nc = self._nc if via is None else via
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)
         info = _INFO_REPLY.decode(reply.data)
         if info.state is None:
             detail = info.error.description if info.error else "no state"

@@ -61,13 +61,29 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def url_host(url: str) -> str:
+DEFAULT_CLIENT_PORT = 4222
+
+
+def url_address(url: str) -> tuple[str, int]:
+    """The host and port a NATS URL names (the port defaulting as nats-py's does)."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
     if not parts.hostname:
         raise ConfigError(
             f"{url!r} is not a NATS URL; expected nats://HOST:PORT or tls://HOST:PORT"
         )
-    return parts.hostname
+    return parts.hostname, parts.port or DEFAULT_CLIENT_PORT
+
+
+def url_host(url: str) -> str:
+    return url_address(url)[0]
+
+
+def is_connected_to(nc: NATS, url: str) -> bool:
+    """Whether ``nc`` is connected, to the node at ``url`` (host and port compared)."""
+    connected = nc.connected_url
+    if connected is None or not nc.is_connected or not connected.hostname:
+        return False
+    return (connected.hostname, connected.port or DEFAULT_CLIENT_PORT) == url_address(url)
 
 
 @dataclass(frozen=True)
